@@ -1,0 +1,82 @@
+import { isWellFormedKey } from './core/auth/key-service.js'
+
+/** Validated, frozen gateway configuration (DESIGN §5e). */
+export interface GatewayConfig {
+  readonly host: string
+  readonly port: number
+  readonly dataDir: string
+  readonly databaseUrl: string | null
+  readonly adminKey: string | undefined
+  readonly durability: 'normal' | 'full'
+  readonly bodyLimitBytes: number
+  readonly leaseSeconds: number
+  readonly maxInFlight: number
+  readonly maxDeliveryAttempts: number
+  readonly sweepIntervalMs: number
+  readonly retentionDays: number
+  readonly quiet: boolean
+}
+
+/** Flags as the CLI parsed them (strings), overriding the environment. */
+export type ConfigFlags = Partial<Record<'port' | 'host' | 'data' | 'database-url' | 'durability', string>>
+
+export class ConfigError extends Error {
+  constructor(readonly setting: string, message: string) {
+    super(`invalid configuration: ${setting}: ${message}`)
+    this.name = 'ConfigError'
+  }
+}
+
+function int(setting: string, raw: string | undefined, fallback: number, min: number, max: number): number {
+  if (raw === undefined || raw === '') return fallback
+  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(setting, `expected a whole number, got "${raw}"`)
+  const n = Number(raw.trim())
+  if (n < min || n > max) throw new ConfigError(setting, `must be between ${min} and ${max}, got ${n}`)
+  return n
+}
+
+/** Reads flags > environment > defaults; throws ConfigError naming the bad setting. */
+export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): GatewayConfig {
+  const pick = (flag: keyof ConfigFlags, name: string): [string, string | undefined] =>
+    flags[flag] !== undefined ? [`--${flag}`, flags[flag]] : [name, env[name]]
+
+  const [portName, portRaw] = pick('port', 'CHOKEPOINT_PORT')
+  const port = int(portName, portRaw, 8420, 0, 65535)
+  const [hostName, hostRaw] = pick('host', 'CHOKEPOINT_HOST')
+  const host = (hostRaw ?? '127.0.0.1').trim()
+  if (host === '' || /\s|\//.test(host)) throw new ConfigError(hostName, `"${hostRaw}" is not a host name or address`)
+  const [, dataRaw] = pick('data', 'CHOKEPOINT_DATA_DIR')
+  const dataDir = dataRaw === undefined || dataRaw.trim() === '' ? './data' : dataRaw.trim()
+  const [urlName, urlRaw] = pick('database-url', 'CHOKEPOINT_DATABASE_URL')
+  const databaseUrl = urlRaw === undefined || urlRaw.trim() === '' ? null : urlRaw.trim()
+  if (databaseUrl !== null) {
+    if (!/^postgres(ql)?:\/\//.test(databaseUrl)) {
+      throw new ConfigError(urlName, 'expected a postgres:// URL')
+    }
+    throw new ConfigError(urlName, 'the PostgreSQL store is not available in this version; unset it to use SQLite')
+  }
+  const adminKey = env['CHOKEPOINT_ADMIN_KEY']?.trim() || undefined
+  if (adminKey !== undefined && !isWellFormedKey(adminKey)) {
+    throw new ConfigError('CHOKEPOINT_ADMIN_KEY', 'must look like cp_ followed by 20–128 letters and digits')
+  }
+  const [durName, durRaw] = pick('durability', 'CHOKEPOINT_DURABILITY')
+  const durability = (durRaw ?? 'normal').trim()
+  if (durability !== 'normal' && durability !== 'full') {
+    throw new ConfigError(durName, `expected "normal" or "full", got "${durRaw}"`)
+  }
+  return Object.freeze({
+    host,
+    port,
+    dataDir,
+    databaseUrl,
+    adminKey,
+    durability,
+    bodyLimitBytes: int('CHOKEPOINT_BODY_LIMIT_BYTES', env['CHOKEPOINT_BODY_LIMIT_BYTES'], 1024 * 1024, 1024, 64 * 1024 * 1024),
+    leaseSeconds: int('CHOKEPOINT_LEASE_SECONDS', env['CHOKEPOINT_LEASE_SECONDS'], 30, 1, 3600),
+    maxInFlight: int('CHOKEPOINT_MAX_IN_FLIGHT', env['CHOKEPOINT_MAX_IN_FLIGHT'], 32, 1, 1000),
+    maxDeliveryAttempts: int('CHOKEPOINT_MAX_DELIVERY_ATTEMPTS', env['CHOKEPOINT_MAX_DELIVERY_ATTEMPTS'], 10, 1, 100),
+    sweepIntervalMs: int('CHOKEPOINT_SWEEP_INTERVAL_MS', env['CHOKEPOINT_SWEEP_INTERVAL_MS'], 500, 10, 60_000),
+    retentionDays: int('CHOKEPOINT_RETENTION_DAYS', env['CHOKEPOINT_RETENTION_DAYS'], 7, 1, 3650),
+    quiet: env['CHOKEPOINT_QUIET'] === '1',
+  })
+}

@@ -1,0 +1,124 @@
+import type { KeyRow, Role, Store } from '../../store/store.js'
+import type { Clock } from '../clock.js'
+import { GatewayError, conflict } from '../errors.js'
+import { digestsEqual, isAddress, newApiKey, newKeyId, sha256Hex } from '../ids.js'
+import type { Principal } from './principal.js'
+
+export interface KeyView {
+  key_id: string
+  role: Role
+  name: string | null
+  agent: string | null
+  address_id: string | null
+  created_at: string
+  revoked_at: string | null
+}
+
+export const keyView = (row: KeyRow): KeyView => ({
+  key_id: row.key_id,
+  role: row.role,
+  name: row.name,
+  agent: row.address,
+  address_id: row.address_id,
+  created_at: new Date(row.created_at).toISOString(),
+  revoked_at: row.revoked_at === null ? null : new Date(row.revoked_at).toISOString(),
+})
+
+const KEY_SHAPE = /^cp_[0-9A-Za-z]{20,128}$/
+
+/** API keys: creation, lookup (hashed, constant-time), revocation, bootstrap. */
+export class KeyService {
+  readonly #store: Store
+  readonly #clock: Clock
+
+  constructor(store: Store, clock: Clock) {
+    this.#store = store
+    this.#clock = clock
+  }
+
+  /** Resolves a raw key to its principal; any failure is the same 401. */
+  async authenticate(raw: string | undefined): Promise<Principal> {
+    if (raw === undefined || raw === '') {
+      throw new GatewayError('unauthorized', 'missing API key: send it as x-api-key or Authorization: Bearer')
+    }
+    const hash = sha256Hex(raw)
+    const row = KEY_SHAPE.test(raw) ? await this.#store.findKeyByHash(hash) : undefined
+    // The index lookup finds the row by hash; the comparison itself is constant-time.
+    if (!row || !digestsEqual(row.key_hash, hash) || row.revoked_at !== null) {
+      throw new GatewayError('unauthorized', 'invalid or revoked API key')
+    }
+    return { key_id: row.key_id, role: row.role, address_id: row.address_id, address: row.address }
+  }
+
+  async create(input: { role: Role; agent?: string | undefined; name?: string | undefined }): Promise<{
+    row: KeyRow
+    key: string
+  }> {
+    if (input.role === 'agent' && input.agent === undefined) {
+      throw new GatewayError('schema_invalid', 'an agent key needs `agent`, the address it acts as', {
+        details: { field: 'agent' },
+      })
+    }
+    if (input.role !== 'agent' && input.agent !== undefined) {
+      throw new GatewayError('schema_invalid', 'only agent keys are bound to an agent', { details: { field: 'agent' } })
+    }
+    if (input.agent !== undefined && !isAddress(input.agent)) {
+      throw new GatewayError('schema_invalid', 'agent must be an address like agent://org/workspace/name', {
+        details: { field: 'agent' },
+      })
+    }
+    const key = newApiKey()
+    const row = await this.#store.insertKey(
+      {
+        key_id: newKeyId(),
+        role: input.role,
+        name: input.name ?? null,
+        key_hash: sha256Hex(key),
+        address: input.agent ?? null,
+        created_at: this.#clock.now(),
+        revoked_at: null,
+      },
+      this.#clock.now(),
+    )
+    return { row, key }
+  }
+
+  list(): Promise<KeyRow[]> {
+    return this.#store.listKeys()
+  }
+
+  async revoke(keyId: string): Promise<KeyRow> {
+    return this.#store.revokeKey(keyId, this.#clock.now(), (key, otherAdmins) => {
+      if (key.role === 'admin' && key.revoked_at === null && otherAdmins === 0) {
+        throw conflict('this is the last active admin key; create another admin key before revoking it')
+      }
+    })
+  }
+
+  /**
+   * First start: make sure an admin key exists. A configured key is upserted (idempotent,
+   * also the recovery path); otherwise a new key is created and returned to print once.
+   */
+  async bootstrap(configuredKey: string | undefined): Promise<{ printedKey: string | null }> {
+    const now = this.#clock.now()
+    if (configuredKey !== undefined) {
+      await this.#store.ensureAdminKey({
+        key_id: `key_admin_${sha256Hex(configuredKey).slice(0, 12)}`,
+        role: 'admin',
+        name: 'bootstrap (CHOKEPOINT_ADMIN_KEY)',
+        key_hash: sha256Hex(configuredKey),
+        address_id: null,
+        address: null,
+        created_at: now,
+        revoked_at: null,
+      })
+      return { printedKey: null }
+    }
+    if ((await this.#store.countActiveKeys('admin')) > 0) return { printedKey: null }
+    const { key } = await this.create({ role: 'admin', name: 'bootstrap' })
+    return { printedKey: key }
+  }
+}
+
+/** Shape check used by config for CHOKEPOINT_ADMIN_KEY. */
+export const isWellFormedKey = (key: string): boolean => KEY_SHAPE.test(key)

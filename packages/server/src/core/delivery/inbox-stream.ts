@@ -1,0 +1,154 @@
+import type { AgentRow, Store } from '../../store/store.js'
+import type { Clock } from '../clock.js'
+import { isGatewayError } from '../errors.js'
+import { deliveryFrame } from '../intents/intent-view.js'
+import { deliveryRule } from '../kill-switch/rules.js'
+import type { EventSink } from './event-sink.js'
+
+export interface InboxStreamOptions {
+  agent: AgentRow
+  instanceId: string
+  since: number
+  /** Window mode: end after this many ms, or shortly after a delivery. Null = persistent. */
+  windowMs: number | null
+  leaseMs: number
+  maxInFlight: number
+  requestId: string
+}
+
+/** Upper bound between claims while idle: covers paced redelivery and lost wake-ups. */
+const IDLE_RECHECK_MS = 2_000
+const MAX_BATCH = 64
+
+/**
+ * One open inbox stream of one instance. It claims deliveries whenever it is woken by the
+ * change feed (push), writes them as frames, and ends when the window closes, the client
+ * leaves, or the agent is killed.
+ */
+export class InboxStream {
+  readonly options: InboxStreamOptions
+  readonly #store: Store
+  readonly #clock: Clock
+  readonly #sink: EventSink
+  #wakeResolver: (() => void) | null = null
+  #wakePending = false
+  /** True while this stream cannot take more (max_in_flight reached). */
+  full = false
+  #lastSeq: number
+
+  constructor(store: Store, clock: Clock, sink: EventSink, options: InboxStreamOptions) {
+    this.#store = store
+    this.#clock = clock
+    this.#sink = sink
+    this.options = options
+    this.#lastSeq = options.since
+    sink.onClose(() => this.wake())
+  }
+
+  get addressId(): string {
+    return this.options.agent.address_id
+  }
+
+  get instanceId(): string {
+    return this.options.instanceId
+  }
+
+  get idle(): boolean {
+    return this.#wakeResolver !== null
+  }
+
+  get closed(): boolean {
+    return this.#sink.closed
+  }
+
+  wake(): void {
+    this.#wakePending = true
+    const resolve = this.#wakeResolver
+    this.#wakeResolver = null
+    resolve?.()
+  }
+
+  ping(): void {
+    if (!this.#sink.closed) this.#sink.ping()
+  }
+
+  /** Ends the stream with the `agent.killed` frame (DESIGN §5b). */
+  killed(message: string): void {
+    if (this.#sink.closed) return
+    this.#sink.send('agent.killed', {
+      ok: false,
+      error: { code: 'agent_killed', message, request_id: this.options.requestId },
+    })
+    this.#sink.end()
+  }
+
+  async run(): Promise<void> {
+    const { agent, instanceId, since, windowMs } = this.options
+    const deadline = windowMs === null ? Infinity : this.#clock.now() + windowMs
+    let sent = 0
+    try {
+      // Reconnect: re-send this instance's deliveries still leased, with their original seq.
+      const leased = await this.#store.leasedDeliveries(agent.address_id, instanceId, since, this.#clock.now())
+      for (const row of leased) {
+        if (!this.#write(row.delivery_seq as number, deliveryFrame(row, row.delivery_seq as number))) return
+        sent += 1
+      }
+      while (!this.#sink.closed) {
+        if (windowMs !== null && sent > 0) break
+        this.#wakePending = false
+        const claim = await this.#store.claimDeliveries({
+          address_id: agent.address_id,
+          instance_id: instanceId,
+          max_in_flight: this.options.maxInFlight,
+          lease_ms: this.options.leaseMs,
+          max_batch: MAX_BATCH,
+          now: this.#clock.now(),
+          decide: deliveryRule,
+        })
+        this.full = !claim.has_room
+        for (const delivery of claim.deliveries) {
+          if (!this.#write(delivery.seq, deliveryFrame(delivery.intent, delivery.seq))) return
+          sent += 1
+        }
+        if (claim.deliveries.length > 0 && windowMs !== null) break
+        if (claim.deliveries.length === MAX_BATCH && claim.has_room) continue
+        const remaining = deadline - this.#clock.now()
+        if (remaining <= 0) break
+        if (!this.#wakePending) await this.#sleep(Math.min(remaining, IDLE_RECHECK_MS))
+      }
+      if (!this.#sink.closed && windowMs !== null) {
+        this.#sink.send('stream.timeout', { ok: true, next_seq: this.#lastSeq + 1 })
+      }
+    } catch (error) {
+      if (isGatewayError(error) && error.code === 'agent_killed') {
+        this.killed(error.message)
+        return
+      }
+      if (!this.#sink.closed) {
+        const code = isGatewayError(error) ? error.code : 'internal_error'
+        this.#sink.send('error', {
+          ok: false,
+          error: { code, message: isGatewayError(error) ? error.message : 'stream failed', request_id: this.options.requestId },
+        })
+      }
+      if (!isGatewayError(error)) throw error
+    } finally {
+      this.#sink.end()
+    }
+  }
+
+  #write(seq: number, frame: Record<string, unknown>): boolean {
+    if (seq > this.#lastSeq) this.#lastSeq = seq
+    return this.#sink.send('intent.delivered', frame, seq)
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.wake(), ms)
+      this.#wakeResolver = () => {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+  }
+}

@@ -1,0 +1,92 @@
+import type { Change, ChangeFeed } from '../../store/change-feed.js'
+import type { InboxStream } from './inbox-stream.js'
+
+const PING_INTERVAL_MS = 15_000
+
+/**
+ * Open inbox streams of this replica, by agent. The change feed wakes them when work
+ * arrives (one idle stream per new intent, round robin, so instances compete without a
+ * thundering herd) and cuts them when their agent is killed.
+ */
+export class StreamRegistry {
+  readonly #byAddress = new Map<string, InboxStream[]>()
+  readonly #unsubscribe: () => void
+  readonly #pingTimer: NodeJS.Timeout
+  #rr = 0
+
+  constructor(feed: ChangeFeed, pingIntervalMs = PING_INTERVAL_MS) {
+    this.#unsubscribe = feed.subscribe((change) => this.#onChange(change))
+    // One shared timer for every open stream's keep-alive.
+    this.#pingTimer = setInterval(() => this.#pingAll(), pingIntervalMs)
+    this.#pingTimer.unref()
+  }
+
+  get openStreams(): number {
+    let n = 0
+    for (const streams of this.#byAddress.values()) n += streams.length
+    return n
+  }
+
+  add(stream: InboxStream): void {
+    const list = this.#byAddress.get(stream.addressId) ?? []
+    list.push(stream)
+    this.#byAddress.set(stream.addressId, list)
+  }
+
+  remove(stream: InboxStream): void {
+    const list = this.#byAddress.get(stream.addressId)
+    if (!list) return
+    const next = list.filter((s) => s !== stream)
+    if (next.length === 0) this.#byAddress.delete(stream.addressId)
+    else this.#byAddress.set(stream.addressId, next)
+  }
+
+  /** Ends every open stream of an agent with the `agent.killed` frame. Returns how many. */
+  cut(addressId: string, message: string): number {
+    const list = this.#byAddress.get(addressId) ?? []
+    for (const stream of list) stream.killed(message)
+    return list.length
+  }
+
+  close(): void {
+    this.#unsubscribe()
+    clearInterval(this.#pingTimer)
+  }
+
+  #onChange(change: Change): void {
+    switch (change.type) {
+      case 'intent.available':
+        this.#wakeOne(change.address_id)
+        break
+      case 'slot.freed':
+        for (const s of this.#byAddress.get(change.address_id) ?? []) {
+          if (s.instanceId === change.instance_id) s.wake()
+        }
+        break
+      case 'agent.killed':
+        this.cut(change.address_id, 'this agent was killed by an operator; its streams are closed')
+        break
+      default:
+        break
+    }
+  }
+
+  #wakeOne(addressId: string): void {
+    const list = this.#byAddress.get(addressId)
+    if (!list || list.length === 0) return
+    this.#rr = (this.#rr + 1) % 1_000_000
+    for (let i = 0; i < list.length; i += 1) {
+      const stream = list[(this.#rr + i) % list.length] as InboxStream
+      if (stream.idle && !stream.full) {
+        stream.wake()
+        return
+      }
+    }
+    // Nobody idle with room: make every stream look again when it finishes what it is doing.
+    for (const stream of list) if (!stream.full) stream.wake()
+  }
+
+  #pingAll(): void {
+    for (const list of this.#byAddress.values()) for (const stream of list) stream.ping()
+  }
+}

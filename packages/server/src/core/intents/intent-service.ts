@@ -1,0 +1,244 @@
+import type { IntentChange, IntentRow, IntentStatus, NewIntent, Store } from '../../store/store.js'
+import { assertActsFor, isStaff, type Principal } from '../auth/principal.js'
+import { canonicalJson } from '../canonical-json.js'
+import type { Clock } from '../clock.js'
+import { GatewayError, conflict, forbidden, notFound } from '../errors.js'
+import { newIntentId, sha256Hex } from '../ids.js'
+import { acceptRule, settleRule } from '../kill-switch/rules.js'
+
+export interface CreateIntentInput {
+  intent_type: string
+  to_agent: string
+  payload: Record<string, unknown>
+  correlation_id?: string | undefined
+  from_agent?: string | undefined
+  reply_to?: string | undefined
+  deadline_at?: string | undefined
+  max_delivery_attempts?: number | undefined
+}
+
+export interface ResolveInput {
+  status: 'COMPLETED' | 'FAILED' | 'CANCELED'
+  result?: unknown
+  error?: unknown
+  reason?: string | undefined
+  cost_usd?: number | undefined
+}
+
+export interface IntentDefaults {
+  maxDeliveryAttempts: number
+  leaseMs: number
+}
+
+const TERMINAL = new Set<IntentStatus>(['COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT'])
+export const isTerminal = (status: IntentStatus): boolean => TERMINAL.has(status)
+
+const RESOLVE_EVENT = { COMPLETED: 'intent.completed', FAILED: 'intent.failed', CANCELED: 'intent.canceled' } as const
+
+const actorOf = (p: Principal): string => `key:${p.key_id}`
+
+/** Intents: accept, read, acknowledge, resolve. Every write is one store transaction. */
+export class IntentService {
+  readonly #store: Store
+  readonly #clock: Clock
+  readonly #defaults: IntentDefaults
+
+  constructor(store: Store, clock: Clock, defaults: IntentDefaults) {
+    this.#store = store
+    this.#clock = clock
+    this.#defaults = defaults
+  }
+
+  async create(
+    principal: Principal,
+    input: CreateIntentInput,
+    meta: { idempotencyKey?: string | undefined; traceId?: string | undefined },
+  ): Promise<{ intent: IntentRow; replayed: boolean }> {
+    const from = this.#sender(principal, input.from_agent)
+    const now = this.#clock.now()
+    const intent: NewIntent = {
+      intent_id: newIntentId(),
+      intent_type: input.intent_type,
+      from_agent: from,
+      to_agent: input.to_agent,
+      payload: JSON.stringify(input.payload),
+      correlation_id: input.correlation_id ?? null,
+      reply_to: input.reply_to ?? null,
+      deadline_at: input.deadline_at === undefined ? null : Date.parse(input.deadline_at),
+      max_delivery_attempts: input.max_delivery_attempts ?? this.#defaults.maxDeliveryAttempts,
+      trace_id: meta.traceId ?? null,
+    }
+    const idempotency =
+      meta.idempotencyKey === undefined
+        ? null
+        : { key: meta.idempotencyKey, request_hash: sha256Hex(canonicalJson({ ...input, from_agent: from })) }
+    return this.#store.acceptIntent({
+      intent,
+      actor: actorOf(principal),
+      now,
+      idempotency,
+      decide: acceptRule,
+      onIdempotencyMismatch: () => {
+        throw conflict('this Idempotency-Key was already used with a different request body', {
+          idempotency_key: meta.idempotencyKey,
+        })
+      },
+    })
+  }
+
+  /** The sending agent: derived from an agent key; named explicitly by staff keys. */
+  #sender(principal: Principal, fromAgent: string | undefined): string {
+    if (principal.role === 'agent') {
+      if (fromAgent !== undefined && fromAgent !== principal.address) {
+        throw forbidden(`this agent key sends as ${principal.address}; it may not send as ${fromAgent}`)
+      }
+      return principal.address as string
+    }
+    if (principal.role === 'viewer') throw forbidden('a viewer key may not send intents')
+    if (fromAgent === undefined) {
+      throw new GatewayError('schema_invalid', 'operator and admin keys must name from_agent', {
+        details: { field: 'from_agent' },
+      })
+    }
+    return fromAgent
+  }
+
+  /** Reads an intent the principal may see: staff, its sender or its recipient. */
+  async get(principal: Principal, intentId: string): Promise<IntentRow> {
+    const row = await this.#store.getIntent(intentId)
+    if (!row) throw notFound(`intent ${intentId}`)
+    if (
+      principal.role === 'agent' &&
+      principal.address_id !== row.from_address_id &&
+      principal.address_id !== row.to_address_id
+    ) {
+      // Same answer as a missing intent: an agent key cannot probe others' intent ids.
+      throw notFound(`intent ${intentId}`)
+    }
+    return row
+  }
+
+  async events(principal: Principal, intentId: string, since: number, limit = 500) {
+    await this.get(principal, intentId)
+    return this.#store.listIntentEvents(intentId, since, limit)
+  }
+
+  async list(
+    principal: Principal,
+    query: {
+      agent?: string | undefined
+      direction?: 'sent' | 'received' | undefined
+      status?: IntentStatus | undefined
+      limit: number
+      after?: string | undefined
+    },
+  ): Promise<IntentRow[]> {
+    let addressId: string
+    if (query.agent === undefined) {
+      if (principal.role !== 'agent') {
+        throw new GatewayError('schema_invalid', 'agent is required', { details: { field: 'agent' } })
+      }
+      addressId = principal.address_id as string
+    } else {
+      const agent = await this.#store.getAgentByAddress(query.agent)
+      if (!agent) throw notFound(`agent ${query.agent}`)
+      assertActsFor(principal, agent.address_id, "read another agent's intents")
+      addressId = agent.address_id
+    }
+    return this.#store.listIntents({
+      address_id: addressId,
+      direction: query.direction ?? 'both',
+      status: query.status ?? null,
+      limit: query.limit,
+      after: query.after ?? null,
+    })
+  }
+
+  async ack(principal: Principal, intentId: string) {
+    const now = this.#clock.now()
+    return this.#store.updateIntent({
+      intent_id: intentId,
+      now,
+      actor: actorOf(principal),
+      decide: ({ intent, recipient }): IntentChange => {
+        this.#assertRecipient(principal, intent)
+        if (isTerminal(intent.status)) throw conflict(`intent is already ${intent.status}`)
+        settleRule(recipient)
+        if (intent.delivery_state !== 'leased') {
+          throw conflict(`intent is ${intent.delivery_state}, not delivered: only a delivered intent can be acknowledged`)
+        }
+        const first = intent.status !== 'ACKNOWLEDGED'
+        return {
+          status: 'ACKNOWLEDGED',
+          delivery_state: 'leased',
+          lease_expires_at: now + (intent.lease_ms ?? this.#defaults.leaseMs),
+          event_type: first ? 'intent.acknowledged' : null,
+          event_details: first ? { instance_id: intent.lease_instance } : null,
+        }
+      },
+    })
+  }
+
+  async resolve(principal: Principal, intentId: string, input: ResolveInput) {
+    const now = this.#clock.now()
+    if (principal.role !== 'agent' && input.status !== 'CANCELED') {
+      throw forbidden('operator keys may only resolve an intent with status CANCELED')
+    }
+    return this.#store.updateIntent({
+      intent_id: intentId,
+      now,
+      actor: actorOf(principal),
+      decide: ({ intent, recipient }): IntentChange => {
+        this.#assertRecipient(principal, intent)
+        if (isTerminal(intent.status)) {
+          throw conflict(`intent is already ${intent.status}; a terminal status cannot change`, { status: intent.status })
+        }
+        if (principal.role === 'agent') settleRule(recipient)
+        const result = input.result === undefined ? null : JSON.stringify(input.result)
+        const error = input.error === undefined ? null : JSON.stringify(input.error)
+        return {
+          status: input.status,
+          delivery_state: 'done',
+          lease_expires_at: null,
+          event_type: RESOLVE_EVENT[input.status],
+          event_details: input.reason === undefined ? null : { reason: input.reason },
+          result,
+          error,
+          cost_usd: input.cost_usd ?? null,
+          follow_up: intent.reply_to === null ? undefined : this.#completion(intent, input),
+        }
+      },
+    })
+  }
+
+  /** The reply_to completion intent, accepted under the same rules as any send. */
+  #completion(original: IntentRow, input: ResolveInput): IntentChange['follow_up'] {
+    const payload: Record<string, unknown> = { intent_id: original.intent_id, status: input.status }
+    if (input.status === 'COMPLETED') payload['result'] = input.result ?? null
+    else payload['error'] = input.error ?? input.reason ?? null
+    return {
+      intent: {
+        intent_id: newIntentId(),
+        intent_type: 'intent.completion.v1',
+        from_agent: original.to_agent,
+        to_agent: original.reply_to as string,
+        payload: JSON.stringify(payload),
+        correlation_id: original.correlation_id,
+        reply_to: null,
+        deadline_at: null,
+        max_delivery_attempts: this.#defaults.maxDeliveryAttempts,
+        trace_id: original.trace_id,
+      },
+      decide: acceptRule,
+    }
+  }
+
+  #assertRecipient(principal: Principal, intent: IntentRow): void {
+    if (principal.role === 'agent' && principal.address_id !== intent.to_address_id) {
+      throw forbidden('this intent is not addressed to the agent of this key')
+    }
+    if (principal.role !== 'agent' && !isStaff(principal, 'operator')) {
+      throw forbidden('a viewer key may not change intents')
+    }
+  }
+}

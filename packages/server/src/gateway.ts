@@ -1,0 +1,119 @@
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { AgentService } from './core/agents/agent-service.js'
+import { KeyService } from './core/auth/key-service.js'
+import { systemClock, type Clock } from './core/clock.js'
+import { StreamRegistry } from './core/delivery/stream-registry.js'
+import { IntentService } from './core/intents/intent-service.js'
+import { Sweeper } from './core/sweeper.js'
+import type { GatewayConfig } from './config.js'
+import { lockDataDir } from './data-dir-lock.js'
+import { createRequestHandler } from './http/app.js'
+import { Router } from './http/router.js'
+import { inboxRoutes } from './http/routes/inbox.js'
+import { intentRoutes } from './http/routes/intents.js'
+import { keyRoutes } from './http/routes/keys.js'
+import { meshRoutes } from './http/routes/mesh.js'
+import { systemRoutes } from './http/routes/system.js'
+import type { Services } from './http/services.js'
+import { SqliteStore } from './store/sqlite/sqlite-store.js'
+import type { Store } from './store/store.js'
+import { VERSION } from './version.js'
+
+export interface Gateway {
+  readonly url: string
+  readonly port: number
+  readonly store: Store
+  readonly services: Services
+  /** The bootstrap admin key when this start created one (print it once), else null. */
+  readonly bootstrapKey: string | null
+  readonly sweeper: Sweeper
+  close(): Promise<void>
+}
+
+export type Logger = (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void
+
+export const stderrLogger: Logger = (level, message, fields) => {
+  process.stderr.write(`${JSON.stringify({ at: new Date().toISOString(), level, message, ...fields })}\n`)
+}
+
+/** Composition root: config → store → core services → HTTP → listen. */
+export async function startGateway(
+  config: GatewayConfig,
+  options: { clock?: Clock; log?: Logger } = {},
+): Promise<Gateway> {
+  const clock = options.clock ?? systemClock
+  const log = options.log ?? stderrLogger
+  const unlock = config.dataDir === ':memory:' ? () => undefined : lockDataDir(config.dataDir)
+  let store: Store
+  try {
+    store = new SqliteStore({ dataDir: config.dataDir, durability: config.durability })
+  } catch (error) {
+    unlock()
+    throw error
+  }
+  const keys = new KeyService(store, clock)
+  const { printedKey } = await keys.bootstrap(config.adminKey)
+  const leaseMs = config.leaseSeconds * 1000
+  const services: Services = {
+    store,
+    clock,
+    keys,
+    agents: new AgentService(store, clock),
+    intents: new IntentService(store, clock, { maxDeliveryAttempts: config.maxDeliveryAttempts, leaseMs }),
+    streams: new StreamRegistry(store.feed),
+    defaults: { leaseMs, maxInFlight: config.maxInFlight },
+  }
+  const router = new Router()
+  router.add(
+    ...systemRoutes({ store, version: VERSION, router: () => router }),
+    ...keyRoutes(services),
+    ...intentRoutes(services),
+    ...inboxRoutes(services),
+    ...meshRoutes(services),
+  )
+  const server: Server = createServer(
+    { keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 30_000 },
+    createRequestHandler({ router, keys, bodyLimitBytes: config.bodyLimitBytes, log }),
+  )
+  server.on('clientError', (_error, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+  })
+  const sweeper = new Sweeper(store, clock, {
+    intervalMs: config.sweepIntervalMs,
+    retentionMs: config.retentionDays * 86_400_000,
+    onError: (error) => log('error', 'sweeper pass failed', { error: String(error) }),
+  })
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(config.port, config.host, () => resolve())
+    })
+  } catch (error) {
+    await store.close()
+    unlock()
+    throw error
+  }
+  sweeper.start()
+  const port = (server.address() as AddressInfo).port
+  const shownHost = config.host.includes(':') ? `[${config.host}]` : config.host
+  let closed = false
+  return {
+    url: `http://${shownHost}:${port}`,
+    port,
+    store,
+    services,
+    bootstrapKey: printedKey,
+    sweeper,
+    async close() {
+      if (closed) return
+      closed = true
+      sweeper.stop()
+      services.streams.close()
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+      await store.close()
+      unlock()
+    },
+  }
+}

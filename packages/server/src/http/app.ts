@@ -1,0 +1,124 @@
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { ZodError } from 'zod'
+import type { Principal } from '../core/auth/principal.js'
+import { assertAccess } from '../core/auth/principal.js'
+import { GatewayError, isGatewayError } from '../core/errors.js'
+import { randomBase62 } from '../core/ids.js'
+import { parseJson, readBody } from './body.js'
+import { sendError, sendJson } from './errors.js'
+import { STREAMED, normalizePath, type Route, type Router } from './router.js'
+import type { KeyService } from '../core/auth/key-service.js'
+
+export interface HttpDeps {
+  router: Router
+  keys: KeyService
+  bodyLimitBytes: number
+  log: (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void
+}
+
+const PUBLIC: Principal = { key_id: 'anonymous', role: 'viewer', address_id: null, address: null }
+
+/** The request pipeline: route → authenticate → authorize → body limit → JSON → schema → handler. */
+export function createRequestHandler(deps: HttpDeps) {
+  return (req: IncomingMessage, res: ServerResponse): void => {
+    const requestId = `req_${randomBase62(20)}`
+    res.setHeader('x-request-id', requestId)
+    const traceHeader = req.headers['x-trace-id']
+    const traceId = typeof traceHeader === 'string' && traceHeader.length <= 256 ? traceHeader : undefined
+    if (traceId !== undefined) res.setHeader('x-trace-id', traceId)
+    const traceparent = req.headers['traceparent']
+    if (typeof traceparent === 'string' && traceparent.length <= 256) res.setHeader('traceparent', traceparent)
+    handle(deps, req, res, requestId, traceId ?? (typeof traceparent === 'string' ? traceparent : undefined)).catch(
+      (error: unknown) => fail(deps, res, requestId, error),
+    )
+  }
+}
+
+async function handle(
+  deps: HttpDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  requestId: string,
+  traceId: string | undefined,
+): Promise<void> {
+  const url = req.url ?? '/'
+  const q = url.indexOf('?')
+  const path = normalizePath(q === -1 ? url : url.slice(0, q))
+  const matched = deps.router.match(req.method ?? 'GET', path)
+  if (!matched) {
+    req.resume()
+    throw new GatewayError('not_found', `no route for ${req.method ?? 'GET'} ${path.slice(0, 200)}`)
+  }
+  const { route, params } = matched
+  let principal = PUBLIC
+  if (route.access !== 'public') {
+    principal = await deps.keys.authenticate(apiKeyOf(req))
+    assertAccess(route.access, principal)
+  }
+  let body: unknown = undefined
+  if (req.method === 'POST' || req.method === 'PUT') {
+    const raw = await readBody(req, deps.bodyLimitBytes)
+    body = route.body ? validate(route.body, parseJson(raw), 'body') : undefined
+  } else {
+    req.resume()
+  }
+  const query = route.query ? validate(route.query, queryObject(url, q), 'query') : {}
+  const result = await route.handler({ req, res, requestId, principal, params, query, body, traceId })
+  if (result === STREAMED) return
+  sendJson(res, 200, { ok: true, ...result })
+}
+
+/** `x-api-key` wins over `Authorization: Bearer` when both are present (DESIGN §5). */
+function apiKeyOf(req: IncomingMessage): string | undefined {
+  const header = req.headers['x-api-key']
+  if (typeof header === 'string') return header.trim()
+  const auth = req.headers.authorization
+  if (typeof auth === 'string') {
+    const m = /^Bearer\s+(.+)$/i.exec(auth.trim())
+    return m ? (m[1] as string).trim() : ''
+  }
+  return undefined
+}
+
+function queryObject(url: string, q: number): Record<string, string> {
+  const out: Record<string, string> = {}
+  if (q === -1) return out
+  for (const [k, v] of new URLSearchParams(url.slice(q + 1))) {
+    if (k in out) throw new GatewayError('invalid_request', `query parameter ${k} is given more than once`)
+    out[k] = v
+  }
+  return out
+}
+
+function validate<T>(schema: Route['body'] & {}, value: unknown, where: 'body' | 'query'): T {
+  const parsed = schema.safeParse(value)
+  if (parsed.success) return parsed.data as T
+  throw schemaError(parsed.error, where)
+}
+
+export function schemaError(error: ZodError, where: 'body' | 'query'): GatewayError {
+  const issues = error.issues.slice(0, 10).map((issue) => ({
+    field: issue.path.map(String).join('.') || (issue.code === 'unrecognized_keys' ? issue.keys.join(',') : where),
+    message: issue.message,
+  }))
+  const first = error.issues[0]
+  let field = issues[0]?.field ?? where
+  if (first?.code === 'unrecognized_keys') field = [...first.path.map(String), ...first.keys].join('.')
+  return new GatewayError('schema_invalid', `${where === 'query' ? 'query parameter' : 'field'} ${field}: ${issues[0]?.message ?? 'invalid'}`, {
+    details: { field, in: where, issues },
+  })
+}
+
+function fail(deps: HttpDeps, res: ServerResponse, requestId: string, error: unknown): void {
+  if (isGatewayError(error)) {
+    if (error.code === 'payload_too_large') res.setHeader('connection', 'close')
+    sendError(res, requestId, error)
+    return
+  }
+  deps.log('error', 'unhandled error', { request_id: requestId, error: describe(error) })
+  sendError(res, requestId, { code: 'internal_error', message: 'internal error; see the gateway log for this request_id' })
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}\n${error.stack ?? ''}` : String(error)
+}

@@ -1,0 +1,58 @@
+import type { z } from 'zod'
+import { assertActsFor } from '../../core/auth/principal.js'
+import { InboxStream } from '../../core/delivery/inbox-stream.js'
+import { GatewayError, notFound } from '../../core/errors.js'
+import { isAddress, isInstanceId } from '../../core/ids.js'
+import { deliveryRule } from '../../core/kill-switch/rules.js'
+import { SseSink } from '../sse.js'
+import { STREAMED, route, type Route } from '../router.js'
+import { InboxStreamQuery } from '../schemas.js'
+import type { Services } from '../services.js'
+import { lastEventId } from './intents.js'
+
+export function inboxRoutes(s: Services): Route[] {
+  return [
+    route<undefined, z.output<typeof InboxStreamQuery>>({
+      method: 'GET',
+      path: '/v1/agents/:org/:workspace/:name/intents/stream',
+      access: 'agent',
+      tag: 'delivery',
+      summary: "The agent's inbox as server-sent events; instances compete, each intent leased to one",
+      query: InboxStreamQuery,
+      stream: true,
+      handler: async ({ req, res, principal, params, query, requestId }) => {
+        const address = `agent://${params['org']}/${params['workspace']}/${params['name']}`
+        if (!isAddress(address)) {
+          throw new GatewayError('schema_invalid', `${address.slice(0, 300)} is not a valid agent address`, {
+            details: { field: 'address' },
+          })
+        }
+        const header = req.headers['x-instance-id']
+        if (header !== undefined && (typeof header !== 'string' || !isInstanceId(header))) {
+          throw new GatewayError('invalid_request', 'x-instance-id must be 1–128 printable ASCII characters')
+        }
+        const agent = await s.agents.resolve(address).catch((error: unknown) => {
+          throw error instanceof GatewayError && error.code === 'not_found' ? notFound(`agent ${address}`) : error
+        })
+        assertActsFor(principal, agent.address_id, "read another agent's inbox")
+        deliveryRule(agent) // a killed agent's reconnect is refused before the stream opens
+        const stream = new InboxStream(s.store, s.clock, new SseSink(res), {
+          agent,
+          instanceId: header ?? 'default',
+          since: query.since ?? lastEventId(req.headers['last-event-id']) ?? 0,
+          windowMs: query.wait_seconds === undefined ? null : query.wait_seconds * 1000,
+          leaseMs: query.lease_seconds === undefined ? s.defaults.leaseMs : query.lease_seconds * 1000,
+          maxInFlight: query.max_in_flight ?? s.defaults.maxInFlight,
+          requestId,
+        })
+        s.streams.add(stream)
+        try {
+          await stream.run()
+        } finally {
+          s.streams.remove(stream)
+        }
+        return STREAMED
+      },
+    }),
+  ]
+}

@@ -1,0 +1,104 @@
+/**
+ * Request schemas. The same objects validate requests and generate `/openapi.json`, so the
+ * published contract cannot drift from what the gateway enforces.
+ */
+import { z } from 'zod'
+
+const SEGMENT = '[a-z0-9][a-z0-9_-]{0,62}'
+export const ADDRESS_PATTERN = `^agent://${SEGMENT}/${SEGMENT}/${SEGMENT}$`
+
+export const Address = z
+  .string()
+  .max(255)
+  .regex(new RegExp(ADDRESS_PATTERN), 'must be an address like agent://org/workspace/name')
+  .describe('Agent address, agent://<org>/<workspace>/<name>')
+
+export const IntentType = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[a-z0-9_]+(\.[a-z0-9_]+)*$/, 'must be a lowercase dotted name like deploy.service.v1')
+
+const shortText = (max: number) => z.string().max(max)
+
+/** A non-negative integer query parameter (query values arrive as strings). */
+export const intParam = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d{1,10}$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max))
+
+export const Role = z.enum(['admin', 'operator', 'viewer', 'agent'])
+export const IntentStatus = z.enum([
+  'SUBMITTED',
+  'DELIVERED',
+  'ACKNOWLEDGED',
+  'IN_PROGRESS',
+  'WAITING',
+  'COMPLETED',
+  'FAILED',
+  'CANCELED',
+  'TIMED_OUT',
+])
+
+export const CreateIntentBody = z.object({
+  intent_type: IntentType,
+  to_agent: Address,
+  payload: z.record(z.string(), z.unknown()).default({}),
+  correlation_id: shortText(256).optional(),
+  from_agent: Address.optional(),
+  reply_to: Address.optional(),
+  deadline_at: z.iso.datetime({ offset: true }).optional(),
+  max_delivery_attempts: z.number().int().min(1).max(100).optional(),
+})
+
+export const ResolveBody = z.object({
+  status: z.enum(['COMPLETED', 'FAILED', 'CANCELED']),
+  result: z.unknown().optional(),
+  error: z.unknown().optional(),
+  reason: shortText(1024).optional(),
+  cost_usd: z.number().min(0).max(1_000_000).optional(),
+})
+
+export const AckBody = z.object({})
+
+export const EventsQuery = z.object({
+  since: intParam(0, 1_000_000_000).optional(),
+})
+
+export const EventsStreamQuery = z.object({
+  since: intParam(0, 1_000_000_000).optional(),
+  wait_seconds: intParam(1, 60).optional(),
+})
+
+export const InboxStreamQuery = z.object({
+  since: intParam(0, Number.MAX_SAFE_INTEGER).optional(),
+  wait_seconds: intParam(1, 60).optional(),
+  lease_seconds: intParam(1, 3600).optional(),
+  max_in_flight: intParam(1, 1000).optional(),
+})
+
+export const ListIntentsQuery = z.object({
+  agent: Address.optional(),
+  direction: z.enum(['sent', 'received']).optional(),
+  status: IntentStatus.optional(),
+  limit: intParam(1, 500).optional(),
+  after: z.uuid().optional(),
+})
+
+export const CreateKeyBody = z.strictObject({
+  role: Role,
+  agent: Address.optional(),
+  name: shortText(128).optional(),
+})
+
+export const RegisterAgentBody = z.strictObject({
+  address: Address,
+  display_name: shortText(256).optional(),
+  metadata: z.record(z.string(), z.unknown()).optional(),
+})
+
+export const ListAgentsQuery = z.object({
+  limit: intParam(1, 500).optional(),
+})

@@ -1,0 +1,17 @@
+import type { AgentService } from '../core/agents/agent-service.js'
+import type { KeyService } from '../core/auth/key-service.js'
+import type { Clock } from '../core/clock.js'
+import type { StreamRegistry } from '../core/delivery/stream-registry.js'
+import type { IntentService } from '../core/intents/intent-service.js'
+import type { Store } from '../store/store.js'
+
+/** What routes may call: core services (and the store only for feed/ping). */
+export interface Services {
+  store: Store
+  clock: Clock
+  keys: KeyService
+  agents: AgentService
+  intents: IntentService
+  streams: StreamRegistry
+  defaults: { leaseMs: number; maxInFlight: number }
+}

@@ -1,0 +1,82 @@
+/** Versioned schema migrations for the SQLite engine; `PRAGMA user_version` records the last applied. */
+export const SQLITE_MIGRATIONS: readonly string[] = [
+  /* 1: agents, keys, intents, delivery */ `
+  CREATE TABLE agents (
+    address_id   TEXT PRIMARY KEY,
+    address      TEXT NOT NULL UNIQUE,
+    display_name TEXT,
+    metadata     TEXT,
+    created_at   INTEGER NOT NULL,
+    killed_at    INTEGER,
+    kill_reason  TEXT
+  );
+  CREATE TABLE address_seq (
+    address_id TEXT PRIMARY KEY REFERENCES agents(address_id),
+    last_seq   INTEGER NOT NULL
+  );
+  CREATE TABLE api_keys (
+    key_id     TEXT PRIMARY KEY,
+    role       TEXT NOT NULL CHECK (role IN ('admin','operator','viewer','agent')),
+    name       TEXT,
+    key_hash   TEXT NOT NULL UNIQUE,
+    address_id TEXT REFERENCES agents(address_id),
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+  );
+  CREATE TABLE intents (
+    seqno                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    intent_id             TEXT NOT NULL UNIQUE,
+    intent_type           TEXT NOT NULL,
+    from_address_id       TEXT NOT NULL REFERENCES agents(address_id),
+    to_address_id         TEXT NOT NULL REFERENCES agents(address_id),
+    from_agent            TEXT NOT NULL,
+    to_agent              TEXT NOT NULL,
+    payload               TEXT NOT NULL,
+    correlation_id        TEXT,
+    reply_to              TEXT,
+    deadline_at           INTEGER,
+    max_delivery_attempts INTEGER NOT NULL,
+    status                TEXT NOT NULL,
+    delivery_state        TEXT NOT NULL,
+    delivery_attempt      INTEGER NOT NULL DEFAULT 0,
+    delivery_seq          INTEGER,
+    lease_instance        TEXT,
+    lease_expires_at      INTEGER,
+    lease_ms              INTEGER,
+    available_at          INTEGER NOT NULL,
+    created_at            INTEGER NOT NULL,
+    updated_at            INTEGER NOT NULL,
+    result                TEXT,
+    error                 TEXT,
+    cost_usd              REAL,
+    trace_id              TEXT,
+    last_event_seq        INTEGER NOT NULL DEFAULT 0
+  );
+  CREATE INDEX intents_queue ON intents (to_address_id, available_at, seqno) WHERE delivery_state = 'queued';
+  CREATE INDEX intents_leased ON intents (to_address_id, lease_instance, delivery_seq) WHERE delivery_state = 'leased';
+  CREATE INDEX intents_lease_expiry ON intents (lease_expires_at) WHERE delivery_state = 'leased';
+  CREATE INDEX intents_from ON intents (from_address_id, seqno);
+  CREATE INDEX intents_to ON intents (to_address_id, seqno);
+  CREATE INDEX intents_done ON intents (updated_at) WHERE delivery_state = 'done';
+  CREATE INDEX intents_deadline ON intents (deadline_at) WHERE deadline_at IS NOT NULL AND delivery_state <> 'done';
+  CREATE TABLE intent_events (
+    intent_id  TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    actor      TEXT NOT NULL,
+    at         INTEGER NOT NULL,
+    details    TEXT,
+    PRIMARY KEY (intent_id, seq)
+  ) WITHOUT ROWID;
+  CREATE TABLE idempotency_keys (
+    from_address_id TEXT NOT NULL,
+    idem_key        TEXT NOT NULL,
+    request_hash    TEXT NOT NULL,
+    intent_id       TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    PRIMARY KEY (from_address_id, idem_key)
+  ) WITHOUT ROWID;
+  CREATE INDEX idempotency_age ON idempotency_keys (created_at);
+  `,
+]

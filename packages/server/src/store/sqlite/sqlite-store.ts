@@ -1,0 +1,492 @@
+import { mkdirSync, chmodSync } from 'node:fs'
+import { join } from 'node:path'
+import Database from 'better-sqlite3'
+import type { Database as Db, Statement } from 'better-sqlite3'
+import { GatewayError } from '../../core/errors.js'
+import { LocalFeed, type Change } from '../change-feed.js'
+import type {
+  AcceptIntentInput,
+  AcceptIntentResult,
+  AgentRow,
+  ClaimInput,
+  ClaimResult,
+  Delivery,
+  ExpireLeasesResult,
+  IntentEventRow,
+  IntentListQuery,
+  IntentRow,
+  IntentStatus,
+  IntentUpdateInput,
+  IntentUpdateResult,
+  KeyRow,
+  NewIntent,
+  Parties,
+  Role,
+  Store,
+} from '../store.js'
+import { SQLITE_MIGRATIONS } from './sqlite-migrations.js'
+import { newAddressId } from '../../core/ids.js'
+
+export interface SqliteStoreConfig {
+  /** Directory holding `chokepoint.db`; `:memory:` for an in-memory database. */
+  dataDir: string
+  /** `normal` survives a process crash (kill -9); `full` also survives power loss. */
+  durability: 'normal' | 'full'
+}
+
+type Stmts = ReturnType<typeof prepare>
+
+function prepare(db: Db) {
+  const s = (sql: string): Statement => db.prepare(sql)
+  return {
+    agentById: s('SELECT * FROM agents WHERE address_id = ?'),
+    agentByAddress: s('SELECT * FROM agents WHERE address = ?'),
+    insertAgent: s(
+      `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason)
+       VALUES (@address_id, @address, @display_name, @metadata, @created_at, @killed_at, @kill_reason)
+       ON CONFLICT (address) DO NOTHING`,
+    ),
+    listAgents: s('SELECT * FROM agents ORDER BY created_at, address LIMIT ?'),
+    keyByHash: s(
+      `SELECT k.*, a.address FROM api_keys k LEFT JOIN agents a ON a.address_id = k.address_id WHERE k.key_hash = ?`,
+    ),
+    keyById: s(
+      `SELECT k.*, a.address FROM api_keys k LEFT JOIN agents a ON a.address_id = k.address_id WHERE k.key_id = ?`,
+    ),
+    listKeys: s(
+      `SELECT k.*, a.address FROM api_keys k LEFT JOIN agents a ON a.address_id = k.address_id ORDER BY k.created_at, k.key_id`,
+    ),
+    insertKey: s(
+      `INSERT INTO api_keys (key_id, role, name, key_hash, address_id, created_at, revoked_at)
+       VALUES (@key_id, @role, @name, @key_hash, @address_id, @created_at, @revoked_at)`,
+    ),
+    insertKeyIfNew: s(
+      `INSERT INTO api_keys (key_id, role, name, key_hash, address_id, created_at, revoked_at)
+       VALUES (@key_id, @role, @name, @key_hash, @address_id, @created_at, NULL)
+       ON CONFLICT (key_hash) DO UPDATE SET revoked_at = NULL, role = 'admin'`,
+    ),
+    revokeKey: s('UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL'),
+    countActive: s('SELECT count(*) AS n FROM api_keys WHERE role = ? AND revoked_at IS NULL'),
+    intentById: s('SELECT * FROM intents WHERE intent_id = ?'),
+    insertIntent: s(
+      `INSERT INTO intents (intent_id, intent_type, from_address_id, to_address_id, from_agent, to_agent, payload, correlation_id, reply_to,
+         deadline_at, max_delivery_attempts, status, delivery_state, available_at, created_at, updated_at, trace_id, last_event_seq)
+       VALUES (@intent_id, @intent_type, @from_address_id, @to_address_id, @from_agent, @to_agent, @payload, @correlation_id, @reply_to,
+         @deadline_at, @max_delivery_attempts, 'SUBMITTED', 'queued', @now, @now, @now, @trace_id, 2)`,
+    ),
+    insertEvent: s(
+      `INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
+       VALUES (?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    bumpEventSeq: s('UPDATE intents SET last_event_seq = last_event_seq + 1 WHERE intent_id = ? RETURNING last_event_seq'),
+    eventsSince: s('SELECT * FROM intent_events WHERE intent_id = ? AND seq > ? ORDER BY seq LIMIT ?'),
+    idemGet: s('SELECT request_hash, intent_id FROM idempotency_keys WHERE from_address_id = ? AND idem_key = ?'),
+    idemPut: s(
+      'INSERT INTO idempotency_keys (from_address_id, idem_key, request_hash, intent_id, created_at) VALUES (?, ?, ?, ?, ?)',
+    ),
+    inFlight: s(
+      `SELECT count(*) AS n FROM intents WHERE to_address_id = ? AND delivery_state = 'leased' AND lease_instance = ?`,
+    ),
+    // The sender filter is the store half of core's delivery rule (kill-switch/rules.ts):
+    // a killed sender's never-delivered output is not handed to anyone.
+    queued: s(
+      `SELECT i.* FROM intents i JOIN agents f ON f.address_id = i.from_address_id
+       WHERE i.to_address_id = ? AND i.delivery_state = 'queued' AND i.available_at <= ?
+         AND (f.killed_at IS NULL OR i.delivery_attempt > 0)
+       ORDER BY i.available_at, i.seqno LIMIT ?`,
+    ),
+    nextSeq: s(
+      `INSERT INTO address_seq (address_id, last_seq) VALUES (?, ?)
+       ON CONFLICT (address_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq RETURNING last_seq`,
+    ),
+    lease: s(
+      `UPDATE intents SET status = 'DELIVERED', delivery_state = 'leased', delivery_attempt = delivery_attempt + 1,
+         delivery_seq = @seq, lease_instance = @instance, lease_expires_at = @expires, lease_ms = @lease_ms,
+         updated_at = @now, last_event_seq = last_event_seq + 1
+       WHERE intent_id = @intent_id RETURNING *`,
+    ),
+    leasedSince: s(
+      `SELECT * FROM intents WHERE to_address_id = ? AND lease_instance = ? AND delivery_state = 'leased'
+         AND delivery_seq > ? AND lease_expires_at > ? ORDER BY delivery_seq`,
+    ),
+    updateIntent: s(
+      `UPDATE intents SET status = @status, delivery_state = @delivery_state, lease_expires_at = @lease_expires_at,
+         lease_instance = CASE WHEN @delivery_state = 'leased' THEN lease_instance ELSE NULL END,
+         result = coalesce(@result, result), error = coalesce(@error, error), cost_usd = coalesce(@cost_usd, cost_usd),
+         updated_at = @now
+       WHERE intent_id = @intent_id`,
+    ),
+    expired: s(
+      `SELECT * FROM intents WHERE delivery_state = 'leased' AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?`,
+    ),
+    requeue: s(
+      `UPDATE intents SET delivery_state = 'queued', lease_instance = NULL, lease_expires_at = NULL,
+         available_at = @now, updated_at = @now WHERE intent_id = @intent_id`,
+    ),
+    failExpired: s(
+      `UPDATE intents SET status = 'FAILED', delivery_state = 'done', lease_instance = NULL, lease_expires_at = NULL,
+         error = @error, updated_at = @now WHERE intent_id = @intent_id`,
+    ),
+    purgeIntents: s(
+      `DELETE FROM intents WHERE seqno IN (SELECT seqno FROM intents WHERE delivery_state = 'done' AND updated_at < ? LIMIT ?)
+       RETURNING intent_id`,
+    ),
+    purgeEvents: s('DELETE FROM intent_events WHERE intent_id = ?'),
+    purgeIdem: s('DELETE FROM idempotency_keys WHERE created_at < ?'),
+  }
+}
+
+const TERMINAL = new Set<IntentStatus>(['COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT'])
+
+export class SqliteStore implements Store {
+  readonly engine = 'sqlite' as const
+  readonly feed = new LocalFeed()
+  readonly #db: Db
+  readonly #q: Stmts
+
+  constructor(config: SqliteStoreConfig) {
+    let file = ':memory:'
+    if (config.dataDir !== ':memory:') {
+      mkdirSync(config.dataDir, { recursive: true, mode: 0o700 })
+      chmodSync(config.dataDir, 0o700)
+      file = join(config.dataDir, 'chokepoint.db')
+    }
+    this.#db = new Database(file)
+    this.#db.pragma('journal_mode = WAL')
+    this.#db.pragma(`synchronous = ${config.durability === 'full' ? 'FULL' : 'NORMAL'}`)
+    this.#db.pragma('foreign_keys = ON')
+    this.#db.pragma('busy_timeout = 5000')
+    migrate(this.#db)
+    this.#q = prepare(this.#db)
+  }
+
+  /** Runs `fn` in one write transaction and publishes `changes` after it commits. */
+  #write<T>(fn: (changes: Change[]) => T): T {
+    const changes: Change[] = []
+    const result = this.#db.transaction(() => fn(changes)).immediate()
+    for (const change of changes) this.feed.publish(change)
+    return result
+  }
+
+  async close(): Promise<void> {
+    if (this.#db.open) this.#db.close()
+  }
+
+  async ping(): Promise<void> {
+    if (!this.#db.open) throw new GatewayError('store_unavailable', 'the store is closed')
+  }
+
+  // ---- keys ----
+  async insertKey(key: Omit<KeyRow, 'address_id'>, now: number): Promise<KeyRow> {
+    return this.#write(() => {
+      const agent = key.address === null ? null : this.#ensureAgent(key.address, now)
+      const row: KeyRow = { ...key, address_id: agent?.address_id ?? null }
+      this.#q.insertKey.run(stripAddress(row))
+      return row
+    })
+  }
+
+  async findKeyByHash(keyHash: string): Promise<KeyRow | undefined> {
+    return this.#q.keyByHash.get(keyHash) as KeyRow | undefined
+  }
+
+  async getKey(keyId: string): Promise<KeyRow | undefined> {
+    return this.#q.keyById.get(keyId) as KeyRow | undefined
+  }
+
+  async listKeys(): Promise<KeyRow[]> {
+    return this.#q.listKeys.all() as KeyRow[]
+  }
+
+  async revokeKey(keyId: string, now: number, guard: (key: KeyRow, otherAdmins: number) => void): Promise<KeyRow> {
+    return this.#write((changes) => {
+      const key = this.#q.keyById.get(keyId) as KeyRow | undefined
+      if (!key) throw new GatewayError('not_found', `key ${keyId} not found`)
+      const admins = (this.#q.countActive.get('admin') as { n: number }).n
+      const others = key.role === 'admin' && key.revoked_at === null ? admins - 1 : admins
+      guard(key, others)
+      if (key.revoked_at === null) {
+        this.#q.revokeKey.run(now, keyId)
+        changes.push({ type: 'key.revoked', key_id: keyId })
+        return { ...key, revoked_at: now }
+      }
+      return key
+    })
+  }
+
+  async ensureAdminKey(key: KeyRow): Promise<'created' | 'existing'> {
+    return this.#write(() => {
+      const existing = this.#q.keyByHash.get(key.key_hash) as KeyRow | undefined
+      this.#q.insertKeyIfNew.run(stripAddress(key))
+      return existing ? 'existing' : 'created'
+    })
+  }
+
+  async countActiveKeys(role: Role): Promise<number> {
+    return (this.#q.countActive.get(role) as { n: number }).n
+  }
+
+  // ---- agents ----
+  async getAgentById(addressId: string): Promise<AgentRow | undefined> {
+    return this.#q.agentById.get(addressId) as AgentRow | undefined
+  }
+
+  async getAgentByAddress(address: string): Promise<AgentRow | undefined> {
+    return this.#q.agentByAddress.get(address) as AgentRow | undefined
+  }
+
+  async registerAgent(agent: AgentRow): Promise<AgentRow | undefined> {
+    return this.#write(() => (this.#q.insertAgent.run(agent).changes === 1 ? agent : undefined))
+  }
+
+  async listAgents(limit: number): Promise<AgentRow[]> {
+    return this.#q.listAgents.all(limit) as AgentRow[]
+  }
+
+  #ensureAgent(address: string, now: number): AgentRow {
+    const existing = this.#q.agentByAddress.get(address) as AgentRow | undefined
+    if (existing) return existing
+    const row: AgentRow = {
+      address_id: newAddressId(),
+      address,
+      display_name: null,
+      metadata: null,
+      created_at: now,
+      killed_at: null,
+      kill_reason: null,
+    }
+    this.#q.insertAgent.run(row)
+    return row
+  }
+
+  // ---- intents ----
+  async acceptIntent(input: AcceptIntentInput): Promise<AcceptIntentResult> {
+    return this.#write((changes) => {
+      const { intent, now } = input
+      if (input.idempotency) {
+        const from = this.#q.agentByAddress.get(intent.from_agent) as AgentRow | undefined
+        const prior = from
+          ? (this.#q.idemGet.get(from.address_id, input.idempotency.key) as
+              | { request_hash: string; intent_id: string }
+              | undefined)
+          : undefined
+        if (prior) {
+          if (prior.request_hash !== input.idempotency.request_hash) input.onIdempotencyMismatch()
+          const original = this.#q.intentById.get(prior.intent_id) as IntentRow | undefined
+          if (original) return { intent: original, replayed: true }
+        }
+      }
+      const row = this.#accept(intent, input.actor, now, input.decide, changes)
+      if (input.idempotency) {
+        this.#q.idemPut.run(row.from_address_id, input.idempotency.key, input.idempotency.request_hash, row.intent_id, now)
+      }
+      return { intent: row, replayed: false }
+    })
+  }
+
+  /** Reads both agent rows, lets core decide, writes the intent and its first two events. */
+  #accept(
+    intent: NewIntent,
+    actor: string,
+    now: number,
+    decide: (parties: Parties) => void,
+    changes: Change[],
+  ): IntentRow {
+    const parties: Parties = { from: this.#ensureAgent(intent.from_agent, now), to: this.#ensureAgent(intent.to_agent, now) }
+    decide(parties)
+    this.#q.insertIntent.run({
+      ...intent,
+      from_address_id: parties.from.address_id,
+      to_address_id: parties.to.address_id,
+      now,
+    })
+    this.#q.insertEvent.run(intent.intent_id, 1, 'intent.created', 'SUBMITTED', actor, now, null)
+    this.#q.insertEvent.run(intent.intent_id, 2, 'intent.submitted', 'SUBMITTED', actor, now, null)
+    changes.push({ type: 'intent.available', address_id: parties.to.address_id })
+    return this.#q.intentById.get(intent.intent_id) as IntentRow
+  }
+
+  async getIntent(intentId: string): Promise<IntentRow | undefined> {
+    return this.#q.intentById.get(intentId) as IntentRow | undefined
+  }
+
+  async listIntentEvents(intentId: string, since: number, limit: number): Promise<IntentEventRow[]> {
+    return this.#q.eventsSince.all(intentId, since, limit) as IntentEventRow[]
+  }
+
+  async listIntents(query: IntentListQuery): Promise<IntentRow[]> {
+    const where: string[] = []
+    const params: unknown[] = []
+    if (query.direction === 'sent') where.push('from_address_id = ?')
+    else if (query.direction === 'received') where.push('to_address_id = ?')
+    else where.push('(from_address_id = ? OR to_address_id = ?)')
+    params.push(query.address_id)
+    if (query.direction === 'both') params.push(query.address_id)
+    if (query.status) {
+      where.push('status = ?')
+      params.push(query.status)
+    }
+    if (query.after) {
+      where.push('seqno < coalesce((SELECT seqno FROM intents WHERE intent_id = ?), 0)')
+      params.push(query.after)
+    }
+    params.push(query.limit)
+    const sql = `SELECT * FROM intents WHERE ${where.join(' AND ')} ORDER BY seqno DESC LIMIT ?`
+    return this.#db.prepare(sql).all(...params) as IntentRow[]
+  }
+
+  async claimDeliveries(input: ClaimInput): Promise<ClaimResult> {
+    return this.#write((changes) => {
+      const recipient = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      if (!recipient) throw new GatewayError('not_found', 'agent not found')
+      input.decide(recipient)
+      const inFlight = (this.#q.inFlight.get(input.address_id, input.instance_id) as { n: number }).n
+      const room = Math.min(input.max_in_flight - inFlight, input.max_batch)
+      if (room <= 0) return { deliveries: [], has_room: false }
+      const candidates = this.#q.queued.all(input.address_id, input.now, room) as IntentRow[]
+      if (candidates.length === 0) return { deliveries: [], has_room: true }
+      const last = (this.#q.nextSeq.get(input.address_id, candidates.length) as { last_seq: number }).last_seq
+      let seq = last - candidates.length
+      const deliveries: Delivery[] = []
+      for (const candidate of candidates) {
+        seq += 1
+        const leased = this.#q.lease.get({
+          intent_id: candidate.intent_id,
+          seq,
+          instance: input.instance_id,
+          expires: input.now + input.lease_ms,
+          lease_ms: input.lease_ms,
+          now: input.now,
+        }) as IntentRow
+        const eventType = leased.delivery_attempt > 1 ? 'intent.redelivered' : 'intent.delivered'
+        this.#q.insertEvent.run(
+          leased.intent_id,
+          leased.last_event_seq,
+          eventType,
+          'DELIVERED',
+          'system',
+          input.now,
+          JSON.stringify({ instance_id: input.instance_id, delivery_seq: seq, delivery_attempt: leased.delivery_attempt }),
+        )
+        changes.push({ type: 'intent.event', intent_id: leased.intent_id })
+        deliveries.push({ intent: leased, seq, event_type: eventType })
+      }
+      return { deliveries, has_room: inFlight + deliveries.length < input.max_in_flight }
+    })
+  }
+
+  async leasedDeliveries(addressId: string, instanceId: string, since: number, now: number): Promise<IntentRow[]> {
+    return this.#q.leasedSince.all(addressId, instanceId, since, now) as IntentRow[]
+  }
+
+  async updateIntent(input: IntentUpdateInput): Promise<IntentUpdateResult> {
+    return this.#write((changes) => {
+      const intent = this.#q.intentById.get(input.intent_id) as IntentRow | undefined
+      if (!intent) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
+      const recipient = this.#q.agentById.get(intent.to_address_id) as AgentRow
+      const sender = this.#q.agentById.get(intent.from_address_id) as AgentRow
+      const change = input.decide({ intent, recipient, sender })
+      this.#q.updateIntent.run({
+        intent_id: intent.intent_id,
+        status: change.status,
+        delivery_state: change.delivery_state,
+        lease_expires_at: change.lease_expires_at,
+        result: change.result ?? null,
+        error: change.error ?? null,
+        cost_usd: change.cost_usd ?? null,
+        now: input.now,
+      })
+      let event: IntentEventRow | null = null
+      if (change.event_type) {
+        const seq = (this.#q.bumpEventSeq.get(intent.intent_id) as { last_event_seq: number }).last_event_seq
+        event = {
+          intent_id: intent.intent_id,
+          seq,
+          event_type: change.event_type,
+          status: change.status,
+          actor: input.actor,
+          at: input.now,
+          details: change.event_details ? JSON.stringify(change.event_details) : null,
+        }
+        this.#q.insertEvent.run(event.intent_id, seq, event.event_type, event.status, event.actor, event.at, event.details)
+        changes.push({ type: 'intent.event', intent_id: intent.intent_id })
+      }
+      if (intent.delivery_state === 'leased' && change.delivery_state !== 'leased' && intent.lease_instance) {
+        changes.push({ type: 'slot.freed', address_id: intent.to_address_id, instance_id: intent.lease_instance })
+      }
+      let followUp: IntentUpdateResult['follow_up'] = null
+      if (change.follow_up) {
+        const { intent: next, decide } = change.follow_up
+        // A rejected follow-up (e.g. reply_to agent killed) must not undo the resolve: savepoint.
+        try {
+          const row = this.#db.transaction(() => this.#accept(next, input.actor, input.now, decide, changes))()
+          followUp = { accepted: true, intent: row }
+        } catch (error) {
+          followUp = { accepted: false, error }
+        }
+      }
+      const updated = this.#q.intentById.get(intent.intent_id) as IntentRow
+      return { intent: updated, event, follow_up: followUp }
+    })
+  }
+
+  async expireLeases(now: number, limit: number): Promise<ExpireLeasesResult> {
+    return this.#write((changes) => {
+      const rows = this.#q.expired.all(now, limit) as IntentRow[]
+      let requeued = 0
+      let failed = 0
+      for (const row of rows) {
+        if (TERMINAL.has(row.status)) continue
+        if (row.delivery_attempt >= row.max_delivery_attempts) {
+          const seq = (this.#q.bumpEventSeq.get(row.intent_id) as { last_event_seq: number }).last_event_seq
+          const error = JSON.stringify({
+            code: 'delivery_failed',
+            message: `not resolved after ${row.delivery_attempt} delivery attempts`,
+          })
+          this.#q.failExpired.run({ intent_id: row.intent_id, error, now })
+          this.#q.insertEvent.run(row.intent_id, seq, 'intent.delivery_failed', 'FAILED', 'system', now, error)
+          failed += 1
+        } else {
+          // Back in the queue; the next delivery records `intent.redelivered` with a new seq.
+          this.#q.requeue.run({ intent_id: row.intent_id, now })
+          changes.push({ type: 'intent.available', address_id: row.to_address_id })
+          requeued += 1
+        }
+        changes.push({ type: 'intent.event', intent_id: row.intent_id })
+        if (row.lease_instance) {
+          changes.push({ type: 'slot.freed', address_id: row.to_address_id, instance_id: row.lease_instance })
+        }
+      }
+      return { requeued, failed }
+    })
+  }
+
+  async purge(before: number, idempotencyBefore: number, limit: number): Promise<number> {
+    return this.#write(() => {
+      const ids = this.#q.purgeIntents.all(before, limit) as { intent_id: string }[]
+      for (const { intent_id } of ids) this.#q.purgeEvents.run(intent_id)
+      this.#q.purgeIdem.run(idempotencyBefore)
+      return ids.length
+    })
+  }
+}
+
+function stripAddress(key: KeyRow): Omit<KeyRow, 'address'> {
+  const { address: _address, ...rest } = key
+  return rest
+}
+
+function migrate(db: Db): void {
+  const current = db.pragma('user_version', { simple: true }) as number
+  if (current > SQLITE_MIGRATIONS.length) {
+    throw new Error(
+      `the database schema (version ${current}) is newer than this gateway supports (${SQLITE_MIGRATIONS.length}); upgrade chokepoint`,
+    )
+  }
+  for (let version = current; version < SQLITE_MIGRATIONS.length; version += 1) {
+    db.transaction(() => {
+      db.exec(SQLITE_MIGRATIONS[version] as string)
+      db.pragma(`user_version = ${version + 1}`)
+    }).immediate()
+  }
+}

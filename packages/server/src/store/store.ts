@@ -1,0 +1,241 @@
+/**
+ * The store interface. Two engines implement it: `sqlite/` (embedded default, one replica)
+ * and `postgres/` (any number of replicas). Methods are coarse, one per use case, because a
+ * better-sqlite3 transaction cannot span an `await`: each method loads the rows it needs,
+ * calls the pure core decision it is handed (the kill rule lives in core, once), and writes,
+ * all in one transaction. Stores persist; they never decide.
+ */
+import type { ChangeFeed } from './change-feed.js'
+
+export type Role = 'admin' | 'operator' | 'viewer' | 'agent'
+
+export type IntentStatus =
+  | 'SUBMITTED'
+  | 'DELIVERED'
+  | 'ACKNOWLEDGED'
+  | 'IN_PROGRESS'
+  | 'WAITING'
+  | 'COMPLETED'
+  | 'FAILED'
+  | 'CANCELED'
+  | 'TIMED_OUT'
+
+export type DeliveryState = 'queued' | 'leased' | 'held' | 'done'
+
+export interface AgentRow {
+  address_id: string
+  address: string
+  display_name: string | null
+  /** JSON text or null. */
+  metadata: string | null
+  created_at: number
+  killed_at: number | null
+  kill_reason: string | null
+}
+
+export interface KeyRow {
+  key_id: string
+  role: Role
+  name: string | null
+  /** SHA-256 hex of the key; the key itself is never stored. */
+  key_hash: string
+  address_id: string | null
+  address: string | null
+  created_at: number
+  revoked_at: number | null
+}
+
+export interface IntentRow {
+  intent_id: string
+  intent_type: string
+  from_address_id: string
+  to_address_id: string
+  from_agent: string
+  to_agent: string
+  /** JSON text. */
+  payload: string
+  correlation_id: string | null
+  reply_to: string | null
+  deadline_at: number | null
+  max_delivery_attempts: number
+  status: IntentStatus
+  delivery_state: DeliveryState
+  delivery_attempt: number
+  delivery_seq: number | null
+  lease_instance: string | null
+  lease_expires_at: number | null
+  lease_ms: number | null
+  available_at: number
+  created_at: number
+  updated_at: number
+  /** JSON text or null. */
+  result: string | null
+  /** JSON text or null. */
+  error: string | null
+  cost_usd: number | null
+  trace_id: string | null
+  last_event_seq: number
+}
+
+export interface IntentEventRow {
+  intent_id: string
+  seq: number
+  event_type: string
+  status: IntentStatus
+  actor: string
+  at: number
+  /** JSON text or null. */
+  details: string | null
+}
+
+/** A new intent as core builds it; the store fills in ids of agent rows. */
+export interface NewIntent {
+  intent_id: string
+  intent_type: string
+  from_agent: string
+  to_agent: string
+  payload: string
+  correlation_id: string | null
+  reply_to: string | null
+  deadline_at: number | null
+  max_delivery_attempts: number
+  trace_id: string | null
+}
+
+/** The sender's and recipient's agent rows, read inside the accepting transaction. */
+export interface Parties {
+  from: AgentRow
+  to: AgentRow
+}
+
+export interface AcceptIntentInput {
+  intent: NewIntent
+  /** Events written with the intent (core decides which). */
+  actor: string
+  now: number
+  idempotency: { key: string; request_hash: string } | null
+  /** Core's decision, run inside the transaction on the freshly read agent rows; throws to reject. */
+  decide: (parties: Parties) => void
+  /** Called for an idempotent replay whose stored hash differs; throws. */
+  onIdempotencyMismatch: () => never
+}
+
+export interface AcceptIntentResult {
+  intent: IntentRow
+  replayed: boolean
+}
+
+export interface ClaimInput {
+  address_id: string
+  instance_id: string
+  max_in_flight: number
+  lease_ms: number
+  max_batch: number
+  now: number
+  /** Core's delivery rule on the recipient row; throws to refuse delivery. */
+  decide: (recipient: AgentRow) => void
+}
+
+export interface Delivery {
+  intent: IntentRow
+  seq: number
+  event_type: 'intent.delivered' | 'intent.redelivered'
+}
+
+export interface ClaimResult {
+  deliveries: Delivery[]
+  /** False when this instance already holds `max_in_flight` leases. */
+  has_room: boolean
+}
+
+export interface IntentUpdateInput {
+  intent_id: string
+  now: number
+  actor: string
+  /**
+   * Core's decision on the current rows (intent, recipient, sender). Returns the change to
+   * write, or throws to reject. Runs inside the transaction.
+   */
+  decide: (ctx: { intent: IntentRow; recipient: AgentRow; sender: AgentRow }) => IntentChange
+}
+
+/** What core decided to write for an ack or resolve. */
+export interface IntentChange {
+  status: IntentStatus
+  delivery_state: DeliveryState
+  lease_expires_at: number | null
+  event_type: string | null
+  event_details: Record<string, unknown> | null
+  result?: string | null
+  error?: string | null
+  cost_usd?: number | null
+  /** An intent to accept in the same transaction (reply_to completion), under `decide`. */
+  follow_up?: { intent: NewIntent; decide: (parties: Parties) => void } | undefined
+}
+
+export interface IntentUpdateResult {
+  intent: IntentRow
+  event: IntentEventRow | null
+  follow_up: { accepted: true; intent: IntentRow } | { accepted: false; error: unknown } | null
+}
+
+export interface ExpireLeasesResult {
+  requeued: number
+  failed: number
+}
+
+export interface IntentListQuery {
+  address_id: string
+  direction: 'sent' | 'received' | 'both'
+  status: IntentStatus | null
+  limit: number
+  /** Paging cursor: rows created strictly before this intent (newest first). */
+  after: string | null
+}
+
+export interface Store {
+  readonly engine: 'sqlite' | 'postgres'
+  /** Change notifications, delivered to every replica on the same store. */
+  readonly feed: ChangeFeed
+  close(): Promise<void>
+  /** Throws GatewayError('store_unavailable') if the store cannot be reached. */
+  ping(): Promise<void>
+
+  // ---- keys ----
+  /** Inserts a key; for an agent key, registers the agent (if new) in the same transaction. */
+  insertKey(key: Omit<KeyRow, 'address_id'>, now: number): Promise<KeyRow>
+  findKeyByHash(keyHash: string): Promise<KeyRow | undefined>
+  listKeys(): Promise<KeyRow[]>
+  getKey(keyId: string): Promise<KeyRow | undefined>
+  /** Revokes a key; `guard` sees the key and the number of other active admin keys and may throw. */
+  revokeKey(
+    keyId: string,
+    now: number,
+    guard: (key: KeyRow, otherActiveAdmins: number) => void,
+  ): Promise<KeyRow>
+  /** Upserts the bootstrap admin key by hash (idempotent, safe under concurrent starts). */
+  ensureAdminKey(key: KeyRow): Promise<'created' | 'existing'>
+  countActiveKeys(role: Role): Promise<number>
+
+  // ---- agents ----
+  getAgentById(addressId: string): Promise<AgentRow | undefined>
+  getAgentByAddress(address: string): Promise<AgentRow | undefined>
+  /** Registers a new agent; returns undefined when the address already exists. */
+  registerAgent(agent: AgentRow): Promise<AgentRow | undefined>
+  listAgents(limit: number): Promise<AgentRow[]>
+
+  // ---- intents ----
+  acceptIntent(input: AcceptIntentInput): Promise<AcceptIntentResult>
+  getIntent(intentId: string): Promise<IntentRow | undefined>
+  listIntentEvents(intentId: string, since: number, limit: number): Promise<IntentEventRow[]>
+  listIntents(query: IntentListQuery): Promise<IntentRow[]>
+  /** Leases queued intents to one instance, giving each a new per-address delivery seq. */
+  claimDeliveries(input: ClaimInput): Promise<ClaimResult>
+  /** Deliveries still leased to (address, instance) with seq > since, unextended, in seq order. */
+  leasedDeliveries(addressId: string, instanceId: string, since: number, now: number): Promise<IntentRow[]>
+  updateIntent(input: IntentUpdateInput): Promise<IntentUpdateResult>
+  /** Requeues expired leases; intents out of attempts become FAILED. */
+  expireLeases(now: number, limit: number): Promise<ExpireLeasesResult>
+  /** Deletes terminal intents (and their events) older than `before`, and stale idempotency keys. */
+  purge(before: number, idempotencyBefore: number, limit: number): Promise<number>
+}
