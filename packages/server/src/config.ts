@@ -14,6 +14,8 @@ export interface GatewayConfig {
   readonly maxDeliveryAttempts: number
   readonly sweepIntervalMs: number
   readonly retentionDays: number
+  /** Held intents released per second per agent on resume (DESIGN §2.4). */
+  readonly resumeRatePerSecond: number
   readonly quiet: boolean
 }
 
@@ -77,6 +79,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     maxDeliveryAttempts: int('CHOKEPOINT_MAX_DELIVERY_ATTEMPTS', env['CHOKEPOINT_MAX_DELIVERY_ATTEMPTS'], 10, 1, 100),
     sweepIntervalMs: int('CHOKEPOINT_SWEEP_INTERVAL_MS', env['CHOKEPOINT_SWEEP_INTERVAL_MS'], 500, 10, 60_000),
     retentionDays: int('CHOKEPOINT_RETENTION_DAYS', env['CHOKEPOINT_RETENTION_DAYS'], 7, 1, 3650),
+    resumeRatePerSecond: int('CHOKEPOINT_RESUME_RATE', env['CHOKEPOINT_RESUME_RATE'], 50, 1, 100_000),
     quiet: env['CHOKEPOINT_QUIET'] === '1',
   })
 }

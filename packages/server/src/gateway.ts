@@ -14,6 +14,10 @@ import { inboxRoutes } from './http/routes/inbox.js'
 import { intentRoutes } from './http/routes/intents.js'
 import { keyRoutes } from './http/routes/keys.js'
 import { meshRoutes } from './http/routes/mesh.js'
+import { auditRoutes } from './http/routes/audit.js'
+import { AuditService } from './core/audit/audit-service.js'
+import { auditHash } from './core/audit/audit-chain.js'
+import { KillSwitchService } from './core/kill-switch/kill-switch-service.js'
 import { systemRoutes } from './http/routes/system.js'
 import type { Services } from './http/services.js'
 import { SqliteStore } from './store/sqlite/sqlite-store.js'
@@ -47,7 +51,7 @@ export async function startGateway(
   const unlock = config.dataDir === ':memory:' ? () => undefined : lockDataDir(config.dataDir)
   let store: Store
   try {
-    store = new SqliteStore({ dataDir: config.dataDir, durability: config.durability })
+    store = new SqliteStore({ dataDir: config.dataDir, durability: config.durability, hashAudit: auditHash })
   } catch (error) {
     unlock()
     throw error
@@ -55,11 +59,15 @@ export async function startGateway(
   const keys = new KeyService(store, clock)
   const { printedKey } = await keys.bootstrap(config.adminKey)
   const leaseMs = config.leaseSeconds * 1000
+  const agents = new AgentService(store, clock)
+  const audit = new AuditService(store, clock)
   const services: Services = {
     store,
     clock,
     keys,
-    agents: new AgentService(store, clock),
+    agents,
+    audit,
+    killSwitch: new KillSwitchService(store, clock, agents, { resumeRatePerSecond: config.resumeRatePerSecond }),
     intents: new IntentService(store, clock, { maxDeliveryAttempts: config.maxDeliveryAttempts, leaseMs }),
     streams: new StreamRegistry(store.feed),
     defaults: { leaseMs, maxInFlight: config.maxInFlight },
@@ -71,10 +79,11 @@ export async function startGateway(
     ...intentRoutes(services),
     ...inboxRoutes(services),
     ...meshRoutes(services),
+    ...auditRoutes(services),
   )
   const server: Server = createServer(
     { keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 30_000 },
-    createRequestHandler({ router, keys, bodyLimitBytes: config.bodyLimitBytes, log }),
+    createRequestHandler({ router, keys, audit, bodyLimitBytes: config.bodyLimitBytes, log }),
   )
   server.on('clientError', (_error, socket) => {
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')

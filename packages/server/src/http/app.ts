@@ -8,10 +8,12 @@ import { parseJson, readBody } from './body.js'
 import { sendError, sendJson } from './errors.js'
 import { STREAMED, normalizePath, type Route, type Router } from './router.js'
 import type { KeyService } from '../core/auth/key-service.js'
+import type { AuditService } from '../core/audit/audit-service.js'
 
 export interface HttpDeps {
   router: Router
   keys: KeyService
+  audit: AuditService
   bodyLimitBytes: number
   log: (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void
 }
@@ -53,7 +55,14 @@ async function handle(
   let principal = PUBLIC
   if (route.access !== 'public') {
     principal = await deps.keys.authenticate(apiKeyOf(req))
-    assertAccess(route.access, principal)
+    try {
+      assertAccess(route.access, principal)
+    } catch (error) {
+      if (route.control) {
+        await deps.audit.denied(principal, `${route.method} ${route.path}`, (error as Error).message)
+      }
+      throw error
+    }
   }
   let body: unknown = undefined
   if (req.method === 'POST' || req.method === 'PUT') {

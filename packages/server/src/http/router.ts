@@ -23,6 +23,8 @@ export interface Route<TBody = unknown, TQuery = unknown> {
   method: Method
   path: string
   access: Access
+  /** Control routes (keys, kill, resume, policies, webhooks): authenticated 403s are audited. */
+  control?: boolean
   summary: string
   tag: string
   body?: ZodType<TBody>

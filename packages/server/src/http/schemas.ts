@@ -102,3 +102,32 @@ export const RegisterAgentBody = z.strictObject({
 export const ListAgentsQuery = z.object({
   limit: intParam(1, 500).optional(),
 })
+
+export const KillBody = z.strictObject({
+  reason: shortText(1024).optional(),
+  cancel_pending: z.boolean().optional(),
+})
+
+export const ResumeBody = z.strictObject({
+  reason: shortText(1024).optional(),
+})
+
+export const AuditQuery = z.object({
+  limit: intParam(1, 500).optional(),
+  after_seq: intParam(0, Number.MAX_SAFE_INTEGER).optional(),
+  action_prefix: shortText(64).optional(),
+  target: shortText(300).optional(),
+})
+
+export const MeshEventsQuery = z.object({
+  limit: intParam(1, 500).optional(),
+  event_type: shortText(64).optional(),
+  address: Address.optional(),
+})
+
+export const MeshEventsStreamQuery = z.object({
+  after: z
+    .string()
+    .regex(/^evt_\d{1,15}$/, 'must be an event_id like evt_42')
+    .optional(),
+})

@@ -3,6 +3,8 @@ import type { KeyService } from '../core/auth/key-service.js'
 import type { Clock } from '../core/clock.js'
 import type { StreamRegistry } from '../core/delivery/stream-registry.js'
 import type { IntentService } from '../core/intents/intent-service.js'
+import type { AuditService } from '../core/audit/audit-service.js'
+import type { KillSwitchService } from '../core/kill-switch/kill-switch-service.js'
 import type { Store } from '../store/store.js'
 
 /** What routes may call: core services (and the store only for feed/ping). */
@@ -13,5 +15,7 @@ export interface Services {
   agents: AgentService
   intents: IntentService
   streams: StreamRegistry
+  killSwitch: KillSwitchService
+  audit: AuditService
   defaults: { leaseMs: number; maxInFlight: number }
 }

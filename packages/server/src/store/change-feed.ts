@@ -10,6 +10,7 @@ export type Change =
   | { type: 'agent.killed'; address_id: string }
   | { type: 'agent.resumed'; address_id: string }
   | { type: 'key.revoked'; key_id: string }
+  | { type: 'mesh.event'; seqno: number }
 
 export type ChangeListener = (change: Change) => void
 

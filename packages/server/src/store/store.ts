@@ -31,6 +31,9 @@ export interface AgentRow {
   created_at: number
   killed_at: number | null
   kill_reason: string | null
+  /** Who killed it: `key:<id>` or `policy:<id>`. */
+  kill_actor: string | null
+  resumed_at: number | null
 }
 
 export interface KeyRow {
@@ -75,6 +78,8 @@ export interface IntentRow {
   cost_usd: number | null
   trace_id: string | null
   last_event_seq: number
+  /** Leases dropped by a kill: they do not count toward `max_delivery_attempts`. */
+  kill_dropped: number
 }
 
 export interface IntentEventRow {
@@ -146,6 +151,8 @@ export interface ClaimResult {
   deliveries: Delivery[]
   /** False when this instance already holds `max_in_flight` leases. */
   has_room: boolean
+  /** When nothing is due now: the earliest time a queued intent becomes due (paced redelivery). */
+  next_due_at: number | null
 }
 
 export interface IntentUpdateInput {
@@ -193,6 +200,99 @@ export interface IntentListQuery {
   after: string | null
 }
 
+/** An audit entry before the store numbers and chains it (DESIGN §2.7). */
+export interface AuditDraft {
+  /** Exact ISO string with milliseconds. */
+  at: string
+  actor: string
+  action: string
+  target: string
+  reason: string | null
+  before: unknown
+  after: unknown
+}
+
+export interface AuditRow {
+  seq: number
+  at: string
+  actor: string
+  action: string
+  target: string
+  reason: string | null
+  /** JSON text or null, stored as written (key order kept). */
+  before: string | null
+  after: string | null
+  prev_hash: string
+  hash: string
+}
+
+/** Computes an entry's chain hash; core supplies it (audit/audit-chain.ts). */
+export type AuditHasher = (prevHash: string, entry: AuditDraft & { seq: number }) => string
+
+export interface MeshEventDraft {
+  address_id: string | null
+  address: string | null
+  event_type: string
+  details: Record<string, unknown> | null
+  actor_id: string
+  created_at: number
+}
+
+export interface MeshEventRow {
+  seqno: number
+  address_id: string | null
+  address: string | null
+  event_type: string
+  /** JSON text or null. */
+  details: string | null
+  actor_id: string
+  created_at: number
+}
+
+export interface KillInput {
+  address_id: string
+  now: number
+  actor: string
+  reason: string | null
+  /** Builds the audit entry and mesh event from the agent row before the kill. */
+  record: (before: AgentRow, after: AgentRow) => { audit: AuditDraft; event: MeshEventDraft }
+}
+
+export interface HoldInput {
+  address_id: string
+  now: number
+  actor: string
+  reason: string | null
+  /** Cancel the agent's undelivered outbound intents instead of holding them. */
+  cancel_pending: boolean
+  limit: number
+}
+
+export interface ResumeInput {
+  address_id: string
+  now: number
+  actor: string
+  reason: string | null
+  /** Held intents are released oldest first at this many per second. */
+  rate_per_second: number
+  record: (before: AgentRow, after: AgentRow, redelivering: number) => { audit: AuditDraft; event: MeshEventDraft }
+}
+
+export interface AuditQuery {
+  after_seq: number
+  limit: number
+  action_prefix: string | null
+  target: string | null
+}
+
+export interface MeshEventQuery {
+  limit: number
+  event_type: string | null
+  address: string | null
+  /** Newest first, strictly older than this seqno. */
+  before_seqno: number | null
+}
+
 export interface Store {
   readonly engine: 'sqlite' | 'postgres'
   /** Change notifications, delivered to every replica on the same store. */
@@ -203,7 +303,7 @@ export interface Store {
 
   // ---- keys ----
   /** Inserts a key; for an agent key, registers the agent (if new) in the same transaction. */
-  insertKey(key: Omit<KeyRow, 'address_id'>, now: number): Promise<KeyRow>
+  insertKey(key: Omit<KeyRow, 'address_id'>, now: number, audit: (row: KeyRow) => AuditDraft): Promise<KeyRow>
   findKeyByHash(keyHash: string): Promise<KeyRow | undefined>
   listKeys(): Promise<KeyRow[]>
   getKey(keyId: string): Promise<KeyRow | undefined>
@@ -212,6 +312,7 @@ export interface Store {
     keyId: string,
     now: number,
     guard: (key: KeyRow, otherActiveAdmins: number) => void,
+    audit: (key: KeyRow) => AuditDraft,
   ): Promise<KeyRow>
   /** Upserts the bootstrap admin key by hash (idempotent, safe under concurrent starts). */
   ensureAdminKey(key: KeyRow): Promise<'created' | 'existing'>
@@ -238,4 +339,23 @@ export interface Store {
   expireLeases(now: number, limit: number): Promise<ExpireLeasesResult>
   /** Deletes terminal intents (and their events) older than `before`, and stale idempotency keys. */
   purge(before: number, idempotencyBefore: number, limit: number): Promise<number>
+
+  // ---- kill switch ----
+  /**
+   * Flips the agent row to killed and writes the audit entry, mesh event and change
+   * notification in one transaction. `changed` is false when it was already killed (no-op).
+   */
+  killAgent(input: KillInput): Promise<{ agent: AgentRow; changed: boolean }>
+  /** One batch of marking a killed agent's backlog held (or canceled); returns rows touched. */
+  holdBacklog(input: HoldInput): Promise<{ held: number; canceled: number }>
+  /** Clears the kill and releases held intents (paced), with audit and mesh event. */
+  resumeAgent(input: ResumeInput): Promise<{ agent: AgentRow; changed: boolean; redelivering: number }>
+
+  // ---- audit and mesh events ----
+  appendAudit(draft: AuditDraft): Promise<AuditRow>
+  listAudit(query: AuditQuery): Promise<AuditRow[]>
+  appendMeshEvent(draft: MeshEventDraft): Promise<MeshEventRow>
+  listMeshEvents(query: MeshEventQuery): Promise<MeshEventRow[]>
+  /** Oldest first, strictly after `afterSeqno` (for live streams). */
+  meshEventsAfter(afterSeqno: number, limit: number): Promise<MeshEventRow[]>
 }

@@ -66,6 +66,8 @@ export class AgentService {
       created_at: this.#clock.now(),
       killed_at: null,
       kill_reason: null,
+      kill_actor: null,
+      resumed_at: null,
     }
     const created = await this.#store.registerAgent(row)
     if (!created) throw conflict(`agent ${input.address} is already registered`)

@@ -1,5 +1,5 @@
 import type { KeyRow, Role, Store } from '../../store/store.js'
-import type { Clock } from '../clock.js'
+import { iso, type Clock } from '../clock.js'
 import { GatewayError, conflict } from '../errors.js'
 import { digestsEqual, isAddress, newApiKey, newKeyId, sha256Hex } from '../ids.js'
 import type { Principal } from './principal.js'
@@ -50,7 +50,10 @@ export class KeyService {
     return { key_id: row.key_id, role: row.role, address_id: row.address_id, address: row.address }
   }
 
-  async create(input: { role: Role; agent?: string | undefined; name?: string | undefined }): Promise<{
+  async create(
+    input: { role: Role; agent?: string | undefined; name?: string | undefined },
+    actor = 'system',
+  ): Promise<{
     row: KeyRow
     key: string
   }> {
@@ -68,6 +71,7 @@ export class KeyService {
       })
     }
     const key = newApiKey()
+    const now = this.#clock.now()
     const row = await this.#store.insertKey(
       {
         key_id: newKeyId(),
@@ -75,10 +79,19 @@ export class KeyService {
         name: input.name ?? null,
         key_hash: sha256Hex(key),
         address: input.agent ?? null,
-        created_at: this.#clock.now(),
+        created_at: now,
         revoked_at: null,
       },
-      this.#clock.now(),
+      now,
+      (created) => ({
+        at: iso(now),
+        actor,
+        action: 'key.create',
+        target: created.key_id,
+        reason: null,
+        before: null,
+        after: { role: created.role, name: created.name, agent: created.address },
+      }),
     )
     return { row, key }
   }
@@ -87,12 +100,26 @@ export class KeyService {
     return this.#store.listKeys()
   }
 
-  async revoke(keyId: string): Promise<KeyRow> {
-    return this.#store.revokeKey(keyId, this.#clock.now(), (key, otherAdmins) => {
-      if (key.role === 'admin' && key.revoked_at === null && otherAdmins === 0) {
-        throw conflict('this is the last active admin key; create another admin key before revoking it')
-      }
-    })
+  async revoke(keyId: string, actor: string): Promise<KeyRow> {
+    const now = this.#clock.now()
+    return this.#store.revokeKey(
+      keyId,
+      now,
+      (key, otherAdmins) => {
+        if (key.role === 'admin' && key.revoked_at === null && otherAdmins === 0) {
+          throw conflict('this is the last active admin key; create another admin key before revoking it')
+        }
+      },
+      (key) => ({
+        at: iso(now),
+        actor,
+        action: 'key.revoke',
+        target: key.key_id,
+        reason: null,
+        before: { role: key.role, name: key.name, agent: key.address, revoked: false },
+        after: { role: key.role, name: key.name, agent: key.address, revoked: true },
+      }),
+    )
   }
 
   /**

@@ -112,9 +112,12 @@ export class InboxStream {
         }
         if (claim.deliveries.length > 0 && windowMs !== null) break
         if (claim.deliveries.length === MAX_BATCH && claim.has_room) continue
-        const remaining = deadline - this.#clock.now()
+        const now = this.#clock.now()
+        const remaining = deadline - now
         if (remaining <= 0) break
-        if (!this.#wakePending) await this.#sleep(Math.min(remaining, IDLE_RECHECK_MS))
+        // Paced redelivery: sleep until the next held intent is due, not a polling tick.
+        const due = claim.next_due_at === null ? IDLE_RECHECK_MS : Math.max(1, claim.next_due_at - now)
+        if (!this.#wakePending) await this.#sleep(Math.min(remaining, due, IDLE_RECHECK_MS))
       }
       if (!this.#sink.closed && windowMs !== null) {
         this.#sink.send('stream.timeout', { ok: true, next_seq: this.#lastSeq + 1 })

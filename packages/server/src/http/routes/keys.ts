@@ -10,11 +10,12 @@ export function keyRoutes(s: Services): Route[] {
       method: 'POST',
       path: '/v1/keys',
       access: 'admin',
+      control: true,
       tag: 'keys',
       summary: 'Create an API key (shown only in this response); agent keys register their agent',
       body: CreateKeyBody,
-      handler: async ({ body }) => {
-        const { row, key } = await s.keys.create(body)
+      handler: async ({ body, principal }) => {
+        const { row, key } = await s.keys.create(body, `key:${principal.key_id}`)
         return { ...keyView(row), key }
       },
     }),
@@ -30,9 +31,12 @@ export function keyRoutes(s: Services): Route[] {
       method: 'DELETE',
       path: '/v1/keys/:key_id',
       access: 'admin',
+      control: true,
       tag: 'keys',
       summary: 'Revoke a key; it answers 401 from the next request on',
-      handler: async ({ params }) => ({ key: keyView(await s.keys.revoke(params['key_id'] as string)) }),
+      handler: async ({ params, principal }) => ({
+        key: keyView(await s.keys.revoke(params['key_id'] as string, `key:${principal.key_id}`)),
+      }),
     }),
   ]
 }

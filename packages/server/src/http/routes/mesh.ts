@@ -1,7 +1,12 @@
 import type { z } from 'zod'
 import { agentView } from '../../core/agents/agent-service.js'
 import { route, type Route } from '../router.js'
-import { ListAgentsQuery, RegisterAgentBody } from '../schemas.js'
+import { KillBody, ListAgentsQuery, MeshEventsQuery, MeshEventsStreamQuery, RegisterAgentBody, ResumeBody } from '../schemas.js'
+import { meshEventView, parseMeshEventId } from '../../core/mesh/mesh-events.js'
+import { streamMeshEvents } from '../../core/mesh/mesh-event-stream.js'
+import { SseSink } from '../sse.js'
+import { STREAMED } from '../router.js'
+import { iso } from '../../core/clock.js'
 import type { Services } from '../services.js'
 
 export function meshRoutes(s: Services): Route[] {
@@ -35,10 +40,89 @@ export function meshRoutes(s: Services): Route[] {
       access: 'viewer',
       tag: 'mesh',
       summary: 'One agent by addr_… id or (URL-encoded) address',
-      handler: async ({ params }) => ({
-        agent: { ...agentView(await s.agents.resolve(params['address_id'] as string)), instances: [], policies: [] },
-        events: [],
-      }),
+      handler: async ({ params }) => {
+        const agent = await s.agents.resolve(params['address_id'] as string)
+        const events = await s.store.listMeshEvents({ limit: 20, event_type: null, address: agent.address, before_seqno: null })
+        return { agent: { ...agentView(agent), instances: [], policies: [] }, events: events.map(meshEventView) }
+      },
+    }),
+    route<z.output<typeof KillBody>>({
+      method: 'POST',
+      path: '/v1/mesh/agents/:address_id/kill',
+      access: 'operator',
+      control: true,
+      tag: 'kill-switch',
+      summary: 'Kill an agent on every instance: sends, deliveries, acks and resolves are refused from now on',
+      body: KillBody,
+      handler: async ({ params, principal, body }) => {
+        const { agent, held_intents } = await s.killSwitch.kill(
+          { kind: 'key', key_id: principal.key_id },
+          params['address_id'] as string,
+          body,
+        )
+        return {
+          address_id: agent.address_id,
+          address: agent.address,
+          health_status: 'killed',
+          killed_at: iso(agent.killed_at as number),
+          kill_reason: agent.kill_reason,
+          held_intents,
+        }
+      },
+    }),
+    route<z.output<typeof ResumeBody>>({
+      method: 'POST',
+      path: '/v1/mesh/agents/:address_id/resume',
+      access: 'operator',
+      control: true,
+      tag: 'kill-switch',
+      summary: 'Resume a killed agent; its held work is redelivered, oldest first, paced',
+      body: ResumeBody,
+      handler: async ({ params, principal, body }) => {
+        const { agent, redelivering } = await s.killSwitch.resume(
+          { kind: 'key', key_id: principal.key_id },
+          params['address_id'] as string,
+          body,
+        )
+        return {
+          address_id: agent.address_id,
+          address: agent.address,
+          health_status: agentView(agent)['health_status'],
+          resumed_at: agent.resumed_at === null ? null : iso(agent.resumed_at),
+          redelivering,
+        }
+      },
+    }),
+    route<undefined, z.output<typeof MeshEventsQuery>>({
+      method: 'GET',
+      path: '/v1/mesh/events',
+      access: 'viewer',
+      tag: 'mesh',
+      summary: 'Mesh events (kills, resumes, …), newest first',
+      query: MeshEventsQuery,
+      handler: async ({ query }) => {
+        const rows = await s.store.listMeshEvents({
+          limit: query.limit ?? 100,
+          event_type: query.event_type ?? null,
+          address: query.address ?? null,
+          before_seqno: null,
+        })
+        return { events: rows.map(meshEventView) }
+      },
+    }),
+    route<undefined, z.output<typeof MeshEventsStreamQuery>>({
+      method: 'GET',
+      path: '/v1/mesh/events/stream',
+      access: 'viewer',
+      tag: 'mesh',
+      summary: 'Mesh events live, as server-sent events, after an event_id',
+      query: MeshEventsStreamQuery,
+      stream: true,
+      handler: async ({ query, res }) => {
+        const after = query.after === undefined ? null : (parseMeshEventId(query.after) ?? 0)
+        await streamMeshEvents({ store: s.store, feed: s.store.feed }, new SseSink(res), { after })
+        return STREAMED
+      },
     }),
   ]
 }

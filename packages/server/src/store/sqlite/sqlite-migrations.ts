@@ -78,5 +78,36 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (from_address_id, idem_key)
   ) WITHOUT ROWID;
   CREATE INDEX idempotency_age ON idempotency_keys (created_at);
+  `,  /* 2: kill switch, audit trail, mesh events */ `
+  ALTER TABLE agents ADD COLUMN kill_actor TEXT;
+  ALTER TABLE agents ADD COLUMN resumed_at INTEGER;
+  ALTER TABLE intents ADD COLUMN kill_dropped INTEGER NOT NULL DEFAULT 0;
+  CREATE INDEX intents_held_to ON intents (to_address_id, seqno) WHERE delivery_state = 'held';
+  CREATE INDEX intents_held_from ON intents (from_address_id, seqno) WHERE delivery_state = 'held';
+  CREATE INDEX intents_undelivered_from ON intents (from_address_id, seqno) WHERE delivery_state = 'queued' AND delivery_attempt = 0;
+  CREATE TABLE audit_log (
+    seq       INTEGER PRIMARY KEY,
+    at        TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    reason    TEXT,
+    before    TEXT,
+    after     TEXT,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+  );
+  CREATE INDEX audit_target ON audit_log (target, seq);
+  CREATE TABLE mesh_events (
+    seqno      INTEGER PRIMARY KEY AUTOINCREMENT,
+    address_id TEXT,
+    address    TEXT,
+    event_type TEXT NOT NULL,
+    details    TEXT,
+    actor_id   TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  );
+  CREATE INDEX mesh_events_address ON mesh_events (address, seqno);
+  CREATE INDEX mesh_events_type ON mesh_events (event_type, seqno);
   `,
 ]

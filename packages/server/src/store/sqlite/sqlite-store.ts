@@ -6,6 +6,16 @@ import { GatewayError } from '../../core/errors.js'
 import { LocalFeed, type Change } from '../change-feed.js'
 import type {
   AcceptIntentInput,
+  AuditDraft,
+  AuditHasher,
+  AuditQuery,
+  AuditRow,
+  HoldInput,
+  KillInput,
+  MeshEventDraft,
+  MeshEventQuery,
+  MeshEventRow,
+  ResumeInput,
   AcceptIntentResult,
   AgentRow,
   ClaimInput,
@@ -32,6 +42,8 @@ export interface SqliteStoreConfig {
   dataDir: string
   /** `normal` survives a process crash (kill -9); `full` also survives power loss. */
   durability: 'normal' | 'full'
+  /** Chain hash of audit entries (core's rule). */
+  hashAudit: AuditHasher
 }
 
 type Stmts = ReturnType<typeof prepare>
@@ -42,9 +54,61 @@ function prepare(db: Db) {
     agentById: s('SELECT * FROM agents WHERE address_id = ?'),
     agentByAddress: s('SELECT * FROM agents WHERE address = ?'),
     insertAgent: s(
-      `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason)
-       VALUES (@address_id, @address, @display_name, @metadata, @created_at, @killed_at, @kill_reason)
+      `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason, kill_actor, resumed_at)
+       VALUES (@address_id, @address, @display_name, @metadata, @created_at, @killed_at, @kill_reason, @kill_actor, @resumed_at)
        ON CONFLICT (address) DO NOTHING`,
+    ),
+    killAgent: s(
+      `UPDATE agents SET killed_at = @now, kill_reason = @reason, kill_actor = @actor
+       WHERE address_id = @address_id AND killed_at IS NULL RETURNING *`,
+    ),
+    resumeAgent: s(
+      `UPDATE agents SET killed_at = NULL, kill_reason = NULL, kill_actor = NULL, resumed_at = @now
+       WHERE address_id = @address_id AND killed_at IS NOT NULL RETURNING *`,
+    ),
+    // Backlog of a killed agent: queued or leased work addressed to it...
+    holdableTo: s(
+      `SELECT intent_id, delivery_state, lease_instance, last_event_seq, status FROM intents
+       WHERE to_address_id = ? AND delivery_state IN ('queued', 'leased') ORDER BY seqno LIMIT ?`,
+    ),
+    // ...and its own output that no one has received yet.
+    holdableFrom: s(
+      `SELECT intent_id, delivery_state, lease_instance, last_event_seq, status, to_address_id FROM intents
+       WHERE from_address_id = ? AND delivery_state = 'queued' AND delivery_attempt = 0 ORDER BY seqno LIMIT ?`,
+    ),
+    hold: s(
+      `UPDATE intents SET delivery_state = 'held', lease_instance = NULL, lease_expires_at = NULL,
+         kill_dropped = kill_dropped + CASE WHEN delivery_state = 'leased' THEN 1 ELSE 0 END,
+         updated_at = @now, last_event_seq = last_event_seq + 1
+       WHERE intent_id = @intent_id RETURNING last_event_seq, status`,
+    ),
+    cancelHeld: s(
+      `UPDATE intents SET status = 'CANCELED', delivery_state = 'done', updated_at = @now,
+         error = @error, last_event_seq = last_event_seq + 1
+       WHERE intent_id = @intent_id RETURNING last_event_seq`,
+    ),
+    // On resume: held work in both directions, oldest first, whose other party is live.
+    releasable: s(
+      `SELECT i.intent_id, i.to_address_id FROM intents i
+         JOIN agents t ON t.address_id = i.to_address_id
+         JOIN agents f ON f.address_id = i.from_address_id
+       WHERE i.delivery_state = 'held' AND (i.to_address_id = @id OR i.from_address_id = @id)
+         AND t.killed_at IS NULL AND (f.killed_at IS NULL OR i.delivery_attempt > 0)
+       ORDER BY i.seqno`,
+    ),
+    release: s(`UPDATE intents SET delivery_state = 'queued', available_at = @at, updated_at = @now WHERE intent_id = @intent_id`),
+    auditHead: s('SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1'),
+    insertAudit: s(
+      `INSERT INTO audit_log (seq, at, actor, action, target, reason, before, after, prev_hash, hash)
+       VALUES (@seq, @at, @actor, @action, @target, @reason, @before, @after, @prev_hash, @hash)`,
+    ),
+    insertMeshEvent: s(
+      `INSERT INTO mesh_events (address_id, address, event_type, details, actor_id, created_at)
+       VALUES (@address_id, @address, @event_type, @details, @actor_id, @created_at) RETURNING *`,
+    ),
+    meshAfter: s('SELECT * FROM mesh_events WHERE seqno > ? ORDER BY seqno LIMIT ?'),
+    nextDue: s(
+      `SELECT min(available_at) AS at FROM intents WHERE to_address_id = ? AND delivery_state = 'queued' AND available_at > ?`,
     ),
     listAgents: s('SELECT * FROM agents ORDER BY created_at, address LIMIT ?'),
     keyByHash: s(
@@ -143,6 +207,7 @@ export class SqliteStore implements Store {
   readonly feed = new LocalFeed()
   readonly #db: Db
   readonly #q: Stmts
+  readonly #hashAudit: AuditHasher
 
   constructor(config: SqliteStoreConfig) {
     let file = ':memory:'
@@ -158,6 +223,7 @@ export class SqliteStore implements Store {
     this.#db.pragma('busy_timeout = 5000')
     migrate(this.#db)
     this.#q = prepare(this.#db)
+    this.#hashAudit = config.hashAudit
   }
 
   /** Runs `fn` in one write transaction and publishes `changes` after it commits. */
@@ -177,11 +243,12 @@ export class SqliteStore implements Store {
   }
 
   // ---- keys ----
-  async insertKey(key: Omit<KeyRow, 'address_id'>, now: number): Promise<KeyRow> {
+  async insertKey(key: Omit<KeyRow, 'address_id'>, now: number, audit: (row: KeyRow) => AuditDraft): Promise<KeyRow> {
     return this.#write(() => {
       const agent = key.address === null ? null : this.#ensureAgent(key.address, now)
       const row: KeyRow = { ...key, address_id: agent?.address_id ?? null }
       this.#q.insertKey.run(stripAddress(row))
+      this.#audit(audit(row))
       return row
     })
   }
@@ -198,7 +265,12 @@ export class SqliteStore implements Store {
     return this.#q.listKeys.all() as KeyRow[]
   }
 
-  async revokeKey(keyId: string, now: number, guard: (key: KeyRow, otherAdmins: number) => void): Promise<KeyRow> {
+  async revokeKey(
+    keyId: string,
+    now: number,
+    guard: (key: KeyRow, otherAdmins: number) => void,
+    audit: (key: KeyRow) => AuditDraft,
+  ): Promise<KeyRow> {
     return this.#write((changes) => {
       const key = this.#q.keyById.get(keyId) as KeyRow | undefined
       if (!key) throw new GatewayError('not_found', `key ${keyId} not found`)
@@ -208,7 +280,9 @@ export class SqliteStore implements Store {
       if (key.revoked_at === null) {
         this.#q.revokeKey.run(now, keyId)
         changes.push({ type: 'key.revoked', key_id: keyId })
-        return { ...key, revoked_at: now }
+        const revoked = { ...key, revoked_at: now }
+        this.#audit(audit(revoked))
+        return revoked
       }
       return key
     })
@@ -254,6 +328,8 @@ export class SqliteStore implements Store {
       created_at: now,
       killed_at: null,
       kill_reason: null,
+      kill_actor: null,
+      resumed_at: null,
     }
     this.#q.insertAgent.run(row)
     return row
@@ -342,9 +418,12 @@ export class SqliteStore implements Store {
       input.decide(recipient)
       const inFlight = (this.#q.inFlight.get(input.address_id, input.instance_id) as { n: number }).n
       const room = Math.min(input.max_in_flight - inFlight, input.max_batch)
-      if (room <= 0) return { deliveries: [], has_room: false }
+      if (room <= 0) return { deliveries: [], has_room: false, next_due_at: null }
       const candidates = this.#q.queued.all(input.address_id, input.now, room) as IntentRow[]
-      if (candidates.length === 0) return { deliveries: [], has_room: true }
+      if (candidates.length === 0) {
+        const due = (this.#q.nextDue.get(input.address_id, input.now) as { at: number | null }).at
+        return { deliveries: [], has_room: true, next_due_at: due }
+      }
       const last = (this.#q.nextSeq.get(input.address_id, candidates.length) as { last_seq: number }).last_seq
       let seq = last - candidates.length
       const deliveries: Delivery[] = []
@@ -371,7 +450,7 @@ export class SqliteStore implements Store {
         changes.push({ type: 'intent.event', intent_id: leased.intent_id })
         deliveries.push({ intent: leased, seq, event_type: eventType })
       }
-      return { deliveries, has_room: inFlight + deliveries.length < input.max_in_flight }
+      return { deliveries, has_room: inFlight + deliveries.length < input.max_in_flight, next_due_at: null }
     })
   }
 
@@ -437,7 +516,7 @@ export class SqliteStore implements Store {
       let failed = 0
       for (const row of rows) {
         if (TERMINAL.has(row.status)) continue
-        if (row.delivery_attempt >= row.max_delivery_attempts) {
+        if (row.delivery_attempt - row.kill_dropped >= row.max_delivery_attempts) {
           const seq = (this.#q.bumpEventSeq.get(row.intent_id) as { last_event_seq: number }).last_event_seq
           const error = JSON.stringify({
             code: 'delivery_failed',
@@ -468,6 +547,161 @@ export class SqliteStore implements Store {
       this.#q.purgeIdem.run(idempotencyBefore)
       return ids.length
     })
+  }
+  // ---- kill switch ----
+  async killAgent(input: KillInput): Promise<{ agent: AgentRow; changed: boolean }> {
+    return this.#write((changes) => {
+      const before = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      const after = this.#q.killAgent.get({
+        address_id: input.address_id,
+        now: input.now,
+        reason: input.reason,
+        actor: input.actor,
+      }) as AgentRow | undefined
+      if (!after) return { agent: before, changed: false }
+      const { audit, event } = input.record(before, after)
+      this.#audit(audit)
+      this.#meshEvent(event, changes)
+      changes.push({ type: 'agent.killed', address_id: input.address_id })
+      return { agent: after, changed: true }
+    })
+  }
+
+  async holdBacklog(input: HoldInput): Promise<{ held: number; canceled: number }> {
+    return this.#write((changes) => {
+      const agent = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      // Resumed in between: nothing to hold any more.
+      if (!agent || agent.killed_at === null) return { held: 0, canceled: 0 }
+      let held = 0
+      let canceled = 0
+      const details = JSON.stringify({ reason: input.reason, killed_agent: agent.address })
+      type Holdable = { intent_id: string; delivery_state: string; lease_instance: string | null; status: string }
+      const inbound = this.#q.holdableTo.all(input.address_id, input.limit) as Holdable[]
+      for (const row of inbound) {
+        const r = this.#q.hold.get({ intent_id: row.intent_id, now: input.now }) as { last_event_seq: number; status: string }
+        this.#q.insertEvent.run(row.intent_id, r.last_event_seq, 'intent.held', r.status, input.actor, input.now, details)
+        changes.push({ type: 'intent.event', intent_id: row.intent_id })
+        held += 1
+      }
+      const outbound = this.#q.holdableFrom.all(input.address_id, input.limit - inbound.length) as Holdable[]
+      for (const row of outbound) {
+        if (input.cancel_pending) {
+          const error = JSON.stringify({ code: 'canceled', message: 'canceled by the kill of its sender', reason: input.reason })
+          const r = this.#q.cancelHeld.get({ intent_id: row.intent_id, now: input.now, error }) as { last_event_seq: number }
+          this.#q.insertEvent.run(row.intent_id, r.last_event_seq, 'intent.canceled', 'CANCELED', input.actor, input.now, details)
+          canceled += 1
+        } else {
+          const r = this.#q.hold.get({ intent_id: row.intent_id, now: input.now }) as { last_event_seq: number; status: string }
+          this.#q.insertEvent.run(row.intent_id, r.last_event_seq, 'intent.held', r.status, input.actor, input.now, details)
+          held += 1
+        }
+        changes.push({ type: 'intent.event', intent_id: row.intent_id })
+      }
+      return { held, canceled }
+    })
+  }
+
+  async resumeAgent(input: ResumeInput): Promise<{ agent: AgentRow; changed: boolean; redelivering: number }> {
+    return this.#write((changes) => {
+      const before = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      const after = this.#q.resumeAgent.get({ address_id: input.address_id, now: input.now }) as AgentRow | undefined
+      if (!after) return { agent: before, changed: false, redelivering: 0 }
+      const rows = this.#q.releasable.all({ id: input.address_id }) as { intent_id: string; to_address_id: string }[]
+      // Paced in the store (available_at), so every replica honours the same budget.
+      const spacing = 1000 / input.rate_per_second
+      const recipients = new Set<string>()
+      rows.forEach((row, i) => {
+        this.#q.release.run({ intent_id: row.intent_id, at: input.now + Math.floor(i * spacing), now: input.now })
+        recipients.add(row.to_address_id)
+      })
+      const { audit, event } = input.record(before, after, rows.length)
+      this.#audit(audit)
+      this.#meshEvent(event, changes)
+      changes.push({ type: 'agent.resumed', address_id: input.address_id })
+      for (const id of recipients) changes.push({ type: 'intent.available', address_id: id })
+      return { agent: after, changed: true, redelivering: rows.length }
+    })
+  }
+
+  // ---- audit and mesh events ----
+  /** Appends one chained entry; callers are inside a write transaction (the single writer serializes appends). */
+  #audit(draft: AuditDraft): AuditRow {
+    const head = this.#q.auditHead.get() as { seq: number; hash: string } | undefined
+    const seq = (head?.seq ?? 0) + 1
+    const prev_hash = head?.hash ?? '0'.repeat(64)
+    const row: AuditRow = {
+      seq,
+      at: draft.at,
+      actor: draft.actor,
+      action: draft.action,
+      target: draft.target,
+      reason: draft.reason,
+      before: draft.before === undefined || draft.before === null ? null : JSON.stringify(draft.before),
+      after: draft.after === undefined || draft.after === null ? null : JSON.stringify(draft.after),
+      prev_hash,
+      hash: this.#hashAudit(prev_hash, { ...draft, seq }),
+    }
+    this.#q.insertAudit.run(row)
+    return row
+  }
+
+  #meshEvent(draft: MeshEventDraft, changes: Change[]): MeshEventRow {
+    const row = this.#q.insertMeshEvent.get({
+      ...draft,
+      details: draft.details === null ? null : JSON.stringify(draft.details),
+    }) as MeshEventRow
+    changes.push({ type: 'mesh.event', seqno: row.seqno })
+    return row
+  }
+
+  async appendAudit(draft: AuditDraft): Promise<AuditRow> {
+    return this.#write(() => this.#audit(draft))
+  }
+
+  async listAudit(query: AuditQuery): Promise<AuditRow[]> {
+    const where = ['seq > ?']
+    const params: unknown[] = [query.after_seq]
+    if (query.action_prefix !== null) {
+      where.push("action LIKE ? ESCAPE '\\'")
+      params.push(`${query.action_prefix.replace(/[\\%_]/g, (c) => `\\${c}`)}%`)
+    }
+    if (query.target !== null) {
+      where.push('target = ?')
+      params.push(query.target)
+    }
+    params.push(query.limit)
+    return this.#db.prepare(`SELECT * FROM audit_log WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`).all(...params) as AuditRow[]
+  }
+
+  async appendMeshEvent(draft: MeshEventDraft): Promise<MeshEventRow> {
+    return this.#write((changes) => this.#meshEvent(draft, changes))
+  }
+
+  async listMeshEvents(query: MeshEventQuery): Promise<MeshEventRow[]> {
+    const where: string[] = ['1 = 1']
+    const params: unknown[] = []
+    if (query.event_type !== null) {
+      where.push('event_type = ?')
+      params.push(query.event_type)
+    }
+    if (query.address !== null) {
+      where.push('address = ?')
+      params.push(query.address)
+    }
+    if (query.before_seqno !== null) {
+      where.push('seqno < ?')
+      params.push(query.before_seqno)
+    }
+    params.push(query.limit)
+    return this.#db
+      .prepare(`SELECT * FROM mesh_events WHERE ${where.join(' AND ')} ORDER BY seqno DESC LIMIT ?`)
+      .all(...params) as MeshEventRow[]
+  }
+
+  async meshEventsAfter(afterSeqno: number, limit: number): Promise<MeshEventRow[]> {
+    return this.#q.meshAfter.all(afterSeqno, limit) as MeshEventRow[]
   }
 }
 
