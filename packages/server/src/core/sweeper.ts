@@ -50,6 +50,7 @@ export class Sweeper {
         const { requeued, failed } = await this.#store.expireLeases(now, 500)
         if (requeued + failed < 500) break
       }
+      await this.#store.timeOutIntents(now, 500)
       if (now - this.#lastPurge >= PURGE_EVERY_MS) {
         this.#lastPurge = now
         await this.#store.purge(now - this.#options.retentionMs, now - 2 * DAY_MS, 1_000)

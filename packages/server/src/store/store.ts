@@ -337,6 +337,8 @@ export interface Store {
   updateIntent(input: IntentUpdateInput): Promise<IntentUpdateResult>
   /** Requeues expired leases; intents out of attempts become FAILED. */
   expireLeases(now: number, limit: number): Promise<ExpireLeasesResult>
+  /** Non-terminal intents whose `deadline_at` passed become TIMED_OUT; returns how many. */
+  timeOutIntents(now: number, limit: number): Promise<number>
   /** Deletes terminal intents (and their events) older than `before`, and stale idempotency keys. */
   purge(before: number, idempotencyBefore: number, limit: number): Promise<number>
 

@@ -155,9 +155,10 @@ function prepare(db: Db) {
     // a killed sender's never-delivered output is not handed to anyone.
     queued: s(
       `SELECT i.* FROM intents i JOIN agents f ON f.address_id = i.from_address_id
-       WHERE i.to_address_id = ? AND i.delivery_state = 'queued' AND i.available_at <= ?
+       WHERE i.to_address_id = @address_id AND i.delivery_state = 'queued' AND i.available_at <= @now
          AND (f.killed_at IS NULL OR i.delivery_attempt > 0)
-       ORDER BY i.available_at, i.seqno LIMIT ?`,
+         AND (i.deadline_at IS NULL OR i.deadline_at > @now)
+       ORDER BY i.available_at, i.seqno LIMIT @limit`,
     ),
     nextSeq: s(
       `INSERT INTO address_seq (address_id, last_seq) VALUES (?, ?)
@@ -190,6 +191,14 @@ function prepare(db: Db) {
     failExpired: s(
       `UPDATE intents SET status = 'FAILED', delivery_state = 'done', lease_instance = NULL, lease_expires_at = NULL,
          error = @error, updated_at = @now WHERE intent_id = @intent_id`,
+    ),
+    pastDeadline: s(
+      `SELECT intent_id, to_address_id, lease_instance, delivery_state FROM intents
+       WHERE deadline_at IS NOT NULL AND deadline_at <= ? AND delivery_state <> 'done' ORDER BY deadline_at LIMIT ?`,
+    ),
+    timeOut: s(
+      `UPDATE intents SET status = 'TIMED_OUT', delivery_state = 'done', lease_instance = NULL, lease_expires_at = NULL,
+         updated_at = @now, last_event_seq = last_event_seq + 1 WHERE intent_id = @intent_id RETURNING last_event_seq`,
     ),
     purgeIntents: s(
       `DELETE FROM intents WHERE seqno IN (SELECT seqno FROM intents WHERE delivery_state = 'done' AND updated_at < ? LIMIT ?)
@@ -419,7 +428,7 @@ export class SqliteStore implements Store {
       const inFlight = (this.#q.inFlight.get(input.address_id, input.instance_id) as { n: number }).n
       const room = Math.min(input.max_in_flight - inFlight, input.max_batch)
       if (room <= 0) return { deliveries: [], has_room: false, next_due_at: null }
-      const candidates = this.#q.queued.all(input.address_id, input.now, room) as IntentRow[]
+      const candidates = this.#q.queued.all({ address_id: input.address_id, now: input.now, limit: room }) as IntentRow[]
       if (candidates.length === 0) {
         const due = (this.#q.nextDue.get(input.address_id, input.now) as { at: number | null }).at
         return { deliveries: [], has_room: true, next_due_at: due }
@@ -525,6 +534,10 @@ export class SqliteStore implements Store {
           this.#q.failExpired.run({ intent_id: row.intent_id, error, now })
           this.#q.insertEvent.run(row.intent_id, seq, 'intent.delivery_failed', 'FAILED', 'system', now, error)
           failed += 1
+        } else if ((this.#q.agentById.get(row.to_address_id) as AgentRow).killed_at !== null) {
+          // The recipient was killed meanwhile: the work is held for its resume, not requeued.
+          const r = this.#q.hold.get({ intent_id: row.intent_id, now }) as { last_event_seq: number; status: string }
+          this.#q.insertEvent.run(row.intent_id, r.last_event_seq, 'intent.held', r.status, 'system', now, null)
         } else {
           // Back in the queue; the next delivery records `intent.redelivered` with a new seq.
           this.#q.requeue.run({ intent_id: row.intent_id, now })
@@ -537,6 +550,22 @@ export class SqliteStore implements Store {
         }
       }
       return { requeued, failed }
+    })
+  }
+
+  async timeOutIntents(now: number, limit: number): Promise<number> {
+    return this.#write((changes) => {
+      type Due = { intent_id: string; to_address_id: string; lease_instance: string | null; delivery_state: string }
+      const rows = this.#q.pastDeadline.all(now, limit) as Due[]
+      for (const row of rows) {
+        const { last_event_seq } = this.#q.timeOut.get({ intent_id: row.intent_id, now }) as { last_event_seq: number }
+        this.#q.insertEvent.run(row.intent_id, last_event_seq, 'intent.timed_out', 'TIMED_OUT', 'system', now, null)
+        changes.push({ type: 'intent.event', intent_id: row.intent_id })
+        if (row.delivery_state === 'leased' && row.lease_instance) {
+          changes.push({ type: 'slot.freed', address_id: row.to_address_id, instance_id: row.lease_instance })
+        }
+      }
+      return rows.length
     })
   }
 
