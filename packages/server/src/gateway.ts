@@ -18,6 +18,9 @@ import { auditRoutes } from './http/routes/audit.js'
 import { AuditService } from './core/audit/audit-service.js'
 import { auditHash } from './core/audit/audit-chain.js'
 import { KillSwitchService } from './core/kill-switch/kill-switch-service.js'
+import { PolicyEngine } from './core/policies/policy-engine.js'
+import { PolicyService } from './core/policies/policy-service.js'
+import { policyRoutes } from './http/routes/policies.js'
 import { systemRoutes } from './http/routes/system.js'
 import type { Services } from './http/services.js'
 import { SqliteStore } from './store/sqlite/sqlite-store.js'
@@ -61,14 +64,20 @@ export async function startGateway(
   const leaseMs = config.leaseSeconds * 1000
   const agents = new AgentService(store, clock)
   const audit = new AuditService(store, clock)
+  const policyEngine = new PolicyEngine()
+  const killSwitch = new KillSwitchService(store, clock, agents, { resumeRatePerSecond: config.resumeRatePerSecond })
   const services: Services = {
     store,
     clock,
     keys,
     agents,
     audit,
-    killSwitch: new KillSwitchService(store, clock, agents, { resumeRatePerSecond: config.resumeRatePerSecond }),
-    intents: new IntentService(store, clock, { maxDeliveryAttempts: config.maxDeliveryAttempts, leaseMs }),
+    killSwitch,
+    policies: new PolicyService(store, clock, agents, policyEngine),
+    intents: new IntentService(
+      { store, clock, policies: policyEngine, killSwitch },
+      { maxDeliveryAttempts: config.maxDeliveryAttempts, leaseMs },
+    ),
     streams: new StreamRegistry(store.feed),
     defaults: { leaseMs, maxInFlight: config.maxInFlight },
   }
@@ -80,6 +89,7 @@ export async function startGateway(
     ...inboxRoutes(services),
     ...meshRoutes(services),
     ...auditRoutes(services),
+    ...policyRoutes(services),
   )
   const server: Server = createServer(
     { keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 30_000 },

@@ -3,6 +3,7 @@
  * published contract cannot drift from what the gateway enforces.
  */
 import { z } from 'zod'
+import { globError } from '../core/policies/glob.js'
 
 const SEGMENT = '[a-z0-9][a-z0-9_-]{0,62}'
 export const ADDRESS_PATTERN = `^agent://${SEGMENT}/${SEGMENT}/${SEGMENT}$`
@@ -130,4 +131,47 @@ export const MeshEventsStreamQuery = z.object({
     .string()
     .regex(/^evt_\d{1,15}$/, 'must be an event_id like evt_42')
     .optional(),
+})
+
+const Pattern = z.string().superRefine((value, ctx) => {
+  const problem = globError(value)
+  if (problem) ctx.addIssue({ code: 'custom', message: `invalid pattern "${value.slice(0, 80)}": it ${problem}` })
+})
+
+const Direction = z.enum(['send', 'receive'])
+const OnBreach = z.enum(['block', 'kill'])
+const PolicyMeta = { enabled: z.boolean().optional(), version: z.number().int().min(1).optional() }
+
+export const ActionPolicyBody = z.strictObject({
+  kind: z.literal('action'),
+  direction: Direction,
+  mode: z.enum(['allowlist', 'denylist']),
+  patterns: z.array(Pattern).min(1).max(256),
+  ...PolicyMeta,
+})
+
+export const RatePolicyBody = z.strictObject({
+  kind: z.literal('rate'),
+  direction: Direction,
+  max_per_hour: z.number().int().min(1).max(1_000_000_000).optional(),
+  max_per_day: z.number().int().min(1).max(1_000_000_000).optional(),
+  on_breach: OnBreach,
+  ...PolicyMeta,
+})
+
+export const CostPolicyBody = z.strictObject({
+  kind: z.literal('cost'),
+  max_cost_per_day_usd: z.number().positive().max(10_000_000),
+  on_breach: OnBreach,
+  alert_at_percent: z.array(z.number().int().min(1).max(100)).max(10).optional(),
+  ...PolicyMeta,
+})
+
+/** Flat policy bodies (DESIGN §10), told apart by `kind`. */
+export const PolicyBody = z.discriminatedUnion('kind', [ActionPolicyBody, RatePolicyBody, CostPolicyBody])
+
+export const EvaluateBody = z.strictObject({
+  from_agent: Address,
+  to_agent: Address,
+  intent_type: IntentType,
 })

@@ -5,6 +5,7 @@ import type { StreamRegistry } from '../core/delivery/stream-registry.js'
 import type { IntentService } from '../core/intents/intent-service.js'
 import type { AuditService } from '../core/audit/audit-service.js'
 import type { KillSwitchService } from '../core/kill-switch/kill-switch-service.js'
+import type { PolicyService } from '../core/policies/policy-service.js'
 import type { Store } from '../store/store.js'
 
 /** What routes may call: core services (and the store only for feed/ping). */
@@ -17,5 +18,6 @@ export interface Services {
   streams: StreamRegistry
   killSwitch: KillSwitchService
   audit: AuditService
+  policies: PolicyService
   defaults: { leaseMs: number; maxInFlight: number }
 }

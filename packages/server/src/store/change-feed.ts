@@ -11,6 +11,7 @@ export type Change =
   | { type: 'agent.resumed'; address_id: string }
   | { type: 'key.revoked'; key_id: string }
   | { type: 'mesh.event'; seqno: number }
+  | { type: 'policy.changed'; address_id: string }
 
 export type ChangeListener = (change: Change) => void
 

@@ -34,6 +34,44 @@ export interface AgentRow {
   /** Who killed it: `key:<id>` or `policy:<id>`. */
   kill_actor: string | null
   resumed_at: number | null
+  /** Bumped by every change to the agent's policies; keys the compiled-policy cache. */
+  policy_version: number
+  /** The policy whose breach auto-killed the agent (cleared on resume). */
+  auto_kill_policy_id: string | null
+  /** JSON `EnforcementBaseline` set on resume after an auto-kill, or null. */
+  enforcement_baseline: string | null
+}
+
+export type PolicyKind = 'action' | 'rate' | 'cost'
+
+export interface PolicyRow {
+  policy_id: string
+  address_id: string
+  kind: PolicyKind
+  /** JSON of the kind's flat fields (direction, mode, patterns, limits, on_breach, …). */
+  spec: string
+  enabled: number
+  version: number
+  created_at: number
+  updated_at: number
+}
+
+/** An agent's counts in the current UTC hour and day (DESIGN §11: counter rows). */
+export interface AgentCounters {
+  /** `YYYY-MM-DD` (UTC). */
+  day: string
+  /** `YYYY-MM-DDTHH` (UTC). */
+  hour: string
+  sent_hour: number
+  sent_day: number
+  received_hour: number
+  received_day: number
+  cost_day: number
+}
+
+/** The counts at the moment of a resume after an auto-kill: the fired policy counts from here. */
+export interface EnforcementBaseline extends AgentCounters {
+  policy_id: string
 }
 
 export interface KeyRow {
@@ -107,10 +145,17 @@ export interface NewIntent {
   trace_id: string | null
 }
 
-/** The sender's and recipient's agent rows, read inside the accepting transaction. */
+/**
+ * What the accepting transaction read: both agent rows, their policies and their counters.
+ * Core decides on exactly this snapshot; the store then writes the intent and the increments.
+ */
 export interface Parties {
   from: AgentRow
   to: AgentRow
+  from_policies: PolicyRow[]
+  to_policies: PolicyRow[]
+  from_counters: AgentCounters
+  to_counters: AgentCounters
 }
 
 export interface AcceptIntentInput {
@@ -155,10 +200,31 @@ export interface ClaimResult {
   next_due_at: number | null
 }
 
+export interface CostContext {
+  agent: AgentRow
+  policies: PolicyRow[]
+  /** Counters after adding the cost. */
+  counters: AgentCounters
+  cost_before: number
+  now: number
+}
+
+export interface CostOutcome {
+  /** Budget thresholds crossed; the store records each once per policy and day. */
+  thresholds: { policy_id: string; percent: number; details: Record<string, unknown> }[]
+  /** Auto-kill in the same transaction (cost ceiling with on_breach: kill). */
+  kill: { policy_id: string; reason: string; record: KillInput['record'] } | null
+}
+
+/** Core's rule for reported cost (resolve `cost_usd`, heartbeat metrics). */
+export type CostRule = (ctx: CostContext) => CostOutcome
+
 export interface IntentUpdateInput {
   intent_id: string
   now: number
   actor: string
+  /** Applied when the change carries a cost: counts it for the recipient and checks its budget. */
+  cost_rule?: CostRule
   /**
    * Core's decision on the current rows (intent, recipient, sender). Returns the change to
    * write, or throws to reject. Runs inside the transaction.
@@ -254,6 +320,8 @@ export interface KillInput {
   now: number
   actor: string
   reason: string | null
+  /** Set for an auto-kill: the policy that fired (recorded on the agent for the resume baseline). */
+  policy_id: string | null
   /** Builds the audit entry and mesh event from the agent row before the kill. */
   record: (before: AgentRow, after: AgentRow) => { audit: AuditDraft; event: MeshEventDraft }
 }
@@ -360,4 +428,27 @@ export interface Store {
   listMeshEvents(query: MeshEventQuery): Promise<MeshEventRow[]>
   /** Oldest first, strictly after `afterSeqno` (for live streams). */
   meshEventsAfter(afterSeqno: number, limit: number): Promise<MeshEventRow[]>
+
+  // ---- policies and counters ----
+  listPolicies(addressId: string): Promise<PolicyRow[]>
+  getPolicy(policyId: string): Promise<PolicyRow | undefined>
+  /** Writes a policy change, bumps the agent's policy_version, audits, emits `policy.changed`. */
+  writePolicy(input: PolicyWrite): Promise<PolicyRow | null>
+  getCounters(addressId: string, now: number): Promise<AgentCounters>
+  /** Counter rows summed over [fromDay, toDay] (inclusive, `YYYY-MM-DD`), per agent. */
+  sumCounters(fromDay: string, toDay: string): Promise<Map<string, { sent: number; received: number; cost_usd: number }>>
+}
+
+export interface PolicyWrite {
+  op: 'create' | 'update' | 'delete'
+  policy_id: string
+  now: number
+  /** For update/delete: the version the caller saw (If-Match); mismatch → `conflict`. */
+  expected_version: number | null
+  /** The new row (create/update); built by core from the current row (update). */
+  build: (current: PolicyRow | undefined) => PolicyRow | null
+  record: (before: PolicyRow | undefined, after: PolicyRow | null, agent: AgentRow) => {
+    audit: AuditDraft
+    event: MeshEventDraft
+  }
 }

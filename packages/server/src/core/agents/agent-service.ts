@@ -68,6 +68,9 @@ export class AgentService {
       kill_reason: null,
       kill_actor: null,
       resumed_at: null,
+      policy_version: 0,
+      auto_kill_policy_id: null,
+      enforcement_baseline: null,
     }
     const created = await this.#store.registerAgent(row)
     if (!created) throw conflict(`agent ${input.address} is already registered`)

@@ -5,6 +5,9 @@ import type { Clock } from '../clock.js'
 import { GatewayError, conflict, forbidden, notFound } from '../errors.js'
 import { newIntentId, sha256Hex } from '../ids.js'
 import { acceptRule, settleRule } from '../kill-switch/rules.js'
+import { killRecord, type KillSwitchService } from '../kill-switch/kill-switch-service.js'
+import { PolicyBreach, type PolicyEngine } from '../policies/policy-engine.js'
+import type { CostRule, Parties } from '../../store/store.js'
 
 export interface CreateIntentInput {
   intent_type: string
@@ -42,11 +45,55 @@ export class IntentService {
   readonly #store: Store
   readonly #clock: Clock
   readonly #defaults: IntentDefaults
+  readonly #policies: PolicyEngine
+  readonly #killSwitch: KillSwitchService
 
-  constructor(store: Store, clock: Clock, defaults: IntentDefaults) {
-    this.#store = store
-    this.#clock = clock
+  constructor(
+    deps: { store: Store; clock: Clock; policies: PolicyEngine; killSwitch: KillSwitchService },
+    defaults: IntentDefaults,
+  ) {
+    this.#store = deps.store
+    this.#clock = deps.clock
+    this.#policies = deps.policies
+    this.#killSwitch = deps.killSwitch
     this.#defaults = defaults
+  }
+
+  /** The accept decision, run inside the accepting transaction: the kill rule, then policies. */
+  #acceptDecision(intentType: string, now: number): (parties: Parties) => void {
+    return (parties) => {
+      acceptRule(parties)
+      this.#policies.enforce(parties, intentType, now)
+    }
+  }
+
+  /** A breach with `on_breach: kill` auto-kills the policy's owner (its own transaction), then rejects. */
+  async #autoKillOn<T>(work: Promise<T>): Promise<T> {
+    try {
+      return await work
+    } catch (error) {
+      const target = error instanceof PolicyBreach ? error.autoKill : null
+      if (target) {
+        await this.#killSwitch.killAgent({ kind: 'policy', policy_id: target.policy_id }, target.address_id, {
+          reason: error instanceof Error ? error.message : 'policy breach',
+        })
+      }
+      throw error
+    }
+  }
+
+  /** Cost on resolve counts for the resolver; a ceiling with on_breach: kill kills it in that transaction. */
+  #costRule(now: number, onKill: (addressId: string, policyId: string, reason: string) => void): CostRule {
+    return (ctx) => {
+      const outcome = this.#policies.costOutcome(ctx)
+      const kill = outcome.kill
+      if (!kill) return { thresholds: outcome.thresholds, kill: null }
+      onKill(ctx.agent.address_id, kill.policy_id, kill.reason)
+      return {
+        thresholds: outcome.thresholds,
+        kill: { ...kill, record: killRecord({ kind: 'policy', policy_id: kill.policy_id }, now, kill.reason, false) },
+      }
+    }
   }
 
   async create(
@@ -72,18 +119,20 @@ export class IntentService {
       meta.idempotencyKey === undefined
         ? null
         : { key: meta.idempotencyKey, request_hash: sha256Hex(canonicalJson({ ...input, from_agent: from })) }
-    return this.#store.acceptIntent({
-      intent,
-      actor: actorOf(principal),
-      now,
-      idempotency,
-      decide: acceptRule,
-      onIdempotencyMismatch: () => {
-        throw conflict('this Idempotency-Key was already used with a different request body', {
-          idempotency_key: meta.idempotencyKey,
-        })
-      },
-    })
+    return this.#autoKillOn(
+      this.#store.acceptIntent({
+        intent,
+        actor: actorOf(principal),
+        now,
+        idempotency,
+        decide: this.#acceptDecision(intent.intent_type, now),
+        onIdempotencyMismatch: () => {
+          throw conflict('this Idempotency-Key was already used with a different request body', {
+            idempotency_key: meta.idempotencyKey,
+          })
+        },
+      }),
+    )
   }
 
   /** The sending agent: derived from an agent key; named explicitly by staff keys. */
@@ -184,10 +233,14 @@ export class IntentService {
     if (principal.role !== 'agent' && input.status !== 'CANCELED') {
       throw forbidden('operator keys may only resolve an intent with status CANCELED')
     }
-    return this.#store.updateIntent({
+    let killed: { address_id: string; policy_id: string; reason: string } | null = null
+    const result = await this.#store.updateIntent({
       intent_id: intentId,
       now,
       actor: actorOf(principal),
+      cost_rule: this.#costRule(now, (address_id, policy_id, reason) => {
+        killed = { address_id, policy_id, reason }
+      }),
       decide: ({ intent, recipient }): IntentChange => {
         this.#assertRecipient(principal, intent)
         if (isTerminal(intent.status)) {
@@ -205,14 +258,17 @@ export class IntentService {
           result,
           error,
           cost_usd: input.cost_usd ?? null,
-          follow_up: intent.reply_to === null ? undefined : this.#completion(intent, input),
+          follow_up: intent.reply_to === null ? undefined : this.#completion(intent, input, now),
         }
       },
     })
+    const k = killed as { address_id: string; policy_id: string; reason: string } | null
+    if (k) await this.#killSwitch.hold(k.address_id, { kind: 'policy', policy_id: k.policy_id }, k.reason)
+    return result
   }
 
   /** The reply_to completion intent, accepted under the same rules as any send. */
-  #completion(original: IntentRow, input: ResolveInput): IntentChange['follow_up'] {
+  #completion(original: IntentRow, input: ResolveInput, now: number): IntentChange['follow_up'] {
     const payload: Record<string, unknown> = { intent_id: original.intent_id, status: input.status }
     if (input.status === 'COMPLETED') payload['result'] = input.result ?? null
     else payload['error'] = input.error ?? input.reason ?? null
@@ -229,7 +285,7 @@ export class IntentService {
         max_delivery_attempts: this.#defaults.maxDeliveryAttempts,
         trace_id: original.trace_id,
       },
-      decide: acceptRule,
+      decide: this.#acceptDecision('intent.completion.v1', now),
     }
   }
 

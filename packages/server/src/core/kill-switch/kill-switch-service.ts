@@ -1,4 +1,4 @@
-import type { AgentRow, Store } from '../../store/store.js'
+import type { AgentRow, KillInput, Store } from '../../store/store.js'
 import { iso, type Clock } from '../clock.js'
 import type { AgentService } from '../agents/agent-service.js'
 
@@ -10,10 +10,34 @@ export interface KillOptions {
 /** Who pulls the switch: an operator's key, or a policy (auto-kill). */
 export type KillActor = { kind: 'key'; key_id: string } | { kind: 'policy'; policy_id: string }
 
-const actorId = (actor: KillActor): string =>
+export const actorId = (actor: KillActor): string =>
   actor.kind === 'key' ? `key:${actor.key_id}` : `policy:${actor.policy_id}`
 
 const HOLD_BATCH = 500
+
+/** The audit entry and mesh event of a kill (operator or policy), built from the agent rows. */
+export function killRecord(actor: KillActor, now: number, reason: string | null, cancelPending: boolean): KillInput['record'] {
+  const auto = actor.kind === 'policy'
+  return (before, after) => ({
+    audit: {
+      at: iso(now),
+      actor: actorId(actor),
+      action: auto ? 'agent.auto_kill' : 'agent.kill',
+      target: after.address,
+      reason,
+      before: agentState(before),
+      after: { ...agentState(after), cancel_pending: cancelPending },
+    },
+    event: {
+      address_id: after.address_id,
+      address: after.address,
+      event_type: auto ? 'agent.auto_killed' : 'agent.killed',
+      details: { reason, cancel_pending: cancelPending, ...(auto ? { policy_id: actor.policy_id } : {}) },
+      actor_id: actorId(actor),
+      created_at: now,
+    },
+  })
+}
 
 const agentState = (a: AgentRow) => ({
   health_status: a.killed_at === null ? 'unknown' : 'killed',
@@ -57,33 +81,22 @@ export class KillSwitchService {
   ): Promise<{ agent: AgentRow; changed: boolean; held_intents: number }> {
     const now = this.#clock.now()
     const reason = options.reason ?? null
-    const auto = actor.kind === 'policy'
     const { agent, changed } = await this.#store.killAgent({
       address_id: addressId,
       now,
       actor: actorId(actor),
       reason,
-      record: (before, after) => ({
-        audit: {
-          at: iso(now),
-          actor: actorId(actor),
-          action: auto ? 'agent.auto_kill' : 'agent.kill',
-          target: after.address,
-          reason,
-          before: agentState(before),
-          after: { ...agentState(after), cancel_pending: options.cancel_pending === true },
-        },
-        event: {
-          address_id: after.address_id,
-          address: after.address,
-          event_type: auto ? 'agent.auto_killed' : 'agent.killed',
-          details: { reason, cancel_pending: options.cancel_pending === true },
-          actor_id: actorId(actor),
-          created_at: now,
-        },
-      }),
+      policy_id: actor.kind === 'policy' ? actor.policy_id : null,
+      record: killRecord(actor, now, reason, options.cancel_pending === true),
     })
     if (!changed) return { agent, changed, held_intents: 0 }
+    const held = await this.hold(addressId, actor, reason, options.cancel_pending === true)
+    return { agent, changed, held_intents: held }
+  }
+
+  /** Marks a killed agent's backlog held (or cancels its undelivered output), in batches. */
+  async hold(addressId: string, actor: KillActor, reason: string | null, cancelPending = false): Promise<number> {
+    const now = this.#clock.now()
     let held = 0
     for (;;) {
       const batch = await this.#store.holdBacklog({
@@ -91,13 +104,12 @@ export class KillSwitchService {
         now,
         actor: actorId(actor),
         reason,
-        cancel_pending: options.cancel_pending === true,
+        cancel_pending: cancelPending,
         limit: HOLD_BATCH,
       })
       held += batch.held
-      if (batch.held + batch.canceled < HOLD_BATCH) break
+      if (batch.held + batch.canceled < HOLD_BATCH) return held
     }
-    return { agent, changed, held_intents: held }
   }
 
   async resume(

@@ -7,6 +7,7 @@ import { streamMeshEvents } from '../../core/mesh/mesh-event-stream.js'
 import { SseSink } from '../sse.js'
 import { STREAMED } from '../router.js'
 import { iso } from '../../core/clock.js'
+import { policyView } from '../../core/policies/policy-spec.js'
 import type { Services } from '../services.js'
 
 export function meshRoutes(s: Services): Route[] {
@@ -43,7 +44,11 @@ export function meshRoutes(s: Services): Route[] {
       handler: async ({ params }) => {
         const agent = await s.agents.resolve(params['address_id'] as string)
         const events = await s.store.listMeshEvents({ limit: 20, event_type: null, address: agent.address, before_seqno: null })
-        return { agent: { ...agentView(agent), instances: [], policies: [] }, events: events.map(meshEventView) }
+        const { policies } = await s.policies.list(agent.address_id)
+        return {
+          agent: { ...agentView(agent), instances: [], policies: policies.map(policyView) },
+          events: events.map(meshEventView),
+        }
       },
     }),
     route<z.output<typeof KillBody>>({

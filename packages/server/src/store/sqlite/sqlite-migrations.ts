@@ -109,5 +109,43 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX mesh_events_address ON mesh_events (address, seqno);
   CREATE INDEX mesh_events_type ON mesh_events (event_type, seqno);
+  `,  /* 3: policies, per-agent counters, budget alerts */ `
+  ALTER TABLE agents ADD COLUMN policy_version INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE agents ADD COLUMN auto_kill_policy_id TEXT;
+  ALTER TABLE agents ADD COLUMN enforcement_baseline TEXT;
+  CREATE TABLE policies (
+    seqno      INTEGER PRIMARY KEY AUTOINCREMENT,
+    policy_id  TEXT NOT NULL UNIQUE,
+    address_id TEXT NOT NULL REFERENCES agents(address_id),
+    kind       TEXT NOT NULL,
+    spec       TEXT NOT NULL,
+    enabled    INTEGER NOT NULL,
+    version    INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+  );
+  CREATE INDEX policies_agent ON policies (address_id, seqno);
+  CREATE TABLE counters_day (
+    address_id TEXT NOT NULL,
+    day        TEXT NOT NULL,
+    sent       INTEGER NOT NULL DEFAULT 0,
+    received   INTEGER NOT NULL DEFAULT 0,
+    cost_usd   REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (address_id, day)
+  ) WITHOUT ROWID;
+  CREATE TABLE counters_hour (
+    address_id TEXT NOT NULL,
+    hour       TEXT NOT NULL,
+    sent       INTEGER NOT NULL DEFAULT 0,
+    received   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (address_id, hour)
+  ) WITHOUT ROWID;
+  CREATE TABLE budget_alerts (
+    policy_id TEXT NOT NULL,
+    day       TEXT NOT NULL,
+    percent   INTEGER NOT NULL,
+    at        INTEGER NOT NULL,
+    PRIMARY KEY (policy_id, day, percent)
+  ) WITHOUT ROWID;
   `,
 ]

@@ -6,6 +6,10 @@ import { GatewayError } from '../../core/errors.js'
 import { LocalFeed, type Change } from '../change-feed.js'
 import type {
   AcceptIntentInput,
+  AgentCounters,
+  CostRule,
+  PolicyRow,
+  PolicyWrite,
   AuditDraft,
   AuditHasher,
   AuditQuery,
@@ -97,6 +101,36 @@ function prepare(db: Db) {
        ORDER BY i.seqno`,
     ),
     release: s(`UPDATE intents SET delivery_state = 'queued', available_at = @at, updated_at = @now WHERE intent_id = @intent_id`),
+    policiesOf: s('SELECT * FROM policies WHERE address_id = ? ORDER BY seqno'),
+    policyById: s('SELECT * FROM policies WHERE policy_id = ?'),
+    insertPolicy: s(
+      `INSERT INTO policies (policy_id, address_id, kind, spec, enabled, version, created_at, updated_at)
+       VALUES (@policy_id, @address_id, @kind, @spec, @enabled, @version, @created_at, @updated_at)`,
+    ),
+    updatePolicy: s(
+      `UPDATE policies SET spec = @spec, enabled = @enabled, version = @version, updated_at = @updated_at
+       WHERE policy_id = @policy_id`,
+    ),
+    deletePolicy: s('DELETE FROM policies WHERE policy_id = ?'),
+    bumpPolicyVersion: s('UPDATE agents SET policy_version = policy_version + 1 WHERE address_id = ?'),
+    dayRow: s('SELECT sent, received, cost_usd FROM counters_day WHERE address_id = ? AND day = ?'),
+    hourRow: s('SELECT sent, received FROM counters_hour WHERE address_id = ? AND hour = ?'),
+    countDay: s(
+      `INSERT INTO counters_day (address_id, day, sent, received, cost_usd) VALUES (@address_id, @day, @sent, @received, @cost)
+       ON CONFLICT (address_id, day) DO UPDATE SET sent = sent + excluded.sent, received = received + excluded.received,
+         cost_usd = cost_usd + excluded.cost_usd`,
+    ),
+    countHour: s(
+      `INSERT INTO counters_hour (address_id, hour, sent, received) VALUES (@address_id, @hour, @sent, @received)
+       ON CONFLICT (address_id, hour) DO UPDATE SET sent = sent + excluded.sent, received = received + excluded.received`,
+    ),
+    sumCounters: s(
+      `SELECT address_id, sum(sent) AS sent, sum(received) AS received, sum(cost_usd) AS cost_usd
+       FROM counters_day WHERE day >= ? AND day <= ? GROUP BY address_id`,
+    ),
+    budgetAlert: s('INSERT INTO budget_alerts (policy_id, day, percent, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING'),
+    markAutoKill: s('UPDATE agents SET auto_kill_policy_id = ? WHERE address_id = ?'),
+    setBaseline: s('UPDATE agents SET enforcement_baseline = ?, auto_kill_policy_id = NULL WHERE address_id = ?'),
     auditHead: s('SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1'),
     insertAudit: s(
       `INSERT INTO audit_log (seq, at, actor, action, target, reason, before, after, prev_hash, hash)
@@ -339,6 +373,9 @@ export class SqliteStore implements Store {
       kill_reason: null,
       kill_actor: null,
       resumed_at: null,
+      policy_version: 0,
+      auto_kill_policy_id: null,
+      enforcement_baseline: null,
     }
     this.#q.insertAgent.run(row)
     return row
@@ -377,8 +414,24 @@ export class SqliteStore implements Store {
     decide: (parties: Parties) => void,
     changes: Change[],
   ): IntentRow {
-    const parties: Parties = { from: this.#ensureAgent(intent.from_agent, now), to: this.#ensureAgent(intent.to_agent, now) }
+    const from = this.#ensureAgent(intent.from_agent, now)
+    const to = this.#ensureAgent(intent.to_agent, now)
+    const parties: Parties = {
+      from,
+      to,
+      from_policies: from.policy_version === 0 ? [] : (this.#q.policiesOf.all(from.address_id) as PolicyRow[]),
+      to_policies: to.policy_version === 0 ? [] : (this.#q.policiesOf.all(to.address_id) as PolicyRow[]),
+      from_counters: this.#counters(from.address_id, now),
+      to_counters: this.#counters(to.address_id, now),
+    }
     decide(parties)
+    // Counted in the accepting transaction: the single writer makes read-decide-increment atomic.
+    const day = parties.from_counters.day
+    const hour = parties.from_counters.hour
+    this.#q.countDay.run({ address_id: from.address_id, day, sent: 1, received: 0, cost: 0 })
+    this.#q.countDay.run({ address_id: to.address_id, day, sent: 0, received: 1, cost: 0 })
+    this.#q.countHour.run({ address_id: from.address_id, hour, sent: 1, received: 0 })
+    this.#q.countHour.run({ address_id: to.address_id, hour, sent: 0, received: 1 })
     this.#q.insertIntent.run({
       ...intent,
       from_address_id: parties.from.address_id,
@@ -502,6 +555,9 @@ export class SqliteStore implements Store {
       if (intent.delivery_state === 'leased' && change.delivery_state !== 'leased' && intent.lease_instance) {
         changes.push({ type: 'slot.freed', address_id: intent.to_address_id, instance_id: intent.lease_instance })
       }
+      if (change.cost_usd && change.cost_usd > 0 && input.cost_rule) {
+        this.#applyCost(recipient, change.cost_usd, input.now, input.cost_rule, changes)
+      }
       let followUp: IntentUpdateResult['follow_up'] = null
       if (change.follow_up) {
         const { intent: next, decide } = change.follow_up
@@ -589,12 +645,18 @@ export class SqliteStore implements Store {
         actor: input.actor,
       }) as AgentRow | undefined
       if (!after) return { agent: before, changed: false }
-      const { audit, event } = input.record(before, after)
-      this.#audit(audit)
-      this.#meshEvent(event, changes)
-      changes.push({ type: 'agent.killed', address_id: input.address_id })
-      return { agent: after, changed: true }
+      return { agent: this.#recordKill(before, after, input, changes), changed: true }
     })
+  }
+
+  /** The rest of a kill's transaction once the agent row flipped: audit, event, notification. */
+  #recordKill(before: AgentRow, after: AgentRow, input: KillInput, changes: Change[]): AgentRow {
+    if (input.policy_id !== null) this.#q.markAutoKill.run(input.policy_id, after.address_id)
+    const { audit, event } = input.record(before, after)
+    this.#audit(audit)
+    this.#meshEvent(event, changes)
+    changes.push({ type: 'agent.killed', address_id: after.address_id })
+    return { ...after, auto_kill_policy_id: input.policy_id ?? after.auto_kill_policy_id }
   }
 
   async holdBacklog(input: HoldInput): Promise<{ held: number; canceled: number }> {
@@ -637,6 +699,11 @@ export class SqliteStore implements Store {
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       const after = this.#q.resumeAgent.get({ address_id: input.address_id, now: input.now }) as AgentRow | undefined
       if (!after) return { agent: before, changed: false, redelivering: 0 }
+      if (before.auto_kill_policy_id !== null) {
+        // The policy that fired counts from here on, so the same window does not re-kill at once.
+        const baseline = { policy_id: before.auto_kill_policy_id, ...this.#counters(before.address_id, input.now) }
+        this.#q.setBaseline.run(JSON.stringify(baseline), before.address_id)
+      }
       const rows = this.#q.releasable.all({ id: input.address_id }) as { intent_id: string; to_address_id: string }[]
       // Paced in the store (available_at), so every replica honours the same budget.
       const spacing = 1000 / input.rate_per_second
@@ -731,6 +798,114 @@ export class SqliteStore implements Store {
 
   async meshEventsAfter(afterSeqno: number, limit: number): Promise<MeshEventRow[]> {
     return this.#q.meshAfter.all(afterSeqno, limit) as MeshEventRow[]
+  }
+
+  // ---- policies and counters ----
+  #counters(addressId: string, now: number): AgentCounters {
+    const at = new Date(now).toISOString()
+    const day = at.slice(0, 10)
+    const hour = at.slice(0, 13)
+    const d = this.#q.dayRow.get(addressId, day) as { sent: number; received: number; cost_usd: number } | undefined
+    const h = this.#q.hourRow.get(addressId, hour) as { sent: number; received: number } | undefined
+    return {
+      day,
+      hour,
+      sent_hour: h?.sent ?? 0,
+      sent_day: d?.sent ?? 0,
+      received_hour: h?.received ?? 0,
+      received_day: d?.received ?? 0,
+      cost_day: d?.cost_usd ?? 0,
+    }
+  }
+
+  /** Counts reported cost for an agent and applies core's budget rule, in the caller's transaction. */
+  #applyCost(agent: AgentRow, amount: number, now: number, rule: CostRule, changes: Change[]): void {
+    const before = this.#counters(agent.address_id, now)
+    this.#q.countDay.run({ address_id: agent.address_id, day: before.day, sent: 0, received: 0, cost: amount })
+    const policies = agent.policy_version === 0 ? [] : (this.#q.policiesOf.all(agent.address_id) as PolicyRow[])
+    if (policies.length === 0) return
+    const outcome = rule({
+      agent,
+      policies,
+      counters: { ...before, cost_day: before.cost_day + amount },
+      cost_before: before.cost_day,
+      now,
+    })
+    for (const t of outcome.thresholds) {
+      if (this.#q.budgetAlert.run(t.policy_id, before.day, t.percent, now).changes === 1) {
+        this.#meshEvent(
+          {
+            address_id: agent.address_id,
+            address: agent.address,
+            event_type: 'budget.threshold',
+            details: t.details,
+            actor_id: `policy:${t.policy_id}`,
+            created_at: now,
+          },
+          changes,
+        )
+      }
+    }
+    if (outcome.kill) {
+      const actor = `policy:${outcome.kill.policy_id}`
+      const after = this.#q.killAgent.get({ address_id: agent.address_id, now, reason: outcome.kill.reason, actor }) as
+        | AgentRow
+        | undefined
+      if (after) {
+        this.#recordKill(agent, after, {
+          address_id: agent.address_id,
+          now,
+          actor,
+          reason: outcome.kill.reason,
+          policy_id: outcome.kill.policy_id,
+          record: outcome.kill.record,
+        }, changes)
+      }
+    }
+  }
+
+  async listPolicies(addressId: string): Promise<PolicyRow[]> {
+    return this.#q.policiesOf.all(addressId) as PolicyRow[]
+  }
+
+  async getPolicy(policyId: string): Promise<PolicyRow | undefined> {
+    return this.#q.policyById.get(policyId) as PolicyRow | undefined
+  }
+
+  async writePolicy(input: PolicyWrite): Promise<PolicyRow | null> {
+    return this.#write((changes) => {
+      const current = this.#q.policyById.get(input.policy_id) as PolicyRow | undefined
+      if (input.op !== 'create') {
+        if (!current) throw new GatewayError('not_found', `policy ${input.policy_id} not found`)
+        if (input.expected_version !== null && current.version !== input.expected_version) {
+          throw new GatewayError('conflict', `policy ${input.policy_id} is at version ${current.version}, not ${input.expected_version}`, {
+            details: { current_version: current.version },
+          })
+        }
+      }
+      const next = input.build(current)
+      const addressId = next?.address_id ?? current?.address_id
+      const agent = this.#q.agentById.get(addressId) as AgentRow | undefined
+      if (!agent) throw new GatewayError('not_found', `agent ${addressId} not found`)
+      if (input.op === 'create' && next) this.#q.insertPolicy.run(next)
+      else if (input.op === 'update' && next) this.#q.updatePolicy.run(next)
+      else this.#q.deletePolicy.run(input.policy_id)
+      this.#q.bumpPolicyVersion.run(agent.address_id)
+      const { audit, event } = input.record(current, next, agent)
+      this.#audit(audit)
+      this.#meshEvent(event, changes)
+      changes.push({ type: 'policy.changed', address_id: agent.address_id })
+      return next
+    })
+  }
+
+  async getCounters(addressId: string, now: number): Promise<AgentCounters> {
+    return this.#counters(addressId, now)
+  }
+
+  async sumCounters(fromDay: string, toDay: string) {
+    const rows = this.#q.sumCounters.all(fromDay, toDay) as { address_id: string; sent: number; received: number; cost_usd: number }[]
+    return new Map(rows.map((r) => [r.address_id, { sent: r.sent, received: r.received, cost_usd: r.cost_usd }]))
   }
 }
 

@@ -1,0 +1,226 @@
+import type { AgentRow, PolicyRow, Store } from '../../store/store.js'
+import type { AgentService } from '../agents/agent-service.js'
+import { iso, type Clock } from '../clock.js'
+import { GatewayError, notFound } from '../errors.js'
+import { isAddress, randomBase62 } from '../ids.js'
+import type { PolicyEngine } from './policy-engine.js'
+import { policyView, specOf, specText, DEFAULT_ALERT_PERCENTS, type PolicySpec } from './policy-spec.js'
+
+export type PolicyInput = PolicySpec extends infer S
+  ? S extends PolicySpec
+    ? Omit<S, 'alert_at_percent'> & { alert_at_percent?: number[] | undefined; enabled?: boolean | undefined; version?: number | undefined }
+    : never
+  : never
+
+const newPolicyId = (): string => `pol_${randomBase62(20)}`
+
+function normalize(input: PolicyInput): PolicySpec {
+  const { enabled: _e, version: _v, ...spec } = input as PolicyInput & Record<string, unknown>
+  if (spec.kind === 'cost') {
+    const percents = [...new Set((spec as { alert_at_percent?: number[] }).alert_at_percent ?? DEFAULT_ALERT_PERCENTS)]
+    return { ...(spec as PolicySpec & { kind: 'cost' }), alert_at_percent: percents.sort((a, b) => a - b) }
+  }
+  if (spec.kind === 'rate' && spec.max_per_hour === undefined && spec.max_per_day === undefined) {
+    throw new GatewayError('schema_invalid', 'a rate policy needs max_per_hour or max_per_day', {
+      details: { field: 'max_per_hour' },
+    })
+  }
+  return spec as PolicySpec
+}
+
+/** Policies: versioned CRUD (audited, `policy.changed`), and the dry-run evaluation. */
+export class PolicyService {
+  readonly #store: Store
+  readonly #clock: Clock
+  readonly #agents: AgentService
+  readonly #engine: PolicyEngine
+
+  constructor(store: Store, clock: Clock, agents: AgentService, engine: PolicyEngine) {
+    this.#store = store
+    this.#clock = clock
+    this.#agents = agents
+    this.#engine = engine
+  }
+
+  async list(ref: string): Promise<{ agent: AgentRow; policies: PolicyRow[] }> {
+    const agent = await this.#agents.resolve(ref)
+    return { agent, policies: await this.#store.listPolicies(agent.address_id) }
+  }
+
+  async retrieve(policyId: string): Promise<PolicyRow> {
+    const row = await this.#store.getPolicy(policyId)
+    if (!row) throw notFound(`policy ${policyId}`)
+    return row
+  }
+
+  async create(actor: string, ref: string, input: PolicyInput): Promise<PolicyRow> {
+    const agent = await this.#agents.resolve(ref)
+    const spec = normalize(input)
+    const now = this.#clock.now()
+    const policyId = newPolicyId()
+    const row = await this.#store.writePolicy({
+      op: 'create',
+      policy_id: policyId,
+      now,
+      expected_version: null,
+      build: () => ({
+        policy_id: policyId,
+        address_id: agent.address_id,
+        kind: spec.kind,
+        spec: specText(spec),
+        enabled: input.enabled === false ? 0 : 1,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+      }),
+      record: (before, after, owner) => this.#record('policy.create', actor, now, before, after, owner),
+    })
+    return row as PolicyRow
+  }
+
+  /** PUT: replaces the policy whole; `kind` cannot change; needs the current version. */
+  async update(actor: string, policyId: string, input: PolicyInput, version: number | null): Promise<PolicyRow> {
+    const expected = version ?? input.version ?? null
+    if (expected === null) {
+      throw new GatewayError('conflict', 'send If-Match: <version> (or "version" in the body) to update a policy', {
+        details: { field: 'If-Match' },
+      })
+    }
+    const spec = normalize(input)
+    const now = this.#clock.now()
+    const row = await this.#store.writePolicy({
+      op: 'update',
+      policy_id: policyId,
+      now,
+      expected_version: expected,
+      build: (current) => {
+        const cur = current as PolicyRow
+        if (cur.kind !== spec.kind) {
+          throw new GatewayError('schema_invalid', `kind cannot change (this policy is ${cur.kind}); create a new policy`, {
+            details: { field: 'kind' },
+          })
+        }
+        return {
+          ...cur,
+          spec: specText(spec),
+          enabled: input.enabled === false ? 0 : 1,
+          version: cur.version + 1,
+          updated_at: now,
+        }
+      },
+      record: (before, after, owner) => this.#record('policy.update', actor, now, before, after, owner),
+    })
+    return row as PolicyRow
+  }
+
+  async delete(actor: string, policyId: string, version: number | null): Promise<void> {
+    const now = this.#clock.now()
+    await this.#store.writePolicy({
+      op: 'delete',
+      policy_id: policyId,
+      now,
+      expected_version: version,
+      build: () => null,
+      record: (before, after, owner) => this.#record('policy.delete', actor, now, before, after, owner),
+    })
+  }
+
+  /** Dry run (DESIGN §6): the decision the next send would get, with no side effect. */
+  async evaluate(input: { from_agent: string; to_agent: string; intent_type: string }) {
+    const now = this.#clock.now()
+    const [from, to] = await Promise.all([this.#snapshot(input.from_agent, now), this.#snapshot(input.to_agent, now)])
+    const counters = {
+      from: pickCounters(from.counters, 'send'),
+      to: pickCounters(to.counters, 'receive'),
+    }
+    for (const side of [from, to]) {
+      if (side.agent.killed_at !== null) {
+        return {
+          decision: 'deny' as const,
+          policy_id: null,
+          reason: `${side.agent.address} is killed (agent_killed)`,
+          killed: true,
+          counters,
+        }
+      }
+    }
+    const d = this.#engine.decide(
+      {
+        from: from.agent,
+        to: to.agent,
+        from_policies: from.policies,
+        to_policies: to.policies,
+        from_counters: from.counters,
+        to_counters: to.counters,
+      },
+      input.intent_type,
+      now,
+    )
+    return {
+      decision: d.decision,
+      policy_id: d.policy_id,
+      reason: d.reason,
+      ...(d.on_breach ? { on_breach: d.on_breach } : {}),
+      counters,
+    }
+  }
+
+  async #snapshot(address: string, now: number) {
+    if (!isAddress(address)) throw new GatewayError('schema_invalid', 'not an agent address', { details: { field: 'from_agent' } })
+    const agent = (await this.#store.getAgentByAddress(address)) ?? unregistered(address)
+    const known = agent.policy_version !== 0
+    return {
+      agent,
+      policies: known ? await this.#store.listPolicies(agent.address_id) : [],
+      counters: await this.#store.getCounters(agent.address_id, now),
+    }
+  }
+
+  #record(action: string, actor: string, now: number, before: PolicyRow | undefined, after: PolicyRow | null, owner: AgentRow) {
+    const target = (after ?? before)?.policy_id as string
+    return {
+      audit: {
+        at: iso(now),
+        actor,
+        action,
+        target,
+        reason: null,
+        before: before ? { agent: owner.address, ...policyView(before) } : null,
+        after: after ? { agent: owner.address, ...policyView(after) } : null,
+      },
+      event: {
+        address_id: owner.address_id,
+        address: owner.address,
+        event_type: 'policy.changed',
+        details: { policy_id: target, op: action.slice('policy.'.length), version: after?.version ?? before?.version ?? null },
+        actor_id: actor,
+        created_at: now,
+      },
+    }
+  }
+}
+
+function unregistered(address: string): AgentRow {
+  return {
+    address_id: '',
+    address,
+    display_name: null,
+    metadata: null,
+    created_at: 0,
+    killed_at: null,
+    kill_reason: null,
+    kill_actor: null,
+    resumed_at: null,
+    policy_version: 0,
+    auto_kill_policy_id: null,
+    enforcement_baseline: null,
+  }
+}
+
+function pickCounters(c: { hour: string; day: string; sent_hour: number; sent_day: number; received_hour: number; received_day: number; cost_day: number }, dir: 'send' | 'receive') {
+  return dir === 'send'
+    ? { sent_this_hour: c.sent_hour, sent_today: c.sent_day, cost_today_usd: c.cost_day }
+    : { received_this_hour: c.received_hour, received_today: c.received_day }
+}
+
+export { specOf }

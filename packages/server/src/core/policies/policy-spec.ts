@@ -1,0 +1,56 @@
+import type { PolicyKind, PolicyRow } from '../../store/store.js'
+
+export type Direction = 'send' | 'receive'
+export type OnBreach = 'block' | 'kill'
+
+export interface ActionSpec {
+  kind: 'action'
+  direction: Direction
+  mode: 'allowlist' | 'denylist'
+  patterns: string[]
+}
+
+export interface RateSpec {
+  kind: 'rate'
+  direction: Direction
+  max_per_hour?: number | undefined
+  max_per_day?: number | undefined
+  on_breach: OnBreach
+}
+
+export interface CostSpec {
+  kind: 'cost'
+  max_cost_per_day_usd: number
+  on_breach: OnBreach
+  alert_at_percent: number[]
+}
+
+export type PolicySpec = ActionSpec | RateSpec | CostSpec
+
+export const DEFAULT_ALERT_PERCENTS = [50, 80, 100]
+
+/** The spec stored in a row (kind is a column; the rest is JSON). */
+export function specOf(row: PolicyRow): PolicySpec {
+  return { ...(JSON.parse(row.spec) as object), kind: row.kind } as PolicySpec
+}
+
+/** Serializes the kind-specific fields only. */
+export function specText(spec: PolicySpec): string {
+  const { kind: _kind, ...rest } = spec
+  return JSON.stringify(rest)
+}
+
+/** `{ok, policy: {policy_id, address_id, kind, …, enabled, version, created_at, updated_at}}` (DESIGN §10). */
+export function policyView(row: PolicyRow): Record<string, unknown> {
+  const { kind: _kind, ...spec } = specOf(row)
+  return {
+    policy_id: row.policy_id,
+    address_id: row.address_id,
+    kind: row.kind as PolicyKind,
+    ...spec,
+    enabled: row.enabled === 1,
+    version: row.version,
+    created_at: new Date(row.created_at).toISOString(),
+    updated_at: new Date(row.updated_at).toISOString(),
+  }
+}
