@@ -14,13 +14,19 @@ export interface GatewayConfig {
   readonly maxDeliveryAttempts: number
   readonly sweepIntervalMs: number
   readonly retentionDays: number
+  readonly staleAfterSeconds: number
+  readonly heartbeatIntervalSeconds: number
+  readonly instanceTtlSeconds: number
+  readonly alertRetryBaseMs: number
+  /** When set, GET /metrics requires this key (x-api-key or Bearer). */
+  readonly metricsKey: string | undefined
   /** Held intents released per second per agent on resume (DESIGN §2.4). */
   readonly resumeRatePerSecond: number
   readonly quiet: boolean
 }
 
 /** Flags as the CLI parsed them (strings), overriding the environment. */
-export type ConfigFlags = Partial<Record<'port' | 'host' | 'data' | 'database-url' | 'durability', string>>
+export type ConfigFlags = Partial<Record<'port' | 'host' | 'data' | 'database-url' | 'durability' | 'metrics-key', string>>
 
 export class ConfigError extends Error {
   constructor(readonly setting: string, message: string) {
@@ -79,7 +85,19 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     maxDeliveryAttempts: int('CHOKEPOINT_MAX_DELIVERY_ATTEMPTS', env['CHOKEPOINT_MAX_DELIVERY_ATTEMPTS'], 10, 1, 100),
     sweepIntervalMs: int('CHOKEPOINT_SWEEP_INTERVAL_MS', env['CHOKEPOINT_SWEEP_INTERVAL_MS'], 500, 10, 60_000),
     retentionDays: int('CHOKEPOINT_RETENTION_DAYS', env['CHOKEPOINT_RETENTION_DAYS'], 7, 1, 3650),
+    staleAfterSeconds: int('CHOKEPOINT_STALE_AFTER_SECONDS', env['CHOKEPOINT_STALE_AFTER_SECONDS'], 90, 1, 86_400),
+    heartbeatIntervalSeconds: int('CHOKEPOINT_HEARTBEAT_INTERVAL_SECONDS', env['CHOKEPOINT_HEARTBEAT_INTERVAL_SECONDS'], 30, 1, 3600),
+    instanceTtlSeconds: int('CHOKEPOINT_INSTANCE_TTL_SECONDS', env['CHOKEPOINT_INSTANCE_TTL_SECONDS'], 600, 1, 30 * 86_400),
+    alertRetryBaseMs: int('CHOKEPOINT_ALERT_RETRY_BASE_MS', env['CHOKEPOINT_ALERT_RETRY_BASE_MS'], 1000, 10, 3_600_000),
+    metricsKey: metricsKeyOf(flags, env),
     resumeRatePerSecond: int('CHOKEPOINT_RESUME_RATE', env['CHOKEPOINT_RESUME_RATE'], 50, 1, 100_000),
     quiet: env['CHOKEPOINT_QUIET'] === '1',
   })
+}
+
+function metricsKeyOf(flags: ConfigFlags, env: NodeJS.ProcessEnv): string | undefined {
+  const [name, raw] = flags['metrics-key'] !== undefined ? ['--metrics-key', flags['metrics-key']] : ['CHOKEPOINT_METRICS_KEY', env['CHOKEPOINT_METRICS_KEY']]
+  if (raw === undefined || raw.trim() === '') return undefined
+  if (raw.trim().length < 16) throw new ConfigError(name, 'must be at least 16 characters')
+  return raw.trim()
 }

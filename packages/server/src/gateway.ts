@@ -21,6 +21,13 @@ import { KillSwitchService } from './core/kill-switch/kill-switch-service.js'
 import { PolicyEngine } from './core/policies/policy-engine.js'
 import { PolicyService } from './core/policies/policy-service.js'
 import { policyRoutes } from './http/routes/policies.js'
+import { alertRoutes } from './http/routes/alerts.js'
+import { alertFor } from './core/alerts/alerts.js'
+import { AlertDispatcher } from './core/alerts/alert-dispatcher.js'
+import { WebhookService } from './core/alerts/webhook-service.js'
+import { HeartbeatService } from './core/health/heartbeat-service.js'
+import { DEFAULT_HEALTH } from './core/health/health.js'
+import { Metrics, instrumentStore } from './core/metrics.js'
 import { systemRoutes } from './http/routes/system.js'
 import type { Services } from './http/services.js'
 import { SqliteStore } from './store/sqlite/sqlite-store.js'
@@ -54,11 +61,14 @@ export async function startGateway(
   const unlock = config.dataDir === ':memory:' ? () => undefined : lockDataDir(config.dataDir)
   let store: Store
   try {
-    store = new SqliteStore({ dataDir: config.dataDir, durability: config.durability, hashAudit: auditHash })
+    store = new SqliteStore({ dataDir: config.dataDir, durability: config.durability, hashAudit: auditHash, alertFor })
   } catch (error) {
     unlock()
     throw error
   }
+  const streams = new StreamRegistry(store.feed)
+  const metrics = new Metrics({ store, openStreams: () => streams.openStreams })
+  store = instrumentStore(store, metrics)
   const keys = new KeyService(store, clock)
   const { printedKey } = await keys.bootstrap(config.adminKey)
   const leaseMs = config.leaseSeconds * 1000
@@ -75,21 +85,33 @@ export async function startGateway(
     killSwitch,
     policies: new PolicyService(store, clock, agents, policyEngine),
     intents: new IntentService(
-      { store, clock, policies: policyEngine, killSwitch },
+      { store, clock, policies: policyEngine, killSwitch, metrics },
       { maxDeliveryAttempts: config.maxDeliveryAttempts, leaseMs },
     ),
-    streams: new StreamRegistry(store.feed),
+    streams,
+    metrics,
+    heartbeats: new HeartbeatService(
+      { store, clock, policies: policyEngine, killSwitch },
+      {
+        ...DEFAULT_HEALTH,
+        staleAfterMs: config.staleAfterSeconds * 1000,
+        intervalS: config.heartbeatIntervalSeconds,
+        forgetAfterMs: config.instanceTtlSeconds * 1000,
+      },
+    ),
+    webhooks: new WebhookService(store, clock),
     defaults: { leaseMs, maxInFlight: config.maxInFlight },
   }
   const router = new Router()
   router.add(
-    ...systemRoutes({ store, version: VERSION, router: () => router }),
+    ...systemRoutes({ store, version: VERSION, router: () => router, metrics, metricsKey: config.metricsKey }),
     ...keyRoutes(services),
     ...intentRoutes(services),
     ...inboxRoutes(services),
     ...meshRoutes(services),
     ...auditRoutes(services),
     ...policyRoutes(services),
+    ...alertRoutes(services),
   )
   const server: Server = createServer(
     { keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 30_000 },
@@ -98,10 +120,18 @@ export async function startGateway(
   server.on('clientError', (_error, socket) => {
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
   })
+  const dispatcher = new AlertDispatcher(store, clock, {
+    retryBaseMs: config.alertRetryBaseMs,
+    giveUpAfterMs: 86_400_000,
+    timeoutMs: 10_000,
+    onResult: (result) => metrics.alertDeliveries.inc({ result }),
+  })
   const sweeper = new Sweeper(store, clock, {
     intervalMs: config.sweepIntervalMs,
     retentionMs: config.retentionDays * 86_400_000,
     onError: (error) => log('error', 'sweeper pass failed', { error: String(error) }),
+    onLeasesExpired: (n) => metrics.leasesExpired.inc(n),
+    tasks: [() => services.heartbeats.sweep(), () => dispatcher.tick()],
   })
   try {
     await new Promise<void>((resolve, reject) => {

@@ -6,6 +6,9 @@ export interface SweeperOptions {
   /** Terminal intents older than this are purged (DESIGN §8: default 7 days). */
   retentionMs: number
   onError: (error: unknown) => void
+  /** Further background passes run on every tick (health staleness, alert delivery). */
+  tasks?: (() => Promise<unknown>)[]
+  onLeasesExpired?: (count: number) => void
 }
 
 const DAY_MS = 86_400_000
@@ -48,9 +51,17 @@ export class Sweeper {
       const now = this.#clock.now()
       for (let i = 0; i < 20; i += 1) {
         const { requeued, failed } = await this.#store.expireLeases(now, 500)
+        if (requeued + failed > 0) this.#options.onLeasesExpired?.(requeued + failed)
         if (requeued + failed < 500) break
       }
       await this.#store.timeOutIntents(now, 500)
+      for (const task of this.#options.tasks ?? []) {
+        try {
+          await task()
+        } catch (error) {
+          this.#options.onError(error)
+        }
+      }
       if (now - this.#lastPurge >= PURGE_EVERY_MS) {
         this.#lastPurge = now
         await this.#store.purge(now - this.#options.retentionMs, now - 2 * DAY_MS, 1_000)

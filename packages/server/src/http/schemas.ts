@@ -175,3 +175,43 @@ export const EvaluateBody = z.strictObject({
   to_agent: Address,
   intent_type: IntentType,
 })
+
+const metric = z.number().finite().min(0).max(1e12).nullable().optional()
+
+/** Heartbeat metrics are deltas since the previous beat; fields may be null (DESIGN §11). */
+export const HeartbeatBody = z.object({
+  metrics: z
+    .object({
+      intents_total: metric,
+      intents_succeeded: metric,
+      intents_failed: metric,
+      avg_latency_ms: metric,
+      cost_usd: z.number().finite().min(0).max(1_000_000).nullable().optional(),
+    })
+    .nullable()
+    .optional(),
+})
+
+export const MeshAgentsQuery = z.object({
+  limit: intParam(1, 500).optional(),
+  health: z.enum(['healthy', 'degraded', 'unreachable', 'killed', 'unknown']).optional(),
+  window: z.enum(['day', 'week', 'month']).optional(),
+})
+
+export const CreateWebhookBody = z.strictObject({
+  url: z
+    .string()
+    .max(2048)
+    .regex(/^https?:\/\/[^\s]+$/, 'must be an http:// or https:// URL'),
+  event_types: z
+    .array(z.enum(['agent.stale', 'agent.recovered', 'agent.killed', 'agent.auto_killed', 'agent.resumed', 'budget.threshold', 'rate.breach']))
+    .min(1)
+    .max(7)
+    .optional(),
+  secret: z.string().min(16).max(256).optional(),
+})
+
+export const DeliveriesQuery = z.object({
+  limit: intParam(1, 500).optional(),
+  webhook_id: z.string().max(64).optional(),
+})

@@ -6,6 +6,9 @@ import type { IntentService } from '../core/intents/intent-service.js'
 import type { AuditService } from '../core/audit/audit-service.js'
 import type { KillSwitchService } from '../core/kill-switch/kill-switch-service.js'
 import type { PolicyService } from '../core/policies/policy-service.js'
+import type { HeartbeatService } from '../core/health/heartbeat-service.js'
+import type { WebhookService } from '../core/alerts/webhook-service.js'
+import type { Metrics } from '../core/metrics.js'
 import type { Store } from '../store/store.js'
 
 /** What routes may call: core services (and the store only for feed/ping). */
@@ -19,5 +22,8 @@ export interface Services {
   killSwitch: KillSwitchService
   audit: AuditService
   policies: PolicyService
+  heartbeats: HeartbeatService
+  webhooks: WebhookService
+  metrics: Metrics
   defaults: { leaseMs: number; maxInFlight: number }
 }

@@ -12,6 +12,7 @@ export type Change =
   | { type: 'key.revoked'; key_id: string }
   | { type: 'mesh.event'; seqno: number }
   | { type: 'policy.changed'; address_id: string }
+  | { type: 'alert.queued' }
 
 export type ChangeListener = (change: Change) => void
 

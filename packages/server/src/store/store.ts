@@ -40,7 +40,91 @@ export interface AgentRow {
   auto_kill_policy_id: string | null
   /** JSON `EnforcementBaseline` set on resume after an auto-kill, or null. */
   enforcement_baseline: string | null
+  /** The last health core computed (heartbeat or sweeper); `killed` is derived from killed_at. */
+  health_status: HealthStatus
+  last_heartbeat_at: number | null
 }
+
+export type HealthStatus = 'unknown' | 'healthy' | 'degraded' | 'unreachable' | 'killed'
+
+export interface InstanceRow {
+  address_id: string
+  instance_id: string
+  first_seen_at: number
+  last_heartbeat_at: number
+}
+
+/** Heartbeat-reported deltas summed over the health window. */
+export interface MetricsWindow {
+  total: number
+  succeeded: number
+  failed: number
+  latency_sum: number
+  latency_n: number
+}
+
+export interface HeartbeatMetrics {
+  intents_total: number
+  intents_succeeded: number
+  intents_failed: number
+  avg_latency_ms: number | null
+  cost_usd: number
+}
+
+/** Core's health rule (core/health): one place computes every status. */
+export type HealthRule = (ctx: { agent: AgentRow; instances: InstanceRow[]; window: MetricsWindow; now: number }) => HealthStatus
+
+export interface HeartbeatInput {
+  address_id: string
+  instance_id: string
+  now: number
+  metrics: HeartbeatMetrics | null
+  /** Start of the error-rate window (minute buckets at or after it count). */
+  window_start: number
+  health: HealthRule
+  cost_rule: CostRule
+  /** Mesh event for a health transition (from → to). */
+  transition: (agent: AgentRow, from: HealthStatus, to: HealthStatus) => MeshEventDraft
+}
+
+export interface HealthSweepInput {
+  now: number
+  /** Instances not seen since this time are stale. */
+  stale_before: number
+  /** Instances not seen since this time leave the instance list. */
+  forget_before: number
+  window_start: number
+  health: HealthRule
+  transition: (agent: AgentRow, from: HealthStatus, to: HealthStatus) => MeshEventDraft
+  limit: number
+}
+
+export interface WebhookRow {
+  webhook_id: string
+  url: string
+  /** JSON array of alert types, or null for all. */
+  event_types: string | null
+  secret: string
+  created_at: number
+  deleted_at: number | null
+}
+
+export interface AlertRow {
+  alert_id: string
+  webhook_id: string
+  type: string
+  body: string
+  created_at: number
+  next_attempt_at: number
+  attempts: number
+  last_status: number | null
+  last_error: string | null
+  delivered_at: number | null
+  gave_up_at: number | null
+}
+
+/** Turns a mesh event into an alert (type and JSON body), or null when it alerts no one. */
+export type AlertMapper = (event: MeshEventDraft, alertId: string) => { type: string; body: string } | null
 
 export type PolicyKind = 'action' | 'rate' | 'cost'
 
@@ -435,6 +519,30 @@ export interface Store {
   /** Writes a policy change, bumps the agent's policy_version, audits, emits `policy.changed`. */
   writePolicy(input: PolicyWrite): Promise<PolicyRow | null>
   getCounters(addressId: string, now: number): Promise<AgentCounters>
+  /** Records a rate/budget breach once per policy and window, with its mesh event; false if already recorded. */
+  recordBreach(policyId: string, windowKey: string, event: MeshEventDraft): Promise<boolean>
+
+  // ---- heartbeats and health ----
+  heartbeat(input: HeartbeatInput): Promise<{ agent: AgentRow; health_status: HealthStatus }>
+  /** Re-evaluates agents with stale instances; forgets long-gone instances. Returns transitions. */
+  sweepHealth(input: HealthSweepInput): Promise<number>
+  listInstances(addressId: string): Promise<InstanceRow[]>
+  /** Instance counts per agent: total and fresh (seen at or after `freshSince`). */
+  instanceCounts(freshSince: number): Promise<Map<string, { total: number; fresh: number }>>
+  metricsWindow(addressId: string, windowStart: number): Promise<MetricsWindow>
+  countAgentsByHealth(): Promise<Record<string, number>>
+
+  // ---- webhooks and the alert outbox ----
+  createWebhook(row: WebhookRow, audit: AuditDraft): Promise<WebhookRow>
+  listWebhooks(): Promise<WebhookRow[]>
+  deleteWebhook(webhookId: string, now: number, audit: (row: WebhookRow) => AuditDraft): Promise<WebhookRow>
+  /** Due alerts, claimed for `leaseMs` so concurrent senders (replicas) do not send the same one at once. */
+  claimAlerts(now: number, leaseMs: number, limit: number): Promise<(AlertRow & { url: string; secret: string })[]>
+  recordAlertAttempt(
+    alertId: string,
+    result: { now: number; status: number | null; error: string | null; delivered: boolean; next_attempt_at: number | null },
+  ): Promise<void>
+  listAlerts(limit: number, webhookId: string | null): Promise<AlertRow[]>
   /** Counter rows summed over [fromDay, toDay] (inclusive, `YYYY-MM-DD`), per agent. */
   sumCounters(fromDay: string, toDay: string): Promise<Map<string, { sent: number; received: number; cost_usd: number }>>
 }

@@ -2,31 +2,50 @@ import type { AgentRow, Store } from '../../store/store.js'
 import type { Clock } from '../clock.js'
 import { GatewayError, conflict, notFound } from '../errors.js'
 import { isAddress, isAddressId, newAddressId } from '../ids.js'
+import { blankAgent } from './agent-row.js'
 
-/** The health an agent shows before heartbeats exist: killed overrides everything. */
-export function healthOf(agent: AgentRow): 'killed' | 'unknown' {
-  return agent.killed_at !== null ? 'killed' : 'unknown'
+/** What a table row needs beyond the agent row (one list call, no request per row). */
+export interface AgentStats {
+  intents_period: number
+  cost_period: number
+  instances_total: number
+  instances_healthy: number
 }
 
-export function agentView(agent: AgentRow): Record<string, unknown> {
+const NO_STATS: AgentStats = { intents_period: 0, cost_period: 0, instances_total: 0, instances_healthy: 0 }
+
+/** `MeshAgent` (DESIGN §5c). Health is the last status core computed; killed overrides it. */
+export function agentView(agent: AgentRow, stats: AgentStats = NO_STATS): Record<string, unknown> {
   const view: Record<string, unknown> = {
     address_id: agent.address_id,
     address: agent.address,
     display_name: agent.display_name,
-    health_status: healthOf(agent),
-    last_heartbeat_at: null,
+    health_status: agent.killed_at !== null ? 'killed' : agent.health_status,
+    last_heartbeat_at: agent.last_heartbeat_at === null ? null : new Date(agent.last_heartbeat_at).toISOString(),
     created_at: new Date(agent.created_at).toISOString(),
-    intents_period: 0,
-    cost_period: 0,
+    intents_period: stats.intents_period,
+    cost_period: Math.round(stats.cost_period * 1e6) / 1e6,
     metadata: agent.metadata === null ? null : (JSON.parse(agent.metadata) as unknown),
-    instances_total: 0,
-    instances_healthy: 0,
+    instances_total: stats.instances_total,
+    instances_healthy: stats.instances_healthy,
   }
   if (agent.killed_at !== null) {
     view['killed_at'] = new Date(agent.killed_at).toISOString()
     view['kill_reason'] = agent.kill_reason
   }
   return view
+}
+
+export type StatsWindow = 'day' | 'week' | 'month'
+
+/** First and last UTC day (`YYYY-MM-DD`) of the window containing `now` (ISO week from Monday). */
+export function windowDays(window: StatsWindow, now: number): [string, string] {
+  const today = new Date(now)
+  const end = today.toISOString().slice(0, 10)
+  if (window === 'day') return [end, end]
+  if (window === 'month') return [`${end.slice(0, 8)}01`, end]
+  const dow = (today.getUTCDay() + 6) % 7 // Monday = 0
+  return [new Date(now - dow * 86_400_000).toISOString().slice(0, 10), end]
 }
 
 /** Agents: lookup by `addr_…` id or address, registration, listing. */
@@ -59,18 +78,9 @@ export class AgentService {
     metadata?: Record<string, unknown> | undefined
   }): Promise<AgentRow> {
     const row: AgentRow = {
-      address_id: newAddressId(),
-      address: input.address,
+      ...blankAgent(input.address, newAddressId(), this.#clock.now()),
       display_name: input.display_name ?? null,
       metadata: input.metadata === undefined ? null : JSON.stringify(input.metadata),
-      created_at: this.#clock.now(),
-      killed_at: null,
-      kill_reason: null,
-      kill_actor: null,
-      resumed_at: null,
-      policy_version: 0,
-      auto_kill_policy_id: null,
-      enforcement_baseline: null,
     }
     const created = await this.#store.registerAgent(row)
     if (!created) throw conflict(`agent ${input.address} is already registered`)
@@ -79,5 +89,25 @@ export class AgentService {
 
   list(limit: number): Promise<AgentRow[]> {
     return this.#store.listAgents(limit)
+  }
+
+  /** Per-agent stats for a window: accepted intents sent or received, reported cost, instances. */
+  async stats(window: StatsWindow, staleAfterMs: number): Promise<(agent: AgentRow) => AgentStats> {
+    const now = this.#clock.now()
+    const [from, to] = windowDays(window, now)
+    const [sums, instances] = await Promise.all([
+      this.#store.sumCounters(from, to),
+      this.#store.instanceCounts(now - staleAfterMs),
+    ])
+    return (agent) => {
+      const sum = sums.get(agent.address_id)
+      const inst = instances.get(agent.address_id)
+      return {
+        intents_period: sum ? sum.sent + sum.received : 0,
+        cost_period: sum?.cost_usd ?? 0,
+        instances_total: inst?.total ?? 0,
+        instances_healthy: agent.killed_at !== null ? 0 : (inst?.fresh ?? 0),
+      }
+    }
   }
 }

@@ -14,6 +14,8 @@ export interface InboxStreamOptions {
   leaseMs: number
   maxInFlight: number
   requestId: string
+  /** Counts deliveries written (first or repeated). */
+  onDelivered?: (kind: 'delivered' | 'redelivered') => void
 }
 
 /** Upper bound between claims while idle: covers paced redelivery and lost wake-ups. */
@@ -107,6 +109,7 @@ export class InboxStream {
         })
         this.full = !claim.has_room
         for (const delivery of claim.deliveries) {
+          this.options.onDelivered?.(delivery.intent.delivery_attempt > 1 ? 'redelivered' : 'delivered')
           if (!this.#write(delivery.seq, deliveryFrame(delivery.intent, delivery.seq))) return
           sent += 1
         }

@@ -8,6 +8,7 @@ import { acceptRule, settleRule } from '../kill-switch/rules.js'
 import { killRecord, type KillSwitchService } from '../kill-switch/kill-switch-service.js'
 import { PolicyBreach, type PolicyEngine } from '../policies/policy-engine.js'
 import type { CostRule, Parties } from '../../store/store.js'
+import type { Metrics } from '../metrics.js'
 
 export interface CreateIntentInput {
   intent_type: string
@@ -48,10 +49,13 @@ export class IntentService {
   readonly #policies: PolicyEngine
   readonly #killSwitch: KillSwitchService
 
+  readonly #metrics: Metrics | undefined
+
   constructor(
-    deps: { store: Store; clock: Clock; policies: PolicyEngine; killSwitch: KillSwitchService },
+    deps: { store: Store; clock: Clock; policies: PolicyEngine; killSwitch: KillSwitchService; metrics?: Metrics },
     defaults: IntentDefaults,
   ) {
+    this.#metrics = deps.metrics
     this.#store = deps.store
     this.#clock = deps.clock
     this.#policies = deps.policies
@@ -67,19 +71,41 @@ export class IntentService {
     }
   }
 
-  /** A breach with `on_breach: kill` auto-kills the policy's owner (its own transaction), then rejects. */
-  async #autoKillOn<T>(work: Promise<T>): Promise<T> {
+  /**
+   * Counts the outcome; a breach with `on_breach: kill` auto-kills the policy's owner (its own
+   * transaction) before the rejection is answered; a blocking breach is noted once per window.
+   */
+  async #autoKillOn<T>(work: Promise<T>, now: number): Promise<T> {
     try {
-      return await work
+      const result = await work
+      this.#metrics?.intents.inc({ result: 'accepted', reason: '' })
+      return result
     } catch (error) {
-      const target = error instanceof PolicyBreach ? error.autoKill : null
-      if (target) {
-        await this.#killSwitch.killAgent({ kind: 'policy', policy_id: target.policy_id }, target.address_id, {
-          reason: error instanceof Error ? error.message : 'policy breach',
-        })
-      }
+      this.#metrics?.intents.inc({ result: 'rejected', reason: error instanceof GatewayError ? error.code : 'error' })
+      if (error instanceof PolicyBreach) await this.#onBreach(error, now)
       throw error
     }
+  }
+
+  async #onBreach(breach: PolicyBreach, now: number): Promise<void> {
+    const target = breach.autoKill
+    if (target) {
+      await this.#killSwitch.killAgent({ kind: 'policy', policy_id: target.policy_id }, target.address_id, {
+        reason: breach.message,
+      })
+      return
+    }
+    const d = breach.decision
+    if (d.decision !== 'rate_limited' || !d.owner || !d.policy_id) return
+    const at = new Date(now).toISOString()
+    await this.#store.recordBreach(d.policy_id, d.window === 'hour' ? at.slice(0, 13) : at.slice(0, 10), {
+      address_id: d.owner.address_id,
+      address: d.owner.address,
+      event_type: 'policy.breached',
+      details: { policy_id: d.policy_id, reason: d.reason, limit: d.limit ?? null, window: d.window ?? null, on_breach: 'block' },
+      actor_id: `policy:${d.policy_id}`,
+      created_at: now,
+    })
   }
 
   /** Cost on resolve counts for the resolver; a ceiling with on_breach: kill kills it in that transaction. */
@@ -132,6 +158,7 @@ export class IntentService {
           })
         },
       }),
+      now,
     )
   }
 

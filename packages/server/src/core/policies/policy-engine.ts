@@ -20,6 +20,7 @@ export interface PolicyDecision {
   limit?: number
   /** Seconds until the window resets. */
   reset_s?: number
+  window?: 'hour' | 'day'
 }
 
 const HOUR_MS = 3_600_000
@@ -84,6 +85,7 @@ export class PolicyEngine {
             reason: `${side.agent.address} spent $${round(cost)} today; the ceiling of policy ${p.id} is $${p.spec.max_cost_per_day_usd}`,
             limit: p.spec.max_cost_per_day_usd,
             reset_s: Math.ceil((DAY_MS - (now % DAY_MS)) / 1000),
+            window: 'day',
           }
         }
       }
@@ -187,6 +189,7 @@ function rateBreach(
         reason: `${agent.address} reached ${w.limit} intents ${send ? 'sent' : 'received'} per ${w.label} (policy ${id})`,
         limit: w.limit,
         reset_s: Math.ceil((w.ms - (now % w.ms)) / 1000),
+        window: w.label as 'hour' | 'day',
       }
     }
   }

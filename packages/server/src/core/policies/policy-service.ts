@@ -1,5 +1,6 @@
 import type { AgentRow, PolicyRow, Store } from '../../store/store.js'
 import type { AgentService } from '../agents/agent-service.js'
+import { blankAgent } from '../agents/agent-row.js'
 import { iso, type Clock } from '../clock.js'
 import { GatewayError, notFound } from '../errors.js'
 import { isAddress, randomBase62 } from '../ids.js'
@@ -167,7 +168,7 @@ export class PolicyService {
 
   async #snapshot(address: string, now: number) {
     if (!isAddress(address)) throw new GatewayError('schema_invalid', 'not an agent address', { details: { field: 'from_agent' } })
-    const agent = (await this.#store.getAgentByAddress(address)) ?? unregistered(address)
+    const agent = (await this.#store.getAgentByAddress(address)) ?? blankAgent(address, '', 0)
     const known = agent.policy_version !== 0
     return {
       agent,
@@ -197,23 +198,6 @@ export class PolicyService {
         created_at: now,
       },
     }
-  }
-}
-
-function unregistered(address: string): AgentRow {
-  return {
-    address_id: '',
-    address,
-    display_name: null,
-    metadata: null,
-    created_at: 0,
-    killed_at: null,
-    kill_reason: null,
-    kill_actor: null,
-    resumed_at: null,
-    policy_version: 0,
-    auto_kill_policy_id: null,
-    enforcement_baseline: null,
   }
 }
 

@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http'
 import type { z } from 'zod'
 import { assertActsFor } from '../../core/auth/principal.js'
 import { InboxStream } from '../../core/delivery/inbox-stream.js'
@@ -9,6 +10,16 @@ import { STREAMED, route, type Route } from '../router.js'
 import { InboxStreamQuery } from '../schemas.js'
 import type { Services } from '../services.js'
 import { lastEventId } from './intents.js'
+
+/** `x-instance-id`: printable ASCII, 1–128 chars (DESIGN §11); absent → "default". */
+export function instanceIdOf(req: IncomingMessage): string {
+  const header = req.headers['x-instance-id']
+  if (header === undefined) return 'default'
+  if (typeof header !== 'string' || !isInstanceId(header)) {
+    throw new GatewayError('invalid_request', 'x-instance-id must be 1–128 printable ASCII characters')
+  }
+  return header
+}
 
 export function inboxRoutes(s: Services): Route[] {
   return [
@@ -27,10 +38,7 @@ export function inboxRoutes(s: Services): Route[] {
             details: { field: 'address' },
           })
         }
-        const header = req.headers['x-instance-id']
-        if (header !== undefined && (typeof header !== 'string' || !isInstanceId(header))) {
-          throw new GatewayError('invalid_request', 'x-instance-id must be 1–128 printable ASCII characters')
-        }
+        const instanceId = instanceIdOf(req)
         const agent = await s.agents.resolve(address).catch((error: unknown) => {
           throw error instanceof GatewayError && error.code === 'not_found' ? notFound(`agent ${address}`) : error
         })
@@ -38,12 +46,13 @@ export function inboxRoutes(s: Services): Route[] {
         deliveryRule(agent) // a killed agent's reconnect is refused before the stream opens
         const stream = new InboxStream(s.store, s.clock, new SseSink(res), {
           agent,
-          instanceId: header ?? 'default',
+          instanceId,
           since: query.since ?? lastEventId(req.headers['last-event-id']) ?? 0,
           windowMs: query.wait_seconds === undefined ? null : query.wait_seconds * 1000,
           leaseMs: query.lease_seconds === undefined ? s.defaults.leaseMs : query.lease_seconds * 1000,
           maxInFlight: query.max_in_flight ?? s.defaults.maxInFlight,
           requestId,
+          onDelivered: (kind) => s.metrics.deliveries.inc({ kind }),
         })
         s.streams.add(stream)
         try {

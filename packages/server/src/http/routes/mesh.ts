@@ -1,13 +1,14 @@
 import type { z } from 'zod'
 import { agentView } from '../../core/agents/agent-service.js'
 import { route, type Route } from '../router.js'
-import { KillBody, ListAgentsQuery, MeshEventsQuery, MeshEventsStreamQuery, RegisterAgentBody, ResumeBody } from '../schemas.js'
+import { HeartbeatBody, KillBody, MeshAgentsQuery, MeshEventsQuery, MeshEventsStreamQuery, RegisterAgentBody, ResumeBody } from '../schemas.js'
 import { meshEventView, parseMeshEventId } from '../../core/mesh/mesh-events.js'
 import { streamMeshEvents } from '../../core/mesh/mesh-event-stream.js'
 import { SseSink } from '../sse.js'
 import { STREAMED } from '../router.js'
 import { iso } from '../../core/clock.js'
 import { policyView } from '../../core/policies/policy-spec.js'
+import { instanceIdOf } from './inbox.js'
 import type { Services } from '../services.js'
 
 export function meshRoutes(s: Services): Route[] {
@@ -21,18 +22,21 @@ export function meshRoutes(s: Services): Route[] {
       body: RegisterAgentBody,
       handler: async ({ body }) => ({ agent: agentView(await s.agents.register(body)) }),
     }),
-    route<undefined, z.output<typeof ListAgentsQuery>>({
+    route<undefined, z.output<typeof MeshAgentsQuery>>({
       method: 'GET',
       path: '/v1/mesh/agents',
       access: 'viewer',
       tag: 'mesh',
-      summary: 'List agents',
-      query: ListAgentsQuery,
+      summary: 'Agents with health, instances, intents and cost for the window, and a summary by health',
+      query: MeshAgentsQuery,
       handler: async ({ query }) => {
-        const agents = (await s.agents.list(query.limit ?? 100)).map(agentView)
-        const summary = { total: agents.length, healthy: 0, degraded: 0, unreachable: 0, killed: 0, unknown: 0 }
-        for (const a of agents) summary[a['health_status'] as 'killed' | 'unknown'] += 1
-        return { agents, summary }
+        const rows = await s.agents.list(5_000)
+        const stats = await s.agents.stats(query.window ?? 'day', s.heartbeats.options.staleAfterMs)
+        const all = rows.map((row) => agentView(row, stats(row)))
+        const summary = { total: all.length, healthy: 0, degraded: 0, unreachable: 0, killed: 0, unknown: 0 }
+        for (const a of all) summary[a['health_status'] as keyof typeof summary] += 1
+        const filtered = query.health === undefined ? all : all.filter((a) => a['health_status'] === query.health)
+        return { agents: filtered.slice(0, query.limit ?? 100), summary }
       },
     }),
     route({
@@ -40,14 +44,51 @@ export function meshRoutes(s: Services): Route[] {
       path: '/v1/mesh/agents/:address_id',
       access: 'viewer',
       tag: 'mesh',
-      summary: 'One agent by addr_… id or (URL-encoded) address',
+      summary: 'One agent by addr_… id or (URL-encoded) address, with instances, policies and recent events',
       handler: async ({ params }) => {
         const agent = await s.agents.resolve(params['address_id'] as string)
-        const events = await s.store.listMeshEvents({ limit: 20, event_type: null, address: agent.address, before_seqno: null })
-        const { policies } = await s.policies.list(agent.address_id)
+        const [events, { policies }, instances, stats] = await Promise.all([
+          s.store.listMeshEvents({ limit: 20, event_type: null, address: agent.address, before_seqno: null }),
+          s.policies.list(agent.address_id),
+          s.heartbeats.instances(agent),
+          s.agents.stats('day', s.heartbeats.options.staleAfterMs),
+        ])
         return {
-          agent: { ...agentView(agent), instances: [], policies: policies.map(policyView) },
+          agent: { ...agentView(agent, stats(agent)), instances, policies: policies.map(policyView) },
           events: events.map(meshEventView),
+        }
+      },
+    }),
+    route<z.output<typeof HeartbeatBody>>({
+      method: 'POST',
+      path: '/v1/mesh/heartbeat',
+      access: 'agent',
+      tag: 'mesh',
+      summary: 'Heartbeat of one instance, with optional metric deltas; answers the health (killed when killed)',
+      body: HeartbeatBody,
+      handler: async ({ req, principal, body }) => {
+        const instanceId = instanceIdOf(req)
+        s.metrics.heartbeats.inc()
+        const m = body.metrics
+        const { agent, health_status } = await s.heartbeats.beat(
+          principal,
+          instanceId,
+          m
+            ? {
+                intents_total: m.intents_total ?? 0,
+                intents_succeeded: m.intents_succeeded ?? 0,
+                intents_failed: m.intents_failed ?? 0,
+                avg_latency_ms: m.avg_latency_ms ?? null,
+                cost_usd: m.cost_usd ?? 0,
+              }
+            : null,
+        )
+        return {
+          address_id: agent.address_id,
+          address: agent.address,
+          instance_id: instanceId,
+          health_status,
+          next_heartbeat_s: s.heartbeats.options.intervalS,
         }
       },
     }),
@@ -60,11 +101,13 @@ export function meshRoutes(s: Services): Route[] {
       summary: 'Kill an agent on every instance: sends, deliveries, acks and resolves are refused from now on',
       body: KillBody,
       handler: async ({ params, principal, body }) => {
+        const stop = s.metrics.killLatency.startTimer()
         const { agent, held_intents } = await s.killSwitch.kill(
           { kind: 'key', key_id: principal.key_id },
           params['address_id'] as string,
           body,
         )
+        stop()
         return {
           address_id: agent.address_id,
           address: agent.address,

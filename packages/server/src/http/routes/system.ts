@@ -1,9 +1,18 @@
 import type { Store } from '../../store/store.js'
+import type { Metrics } from '../../core/metrics.js'
+import { GatewayError } from '../../core/errors.js'
+import { digestsEqual, sha256Hex } from '../../core/ids.js'
 import { sendJson } from '../errors.js'
 import { STREAMED, route, type Route, type Router } from '../router.js'
 import { buildOpenApi } from '../openapi.js'
 
-export function systemRoutes(deps: { store: Store; version: string; router: () => Router }): Route[] {
+export function systemRoutes(deps: {
+  store: Store
+  version: string
+  router: () => Router
+  metrics: Metrics
+  metricsKey: string | undefined
+}): Route[] {
   let spec: Record<string, unknown> | null = null
   return [
     route({
@@ -15,6 +24,26 @@ export function systemRoutes(deps: { store: Store; version: string; router: () =
       handler: async () => {
         await deps.store.ping()
         return { version: deps.version, store: deps.store.engine }
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/metrics',
+      access: 'public',
+      tag: 'system',
+      summary: 'Prometheus metrics (no key unless the gateway runs with --metrics-key)',
+      handler: async ({ req, res }) => {
+        if (deps.metricsKey !== undefined) {
+          const given = req.headers['x-api-key'] ?? /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1]
+          if (typeof given !== 'string' || !digestsEqual(sha256Hex(given), sha256Hex(deps.metricsKey))) {
+            throw new GatewayError('unauthorized', 'GET /metrics needs the metrics key')
+          }
+        }
+        const text = await deps.metrics.registry.metrics()
+        res.statusCode = 200
+        res.setHeader('content-type', deps.metrics.registry.contentType)
+        res.end(text)
+        return STREAMED
       },
     }),
     route({

@@ -147,5 +147,59 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
     at        INTEGER NOT NULL,
     PRIMARY KEY (policy_id, day, percent)
   ) WITHOUT ROWID;
+  `,  /* 4: heartbeats, instances, health, webhooks and the alert outbox */ `
+  ALTER TABLE agents ADD COLUMN health_status TEXT NOT NULL DEFAULT 'unknown';
+  ALTER TABLE agents ADD COLUMN last_heartbeat_at INTEGER;
+  CREATE INDEX agents_health ON agents (health_status);
+  CREATE TABLE agent_instances (
+    address_id        TEXT NOT NULL,
+    instance_id       TEXT NOT NULL,
+    first_seen_at     INTEGER NOT NULL,
+    last_heartbeat_at INTEGER NOT NULL,
+    PRIMARY KEY (address_id, instance_id)
+  ) WITHOUT ROWID;
+  CREATE INDEX agent_instances_seen ON agent_instances (last_heartbeat_at);
+  CREATE TABLE heartbeat_metrics (
+    address_id  TEXT NOT NULL,
+    minute      INTEGER NOT NULL,
+    total       INTEGER NOT NULL DEFAULT 0,
+    succeeded   INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    latency_sum REAL NOT NULL DEFAULT 0,
+    latency_n   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (address_id, minute)
+  ) WITHOUT ROWID;
+  ALTER TABLE counters_day ADD COLUMN reported_total INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE counters_day ADD COLUMN reported_succeeded INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE counters_day ADD COLUMN reported_failed INTEGER NOT NULL DEFAULT 0;
+  CREATE TABLE webhooks (
+    webhook_id  TEXT PRIMARY KEY,
+    url         TEXT NOT NULL,
+    event_types TEXT,
+    secret      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    deleted_at  INTEGER
+  );
+  CREATE TABLE alert_outbox (
+    alert_id        TEXT PRIMARY KEY,
+    webhook_id      TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_status     INTEGER,
+    last_error      TEXT,
+    delivered_at    INTEGER,
+    gave_up_at      INTEGER
+  );
+  CREATE INDEX alert_outbox_due ON alert_outbox (next_attempt_at) WHERE delivered_at IS NULL AND gave_up_at IS NULL;
+  CREATE INDEX alert_outbox_recent ON alert_outbox (created_at);
+  CREATE TABLE policy_breaches (
+    policy_id  TEXT NOT NULL,
+    window_key TEXT NOT NULL,
+    at         INTEGER NOT NULL,
+    PRIMARY KEY (policy_id, window_key)
+  ) WITHOUT ROWID;
   `,
 ]

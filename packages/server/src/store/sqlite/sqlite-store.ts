@@ -6,6 +6,14 @@ import { GatewayError } from '../../core/errors.js'
 import { LocalFeed, type Change } from '../change-feed.js'
 import type {
   AcceptIntentInput,
+  AlertMapper,
+  AlertRow,
+  HealthStatus,
+  HealthSweepInput,
+  HeartbeatInput,
+  InstanceRow,
+  MetricsWindow,
+  WebhookRow,
   AgentCounters,
   CostRule,
   PolicyRow,
@@ -39,7 +47,8 @@ import type {
   Store,
 } from '../store.js'
 import { SQLITE_MIGRATIONS } from './sqlite-migrations.js'
-import { newAddressId } from '../../core/ids.js'
+import { newAddressId, randomBase62 } from '../../core/ids.js'
+import { blankAgent } from '../../core/agents/agent-row.js'
 
 export interface SqliteStoreConfig {
   /** Directory holding `chokepoint.db`; `:memory:` for an in-memory database. */
@@ -48,6 +57,8 @@ export interface SqliteStoreConfig {
   durability: 'normal' | 'full'
   /** Chain hash of audit entries (core's rule). */
   hashAudit: AuditHasher
+  /** Which mesh events become webhook alerts (core's rule). */
+  alertFor: AlertMapper
 }
 
 type Stmts = ReturnType<typeof prepare>
@@ -67,7 +78,7 @@ function prepare(db: Db) {
        WHERE address_id = @address_id AND killed_at IS NULL RETURNING *`,
     ),
     resumeAgent: s(
-      `UPDATE agents SET killed_at = NULL, kill_reason = NULL, kill_actor = NULL, resumed_at = @now
+      `UPDATE agents SET killed_at = NULL, kill_reason = NULL, kill_actor = NULL, resumed_at = @now, health_status = 'unknown'
        WHERE address_id = @address_id AND killed_at IS NOT NULL RETURNING *`,
     ),
     // Backlog of a killed agent: queued or leased work addressed to it...
@@ -131,6 +142,67 @@ function prepare(db: Db) {
     budgetAlert: s('INSERT INTO budget_alerts (policy_id, day, percent, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING'),
     markAutoKill: s('UPDATE agents SET auto_kill_policy_id = ? WHERE address_id = ?'),
     setBaseline: s('UPDATE agents SET enforcement_baseline = ?, auto_kill_policy_id = NULL WHERE address_id = ?'),
+    upsertInstance: s(
+      `INSERT INTO agent_instances (address_id, instance_id, first_seen_at, last_heartbeat_at) VALUES (?, ?, ?, ?)
+       ON CONFLICT (address_id, instance_id) DO UPDATE SET last_heartbeat_at = excluded.last_heartbeat_at`,
+    ),
+    instancesOf: s('SELECT * FROM agent_instances WHERE address_id = ? ORDER BY instance_id'),
+    forgetInstances: s('DELETE FROM agent_instances WHERE last_heartbeat_at < ?'),
+    instanceCounts: s(
+      `SELECT address_id, count(*) AS total, sum(CASE WHEN last_heartbeat_at >= ? THEN 1 ELSE 0 END) AS fresh
+       FROM agent_instances GROUP BY address_id`,
+    ),
+    setHeartbeat: s('UPDATE agents SET last_heartbeat_at = ? WHERE address_id = ?'),
+    setHealth: s('UPDATE agents SET health_status = ? WHERE address_id = ?'),
+    addMetrics: s(
+      `INSERT INTO heartbeat_metrics (address_id, minute, total, succeeded, failed, latency_sum, latency_n)
+       VALUES (@address_id, @minute, @total, @succeeded, @failed, @latency_sum, @latency_n)
+       ON CONFLICT (address_id, minute) DO UPDATE SET total = total + excluded.total, succeeded = succeeded + excluded.succeeded,
+         failed = failed + excluded.failed, latency_sum = latency_sum + excluded.latency_sum, latency_n = latency_n + excluded.latency_n`,
+    ),
+    reportDay: s(
+      `INSERT INTO counters_day (address_id, day, reported_total, reported_succeeded, reported_failed) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT (address_id, day) DO UPDATE SET reported_total = reported_total + excluded.reported_total,
+         reported_succeeded = reported_succeeded + excluded.reported_succeeded, reported_failed = reported_failed + excluded.reported_failed`,
+    ),
+    metricsWindow: s(
+      `SELECT coalesce(sum(total), 0) AS total, coalesce(sum(succeeded), 0) AS succeeded, coalesce(sum(failed), 0) AS failed,
+         coalesce(sum(latency_sum), 0) AS latency_sum, coalesce(sum(latency_n), 0) AS latency_n
+       FROM heartbeat_metrics WHERE address_id = ? AND minute >= ?`,
+    ),
+    purgeMetrics: s('DELETE FROM heartbeat_metrics WHERE minute < ?'),
+    staleCandidates: s(
+      `SELECT DISTINCT a.* FROM agents a JOIN agent_instances i ON i.address_id = a.address_id
+       WHERE a.killed_at IS NULL AND a.health_status IN ('healthy', 'degraded') AND i.last_heartbeat_at < ? LIMIT ?`,
+    ),
+    countByHealth: s(
+      `SELECT CASE WHEN killed_at IS NOT NULL THEN 'killed' ELSE health_status END AS health, count(*) AS n
+       FROM agents GROUP BY 1`,
+    ),
+    insertBreach: s('INSERT INTO policy_breaches (policy_id, window_key, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
+    activeWebhooks: s('SELECT * FROM webhooks WHERE deleted_at IS NULL ORDER BY created_at'),
+    webhookById: s('SELECT * FROM webhooks WHERE webhook_id = ?'),
+    insertWebhook: s(
+      `INSERT INTO webhooks (webhook_id, url, event_types, secret, created_at, deleted_at)
+       VALUES (@webhook_id, @url, @event_types, @secret, @created_at, NULL)`,
+    ),
+    deleteWebhook: s('UPDATE webhooks SET deleted_at = ? WHERE webhook_id = ? AND deleted_at IS NULL'),
+    insertAlert: s(
+      `INSERT INTO alert_outbox (alert_id, webhook_id, type, body, created_at, next_attempt_at)
+       VALUES (?, ?, ?, ?, ?, ?)`,
+    ),
+    dueAlerts: s(
+      `SELECT o.*, w.url, w.secret FROM alert_outbox o JOIN webhooks w ON w.webhook_id = o.webhook_id
+       WHERE o.delivered_at IS NULL AND o.gave_up_at IS NULL AND o.next_attempt_at <= ? ORDER BY o.next_attempt_at LIMIT ?`,
+    ),
+    leaseAlert: s('UPDATE alert_outbox SET next_attempt_at = ? WHERE alert_id = ?'),
+    alertAttempt: s(
+      `UPDATE alert_outbox SET attempts = attempts + 1, last_status = @status, last_error = @error,
+         delivered_at = CASE WHEN @delivered = 1 THEN @now ELSE NULL END,
+         gave_up_at = CASE WHEN @delivered = 0 AND @next IS NULL THEN @now ELSE NULL END,
+         next_attempt_at = coalesce(@next, next_attempt_at)
+       WHERE alert_id = @alert_id`,
+    ),
     auditHead: s('SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1'),
     insertAudit: s(
       `INSERT INTO audit_log (seq, at, actor, action, target, reason, before, after, prev_hash, hash)
@@ -251,6 +323,7 @@ export class SqliteStore implements Store {
   readonly #db: Db
   readonly #q: Stmts
   readonly #hashAudit: AuditHasher
+  readonly #alertFor: AlertMapper
 
   constructor(config: SqliteStoreConfig) {
     let file = ':memory:'
@@ -267,6 +340,7 @@ export class SqliteStore implements Store {
     migrate(this.#db)
     this.#q = prepare(this.#db)
     this.#hashAudit = config.hashAudit
+    this.#alertFor = config.alertFor
   }
 
   /** Runs `fn` in one write transaction and publishes `changes` after it commits. */
@@ -363,20 +437,7 @@ export class SqliteStore implements Store {
   #ensureAgent(address: string, now: number): AgentRow {
     const existing = this.#q.agentByAddress.get(address) as AgentRow | undefined
     if (existing) return existing
-    const row: AgentRow = {
-      address_id: newAddressId(),
-      address,
-      display_name: null,
-      metadata: null,
-      created_at: now,
-      killed_at: null,
-      kill_reason: null,
-      kill_actor: null,
-      resumed_at: null,
-      policy_version: 0,
-      auto_kill_policy_id: null,
-      enforcement_baseline: null,
-    }
+    const row = blankAgent(address, newAddressId(), now)
     this.#q.insertAgent.run(row)
     return row
   }
@@ -743,12 +804,22 @@ export class SqliteStore implements Store {
     return row
   }
 
+  /** A mesh event and, in the same transaction, its alert in the outbox of every matching webhook. */
   #meshEvent(draft: MeshEventDraft, changes: Change[]): MeshEventRow {
     const row = this.#q.insertMeshEvent.get({
       ...draft,
       details: draft.details === null ? null : JSON.stringify(draft.details),
     }) as MeshEventRow
     changes.push({ type: 'mesh.event', seqno: row.seqno })
+    for (const hook of this.#q.activeWebhooks.all() as WebhookRow[]) {
+      const alertId = `alt_${randomBase62(20)}`
+      const alert = this.#alertFor(draft, alertId)
+      if (!alert) break
+      const types = hook.event_types === null ? null : (JSON.parse(hook.event_types) as string[])
+      if (types && !types.includes(alert.type)) continue
+      this.#q.insertAlert.run(alertId, hook.webhook_id, alert.type, alert.body, draft.created_at, draft.created_at)
+      changes.push({ type: 'alert.queued' })
+    }
     return row
   }
 
@@ -906,6 +977,149 @@ export class SqliteStore implements Store {
   async sumCounters(fromDay: string, toDay: string) {
     const rows = this.#q.sumCounters.all(fromDay, toDay) as { address_id: string; sent: number; received: number; cost_usd: number }[]
     return new Map(rows.map((r) => [r.address_id, { sent: r.sent, received: r.received, cost_usd: r.cost_usd }]))
+  }
+
+  async recordBreach(policyId: string, windowKey: string, event: MeshEventDraft): Promise<boolean> {
+    return this.#write((changes) => {
+      if (this.#q.insertBreach.run(policyId, windowKey, event.created_at).changes === 0) return false
+      this.#meshEvent(event, changes)
+      return true
+    })
+  }
+
+  // ---- heartbeats and health ----
+  async heartbeat(input: HeartbeatInput): Promise<{ agent: AgentRow; health_status: HealthStatus }> {
+    return this.#write((changes) => {
+      const agent = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      this.#q.upsertInstance.run(input.address_id, input.instance_id, input.now, input.now)
+      this.#q.setHeartbeat.run(input.now, input.address_id)
+      const m = input.metrics
+      if (m) {
+        const minute = Math.floor(input.now / 60_000)
+        const latencyN = m.avg_latency_ms === null ? 0 : m.intents_total > 0 ? m.intents_total : 1
+        this.#q.addMetrics.run({
+          address_id: input.address_id,
+          minute,
+          total: m.intents_total,
+          succeeded: m.intents_succeeded,
+          failed: m.intents_failed,
+          latency_sum: m.avg_latency_ms === null ? 0 : m.avg_latency_ms * latencyN,
+          latency_n: latencyN,
+        })
+        const day = new Date(input.now).toISOString().slice(0, 10)
+        this.#q.reportDay.run(input.address_id, day, m.intents_total, m.intents_succeeded, m.intents_failed)
+        if (m.cost_usd > 0) this.#applyCost(agent, m.cost_usd, input.now, input.cost_rule, changes)
+      }
+      const current = this.#q.agentById.get(input.address_id) as AgentRow
+      const status = this.#reassess(current, input.now, input.window_start, input.health, input.transition, changes)
+      return { agent: { ...current, health_status: status, last_heartbeat_at: input.now }, health_status: status }
+    })
+  }
+
+  /** Recomputes an agent's health with core's rule and records a transition. */
+  #reassess(
+    agent: AgentRow,
+    now: number,
+    windowStart: number,
+    health: HeartbeatInput['health'],
+    transition: HeartbeatInput['transition'],
+    changes: Change[],
+  ): HealthStatus {
+    const instances = this.#q.instancesOf.all(agent.address_id) as InstanceRow[]
+    const window = this.#q.metricsWindow.get(agent.address_id, Math.floor(windowStart / 60_000)) as MetricsWindow
+    const next = health({ agent, instances, window, now })
+    const previous: HealthStatus = agent.killed_at !== null ? 'killed' : agent.health_status
+    if (next !== agent.health_status && next !== 'killed') this.#q.setHealth.run(next, agent.address_id)
+    if (next !== previous) this.#meshEvent(transition(agent, previous, next), changes)
+    return next
+  }
+
+  async sweepHealth(input: HealthSweepInput): Promise<number> {
+    return this.#write((changes) => {
+      const candidates = this.#q.staleCandidates.all(input.stale_before, input.limit) as AgentRow[]
+      let transitions = 0
+      for (const agent of candidates) {
+        const next = this.#reassess(agent, input.now, input.window_start, input.health, input.transition, changes)
+        if (next !== agent.health_status) transitions += 1
+      }
+      this.#q.forgetInstances.run(input.forget_before)
+      this.#q.purgeMetrics.run(Math.floor(input.window_start / 60_000) - 60)
+      return transitions
+    })
+  }
+
+  async listInstances(addressId: string): Promise<InstanceRow[]> {
+    return this.#q.instancesOf.all(addressId) as InstanceRow[]
+  }
+
+  async instanceCounts(freshSince: number) {
+    const rows = this.#q.instanceCounts.all(freshSince) as { address_id: string; total: number; fresh: number }[]
+    return new Map(rows.map((r) => [r.address_id, { total: r.total, fresh: r.fresh }]))
+  }
+
+  async metricsWindow(addressId: string, windowStart: number): Promise<MetricsWindow> {
+    return this.#q.metricsWindow.get(addressId, Math.floor(windowStart / 60_000)) as MetricsWindow
+  }
+
+  async countAgentsByHealth(): Promise<Record<string, number>> {
+    const rows = this.#q.countByHealth.all() as { health: string; n: number }[]
+    return Object.fromEntries(rows.map((r) => [r.health, r.n]))
+  }
+
+  // ---- webhooks and the alert outbox ----
+  async createWebhook(row: WebhookRow, audit: AuditDraft): Promise<WebhookRow> {
+    return this.#write(() => {
+      this.#q.insertWebhook.run(row)
+      this.#audit(audit)
+      return row
+    })
+  }
+
+  async listWebhooks(): Promise<WebhookRow[]> {
+    return this.#q.activeWebhooks.all() as WebhookRow[]
+  }
+
+  async deleteWebhook(webhookId: string, now: number, audit: (row: WebhookRow) => AuditDraft): Promise<WebhookRow> {
+    return this.#write(() => {
+      const row = this.#q.webhookById.get(webhookId) as WebhookRow | undefined
+      if (!row || row.deleted_at !== null) throw new GatewayError('not_found', `webhook ${webhookId} not found`)
+      this.#q.deleteWebhook.run(now, webhookId)
+      this.#audit(audit(row))
+      return { ...row, deleted_at: now }
+    })
+  }
+
+  async claimAlerts(now: number, leaseMs: number, limit: number) {
+    return this.#write(() => {
+      const rows = this.#q.dueAlerts.all(now, limit) as (AlertRow & { url: string; secret: string })[]
+      for (const row of rows) this.#q.leaseAlert.run(now + leaseMs, row.alert_id)
+      return rows
+    })
+  }
+
+  async recordAlertAttempt(
+    alertId: string,
+    result: { now: number; status: number | null; error: string | null; delivered: boolean; next_attempt_at: number | null },
+  ): Promise<void> {
+    this.#write(() =>
+      this.#q.alertAttempt.run({
+        alert_id: alertId,
+        now: result.now,
+        status: result.status,
+        error: result.error,
+        delivered: result.delivered ? 1 : 0,
+        next: result.next_attempt_at,
+      }),
+    )
+  }
+
+  async listAlerts(limit: number, webhookId: string | null): Promise<AlertRow[]> {
+    const sql = webhookId === null
+      ? 'SELECT * FROM alert_outbox ORDER BY created_at DESC, alert_id LIMIT ?'
+      : 'SELECT * FROM alert_outbox WHERE webhook_id = ? ORDER BY created_at DESC, alert_id LIMIT ?'
+    const args = webhookId === null ? [limit] : [webhookId, limit]
+    return this.#db.prepare(sql).all(...args) as AlertRow[]
   }
 }
 

@@ -1,0 +1,103 @@
+import type { AgentRow, HealthRule, HealthStatus, HeartbeatMetrics, MeshEventDraft, Store } from '../../store/store.js'
+import type { Principal } from '../auth/principal.js'
+import type { Clock } from '../clock.js'
+import { forbidden } from '../errors.js'
+import { killRecord } from '../kill-switch/kill-switch-service.js'
+import type { KillSwitchService } from '../kill-switch/kill-switch-service.js'
+import type { PolicyEngine } from '../policies/policy-engine.js'
+import { ERROR_RATE_WINDOW_MS, agentHealth, type HealthOptions } from './health.js'
+
+export interface HeartbeatOptions extends HealthOptions {
+  /** Recommended interval answered to agents (`next_heartbeat_s`). */
+  intervalS: number
+  /** Instances silent this long leave the instance list. */
+  forgetAfterMs: number
+}
+
+const transition = (now: number) => (agent: AgentRow, from: HealthStatus, to: HealthStatus): MeshEventDraft => ({
+  address_id: agent.address_id,
+  address: agent.address,
+  event_type: 'agent.health_changed',
+  details: { from, to },
+  actor_id: 'system',
+  created_at: now,
+})
+
+/** Heartbeats (DESIGN §5c, §7) and the sweeper's staleness pass. */
+export class HeartbeatService {
+  readonly #store: Store
+  readonly #clock: Clock
+  readonly #policies: PolicyEngine
+  readonly #killSwitch: KillSwitchService
+  readonly options: HeartbeatOptions
+  readonly #health: HealthRule
+
+  constructor(
+    deps: { store: Store; clock: Clock; policies: PolicyEngine; killSwitch: KillSwitchService },
+    options: HeartbeatOptions,
+  ) {
+    this.#store = deps.store
+    this.#clock = deps.clock
+    this.#policies = deps.policies
+    this.#killSwitch = deps.killSwitch
+    this.options = options
+    this.#health = ({ agent, instances, window, now }) => agentHealth(agent, instances, window, now, options)
+  }
+
+  /** Records a beat (also for a killed agent, which learns it is killed from the answer). */
+  async beat(principal: Principal, instanceId: string, metrics: HeartbeatMetrics | null) {
+    if (principal.role !== 'agent' || principal.address_id === null) throw forbidden('heartbeats need an agent key')
+    const now = this.#clock.now()
+    let killedBy: { policy_id: string; reason: string } | null = null
+    const { agent, health_status } = await this.#store.heartbeat({
+      address_id: principal.address_id,
+      instance_id: instanceId,
+      now,
+      metrics,
+      window_start: now - ERROR_RATE_WINDOW_MS,
+      health: this.#health,
+      transition: transition(now),
+      cost_rule: (ctx) => {
+        const outcome = this.#policies.costOutcome(ctx)
+        if (!outcome.kill) return { thresholds: outcome.thresholds, kill: null }
+        killedBy = outcome.kill
+        const actor = { kind: 'policy' as const, policy_id: outcome.kill.policy_id }
+        return { thresholds: outcome.thresholds, kill: { ...outcome.kill, record: killRecord(actor, now, outcome.kill.reason, false) } }
+      },
+    })
+    const k = killedBy as { policy_id: string; reason: string } | null
+    if (k) await this.#killSwitch.hold(agent.address_id, { kind: 'policy', policy_id: k.policy_id }, k.reason)
+    return { agent, health_status: k ? ('killed' as const) : health_status }
+  }
+
+  /** Marks agents whose instances went silent, without anyone asking (sweeper). */
+  async sweep(): Promise<number> {
+    const now = this.#clock.now()
+    return this.#store.sweepHealth({
+      now,
+      stale_before: now - this.options.staleAfterMs,
+      forget_before: now - this.options.forgetAfterMs,
+      window_start: now - ERROR_RATE_WINDOW_MS,
+      health: this.#health,
+      transition: transition(now),
+      limit: 500,
+    })
+  }
+
+  /** Instances with their health, for the agent detail view. */
+  async instances(agent: AgentRow) {
+    const now = this.#clock.now()
+    const rows = await this.#store.listInstances(agent.address_id)
+    return rows.map((i) => ({
+      instance_id: i.instance_id,
+      health_status:
+        agent.killed_at !== null
+          ? 'killed'
+          : now - i.last_heartbeat_at <= this.options.staleAfterMs
+            ? 'healthy'
+            : 'unreachable',
+      last_heartbeat_at: new Date(i.last_heartbeat_at).toISOString(),
+      first_seen_at: new Date(i.first_seen_at).toISOString(),
+    }))
+  }
+}
