@@ -1,0 +1,125 @@
+import type { MeshAgent } from '@chokepoint/sdk'
+import { CONNECTION_HELP, UsageError, operatorFrom, parse } from '../context.js'
+import { EXIT, type CommandResult } from '../exit-codes.js'
+import { ago, bold, dim, health, printJson, table, usd } from '../output.js'
+
+export const AGENTS_HELP = `Usage: chokepoint agents [list] [--health <status>] [--window day|week|month] [--limit n]
+       chokepoint agents show <address|addr_id>
+       chokepoint agents register <address> [--name <display name>] [--metadata <json>]
+
+List agents like "kubectl get pods": address, health, instances, last heartbeat, intents and cost.
+
+Examples:
+  chokepoint agents
+  chokepoint agents --health unreachable
+  chokepoint agents show agent://acme/prod/deployer
+  chokepoint agents register agent://acme/prod/deployer --name "Deployer"
+
+${CONNECTION_HELP}`
+
+export async function agents(argv: string[]): Promise<CommandResult> {
+  const { values, positionals } = parse(argv, {
+    health: { type: 'string' },
+    window: { type: 'string' },
+    limit: { type: 'string' },
+    name: { type: 'string' },
+    metadata: { type: 'string' },
+  })
+  if (values.help) {
+    process.stdout.write(AGENTS_HELP)
+    return EXIT.ok
+  }
+  const [sub = 'list', target, ...extra] = positionals
+  if (extra.length > 0) throw new UsageError(`unexpected arguments: ${extra.join(' ')}`)
+  const op = operatorFrom(values)
+  if (sub === 'list') {
+    const window = values.window ?? 'day'
+    if (!['day', 'week', 'month'].includes(window)) throw new UsageError('--window must be day, week or month')
+    const limit = values.limit === undefined ? undefined : Number(values.limit)
+    if (limit !== undefined && !(Number.isInteger(limit) && limit > 0)) throw new UsageError('--limit must be a positive integer')
+    const res = await op.agents.list({
+      window: window as 'day',
+      ...(values.health ? { health: values.health as 'healthy' } : {}),
+      ...(limit ? { limit } : {}),
+    })
+    if (values.json) printJson(res)
+    else process.stdout.write(agentsTable(res.agents, window) + summaryLine(res.summary))
+    return EXIT.ok
+  }
+  if (sub === 'show') {
+    if (!target) throw new UsageError('agents show needs an agent address or addr_ id')
+    const res = await op.agents.retrieve(target)
+    if (values.json) {
+      printJson(res)
+      return EXIT.ok
+    }
+    const a = res.agent
+    const lines = [
+      `${bold(a.address)}  ${dim(a.address_id)}`,
+      `health:          ${health(a.health_status)}${a.killed_at ? `  (killed ${ago(a.killed_at)}: ${a.kill_reason ?? 'no reason given'})` : ''}`,
+      `last heartbeat:  ${ago(a.last_heartbeat_at)}`,
+      `today:           ${a.intents_period} intents, ${usd(a.cost_period)}`,
+      `instances:       ${a.instances_healthy}/${a.instances_total} healthy`,
+    ]
+    let out = lines.join('\n') + '\n'
+    if (a.instances.length > 0) {
+      out += '\n' + table(['instance', 'health', 'last heartbeat'], a.instances.map((i) => [i.instance_id, health(i.health_status), ago(i.last_heartbeat_at)]))
+    }
+    if (a.policies.length > 0) {
+      out += '\n' + table(['policy', 'kind', 'rule', 'version'], a.policies.map((p) => [p.policy_id, p.kind, describePolicy(p as never), String(p.version)]))
+    }
+    if (res.events.length > 0) {
+      out += '\n' + table(['when', 'event', 'by', 'details'], res.events.slice(0, 10).map((e) => [ago(e.created_at), e.event_type, e.actor_id, JSON.stringify(e.details ?? {})]))
+    }
+    process.stdout.write(out)
+    return EXIT.ok
+  }
+  if (sub === 'register') {
+    if (!target) throw new UsageError('agents register needs an agent address')
+    let metadata: Record<string, unknown> | undefined
+    if (values.metadata !== undefined) {
+      try {
+        metadata = JSON.parse(values.metadata) as Record<string, unknown>
+      } catch {
+        throw new UsageError('--metadata must be a JSON object')
+      }
+    }
+    const res = await op.agents.register({
+      address: target,
+      ...(values.name ? { display_name: values.name } : {}),
+      ...(metadata ? { metadata } : {}),
+    })
+    if (values.json) printJson(res)
+    else process.stdout.write(`registered ${res.agent.address} (${res.agent.address_id})\n`)
+    return EXIT.ok
+  }
+  throw new UsageError(`unknown subcommand "${sub}" (list, show, register)`)
+}
+
+export function agentsTable(rows: MeshAgent[], window: string): string {
+  const period = window === 'day' ? 'today' : `this ${window}`
+  return table(
+    ['address', 'health', 'instances', 'last heartbeat', `intents ${period}`, `cost ${period}`],
+    rows.map((a) => [
+      a.address,
+      health(a.health_status),
+      `${a.instances_healthy}/${a.instances_total}`,
+      ago(a.last_heartbeat_at),
+      String(a.intents_period),
+      usd(a.cost_period),
+    ]),
+  )
+}
+
+function summaryLine(s: { total: number; healthy: number; degraded: number; unreachable: number; killed: number; unknown: number }): string {
+  return dim(`\n${s.total} agents: ${s.healthy} healthy, ${s.degraded} degraded, ${s.unreachable} unreachable, ${s.killed} killed, ${s.unknown} unknown\n`)
+}
+
+export function describePolicy(p: Record<string, unknown>): string {
+  if (p['kind'] === 'action') return `${p['direction']} ${p['mode']} ${(p['patterns'] as string[]).join(', ')}`
+  if (p['kind'] === 'rate') {
+    const parts = [p['max_per_hour'] ? `${p['max_per_hour']}/h` : '', p['max_per_day'] ? `${p['max_per_day']}/day` : ''].filter(Boolean)
+    return `${p['direction']} ≤ ${parts.join(' and ')}, on breach ${p['on_breach']}`
+  }
+  return `≤ $${p['max_cost_per_day_usd']}/day, on breach ${p['on_breach']}`
+}

@@ -1,0 +1,117 @@
+import type { PolicyBody } from '@chokepoint/sdk'
+import { CONNECTION_HELP, UsageError, operatorFrom, parse } from '../context.js'
+import { EXIT, type CommandResult } from '../exit-codes.js'
+import { printJson, table } from '../output.js'
+import { describePolicy } from './agents.js'
+
+export const POLICY_HELP = `Usage: chokepoint policy list <agent>
+       chokepoint policy set <agent> --rate <n>/h|<n>/day [--direction send|receive] [--on-breach block|kill]
+       chokepoint policy set <agent> --cost <usd>/day [--on-breach block|kill] [--alert-at 50,80,100]
+       chokepoint policy set <agent> --allow <glob,…> | --deny <glob,…> [--direction send|receive]
+       chokepoint policy rm <policy_id>
+       chokepoint policy evaluate --from <agent> --to <agent> --type <intent_type>
+
+Policies stop an agent before anyone is paged. Globs: "*" is one dotted segment, "**" one or more.
+
+Examples:
+  chokepoint policy set agent://acme/prod/deployer --rate 500/h --on-breach kill
+  chokepoint policy set agent://acme/prod/deployer --cost 50/day --on-breach kill
+  chokepoint policy set agent://acme/prod/deployer --allow 'deploy.*.v1'
+  chokepoint policy evaluate --from agent://acme/prod/deployer --to agent://acme/prod/api --type deploy.service.v1
+
+${CONNECTION_HELP}`
+
+export async function policy(argv: string[]): Promise<CommandResult> {
+  const { values, positionals } = parse(argv, {
+    rate: { type: 'string' },
+    cost: { type: 'string' },
+    allow: { type: 'string' },
+    deny: { type: 'string' },
+    direction: { type: 'string' },
+    'on-breach': { type: 'string' },
+    'alert-at': { type: 'string' },
+    from: { type: 'string' },
+    to: { type: 'string' },
+    type: { type: 'string' },
+  })
+  if (values.help) {
+    process.stdout.write(POLICY_HELP)
+    return EXIT.ok
+  }
+  const [sub, target] = positionals
+  const op = operatorFrom(values)
+  switch (sub) {
+    case 'list': {
+      if (!target) throw new UsageError('policy list needs an agent')
+      const res = await op.policies.list(target)
+      if (values.json) printJson(res)
+      else {
+        process.stdout.write(
+          table(
+            ['policy', 'kind', 'rule', 'enabled', 'version'],
+            res.policies.map((p) => [p.policy_id, p.kind, describePolicy(p as never), String(p.enabled), String(p.version)]),
+          ),
+        )
+      }
+      return EXIT.ok
+    }
+    case 'set': {
+      if (!target) throw new UsageError('policy set needs an agent')
+      const res = await op.policies.create(target, policyBody(values))
+      if (values.json) printJson(res)
+      else process.stdout.write(`created ${res.policy.policy_id} on ${target}: ${describePolicy(res.policy as never)}\n`)
+      return EXIT.ok
+    }
+    case 'rm': {
+      if (!target) throw new UsageError('policy rm needs a policy_id')
+      const res = await op.policies.delete(target)
+      if (values.json) printJson(res)
+      else process.stdout.write(`deleted ${target}\n`)
+      return EXIT.ok
+    }
+    case 'evaluate': {
+      if (!values.from || !values.to || !values.type) throw new UsageError('policy evaluate needs --from, --to and --type')
+      const res = await op.policies.evaluate({ from_agent: values.from, to_agent: values.to, intent_type: values.type })
+      if (values.json) printJson(res)
+      else process.stdout.write(`${res.decision}${res.policy_id ? ` by ${res.policy_id}` : ''}: ${res.reason}\n`)
+      return EXIT.ok
+    }
+    default:
+      throw new UsageError(`unknown or missing subcommand "${sub ?? ''}" (list, set, rm, evaluate)`)
+  }
+}
+
+function policyBody(v: Record<string, string | boolean | undefined>): PolicyBody {
+  const chosen = ['rate', 'cost', 'allow', 'deny'].filter((k) => v[k] !== undefined)
+  if (chosen.length !== 1) throw new UsageError('policy set needs exactly one of --rate, --cost, --allow, --deny')
+  const onBreach = (v['on-breach'] as string | undefined) ?? 'block'
+  if (onBreach !== 'block' && onBreach !== 'kill') throw new UsageError('--on-breach must be block or kill')
+  const direction = (v['direction'] as string | undefined) ?? 'send'
+  if (direction !== 'send' && direction !== 'receive') throw new UsageError('--direction must be send or receive')
+  if (v['rate'] !== undefined) {
+    const m = /^(\d+)\s*\/\s*(h|hour|d|day)$/.exec(String(v['rate']))
+    if (!m) throw new UsageError('--rate looks like 500/h or 10000/day')
+    const n = Number(m[1])
+    return {
+      kind: 'rate',
+      direction,
+      on_breach: onBreach,
+      ...(m[2]?.startsWith('h') ? { max_per_hour: n } : { max_per_day: n }),
+    } as PolicyBody
+  }
+  if (v['cost'] !== undefined) {
+    const m = /^\$?(\d+(?:\.\d+)?)\s*(?:\/\s*(?:d|day))?$/.exec(String(v['cost']))
+    if (!m) throw new UsageError('--cost looks like 50/day')
+    const alertAt = v['alert-at'] === undefined ? undefined : String(v['alert-at']).split(',').map(Number)
+    if (alertAt?.some((p) => !Number.isInteger(p))) throw new UsageError('--alert-at looks like 50,80,100')
+    return {
+      kind: 'cost',
+      max_cost_per_day_usd: Number(m[1]),
+      on_breach: onBreach,
+      ...(alertAt ? { alert_at_percent: alertAt } : {}),
+    } as PolicyBody
+  }
+  const allow = v['allow'] !== undefined
+  const patterns = String(allow ? v['allow'] : v['deny']).split(',').map((p) => p.trim()).filter(Boolean)
+  return { kind: 'action', direction, mode: allow ? 'allowlist' : 'denylist', patterns } as PolicyBody
+}

@@ -1,0 +1,210 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { agentKey, startTestGateway, type TestGateway } from '../../server/test/harness.js'
+import {
+  Agent,
+  AgentKilledError,
+  ConflictError,
+  NotFoundError,
+  Operator,
+  PermissionDeniedError,
+  RateLimitError,
+  UnprocessableEntityError,
+  type KilledEvent,
+  type MeshEvent,
+} from '../src/index.js'
+import { hasRoute, next, waitFor } from './helpers.js'
+
+const OPS = 'agent://acme/prod/ops'
+
+describe('Operator against a real gateway', () => {
+  let gw: TestGateway
+  let operator: Operator
+  let ops: Agent
+  let n = 0
+
+  async function newAgent(instanceId = 'i-1'): Promise<{ address: string; agent: Agent }> {
+    n += 1
+    const address = `agent://acme/prod/target-${n}`
+    return { address, agent: new Agent({ baseURL: gw.url, apiKey: await agentKey(gw, address), address, instanceId }) }
+  }
+
+  beforeAll(async () => {
+    gw = await startTestGateway()
+    operator = new Operator({ baseURL: gw.url, apiKey: gw.adminKey })
+    ops = new Agent({ baseURL: gw.url, apiKey: await agentKey(gw, OPS), address: OPS })
+  })
+  afterAll(async () => {
+    ops?.close()
+    await gw?.close()
+  })
+
+  it('kills and resumes by address and by id; both are audited and evented', async (ctx) => {
+    if (!(await hasRoute(gw, 'POST', '/v1/mesh/agents/addr_none/kill', {}))) return ctx.skip('kill is not served yet')
+    const { address } = await newAgent()
+    const { agent: row } = await operator.agents.retrieve(address)
+    const killed = await operator.agents.kill(row.address_id, { reason: 'runaway', cancel_pending: false })
+    expect(killed).toMatchObject({ ok: true, address_id: row.address_id, address, health_status: 'killed', held_intents: 0 })
+    const again = await operator.agents.kill(address)
+    expect(again.killed_at).toBe(killed.killed_at) // a second kill is a no-op
+    expect((await operator.agents.retrieve(address)).agent).toMatchObject({ health_status: 'killed', kill_reason: 'runaway' })
+    expect((await operator.agents.list({ health: 'killed' })).agents.map((a) => a.address)).toContain(address)
+
+    const resumed = await operator.agents.resume(address, { reason: 'fixed' })
+    expect(resumed).toMatchObject({ ok: true, address, redelivering: 0, resumed_at: expect.any(String) })
+    expect(resumed.health_status).not.toBe('killed')
+
+    const { entries } = await operator.audit.list({ target: address })
+    expect(entries.map((e) => e.action)).toEqual(['agent.kill', 'agent.resume'])
+    expect(entries[0]).toMatchObject({ reason: 'runaway', actor: expect.stringMatching(/^key:/), hash: expect.stringMatching(/^[0-9a-f]{64}$/) })
+    expect(entries[1]?.prev_hash).toBe(entries[0]?.hash)
+    const page = await operator.audit.list({ limit: 1, action_prefix: 'agent.' })
+    expect(page.entries).toHaveLength(1)
+    expect(page.next_after_seq).toBe(page.entries[0]?.seq)
+    expect(await operator.audit.verify()).toMatchObject({ ok: true, valid: true, first_broken_seq: null })
+
+    const { events } = await operator.events.list({ address })
+    expect(events.map((e) => e.event_type)).toEqual(expect.arrayContaining(['agent.killed', 'agent.resumed']))
+    expect((await operator.events.list({ event_type: 'agent.killed', limit: 500 })).events.every((e) => e.event_type === 'agent.killed')).toBe(
+      true,
+    )
+    await expect(operator.agents.kill('agent://acme/prod/never-seen')).rejects.toBeInstanceOf(NotFoundError)
+    await expect(operator.agents.kill(address, { reason: 'x', extra: 1 } as never)).rejects.toBeInstanceOf(UnprocessableEntityError)
+  })
+
+  it('an agent key may not kill', async () => {
+    const { address } = await newAgent()
+    const asAgent = new Operator({ baseURL: gw.url, apiKey: await agentKey(gw, 'agent://acme/prod/rogue') })
+    await expect(asAgent.agents.kill(address)).rejects.toBeInstanceOf(PermissionDeniedError)
+  })
+
+  it('heartbeats report health; a killed agent hears "killed" and onKilled fires once', async (ctx) => {
+    if (!(await hasRoute(gw, 'POST', '/v1/mesh/heartbeat'))) return ctx.skip('heartbeat is not served yet')
+    const { address, agent } = await newAgent('hb-1')
+    const beat = await agent.heartbeat({ metrics: { intents_total: 3, intents_succeeded: 3, intents_failed: 0, avg_latency_ms: 5, cost_usd: null } })
+    expect(beat).toMatchObject({ ok: true, address, instance_id: 'hb-1', next_heartbeat_s: expect.any(Number) })
+    expect(beat.health_status).not.toBe('killed')
+    const detail = await operator.agents.retrieve(address)
+    expect(detail.agent.instances).toEqual([expect.objectContaining({ instance_id: 'hb-1', last_heartbeat_at: expect.any(String) })])
+
+    const events: KilledEvent[] = []
+    agent.onKilled((event) => events.push(event))
+    await operator.agents.kill(address, { reason: 'budget' })
+    const errors: unknown[] = []
+    agent.startHeartbeat({ intervalMs: 20, onError: (e) => errors.push(e) })
+    await waitFor(() => events.length > 0, 5_000, 'onKilled')
+    await new Promise((resolve) => setTimeout(resolve, 100)) // several more beats, still "killed"
+    agent.stopHeartbeat()
+    expect(errors).toEqual([])
+    expect(events).toEqual([{ source: 'heartbeat', message: expect.stringContaining(address), requestId: undefined }])
+    expect(agent.killed).toBe(true)
+
+    await operator.agents.resume(address)
+    expect((await agent.heartbeat()).health_status).not.toBe('killed')
+    expect(agent.killed).toBe(false)
+  })
+
+  it('discovers the address from a heartbeat', async (ctx) => {
+    if (!(await hasRoute(gw, 'POST', '/v1/mesh/heartbeat'))) return ctx.skip('heartbeat is not served yet')
+    const address = 'agent://acme/prod/anonymous'
+    const agent = new Agent({ baseURL: gw.url, apiKey: await agentKey(gw, address) })
+    expect(() => agent.listen()).toThrow(/needs the agent address/)
+    await agent.heartbeat()
+    expect(agent.address).toBe(address)
+    const inbox = agent.listen()
+    const pending = next(inbox)
+    await ops.send({ to_agent: address, intent_type: 'hello.v1' })
+    expect((await pending).from_agent).toBe(OPS)
+    await inbox.return()
+  })
+
+  it('a 403 agent_killed fires onKilled for the killed agent only', async (ctx) => {
+    if (!(await hasRoute(gw, 'POST', '/v1/mesh/agents/addr_none/kill', {}))) return ctx.skip('kill is not served yet')
+    const { address, agent } = await newAgent()
+    const opsEvents: KilledEvent[] = []
+    const off = ops.onKilled((event) => opsEvents.push(event))
+    const events: KilledEvent[] = []
+    agent.onKilled((event) => events.push(event))
+    await operator.agents.kill(address)
+    const refused = await ops.send({ to_agent: address, intent_type: 'job.v1' }).catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(AgentKilledError)
+    expect((refused as AgentKilledError).address).toBe(address)
+    expect(opsEvents).toEqual([])
+    const own = await agent.send({ to_agent: OPS, intent_type: 'job.v1' }).catch((e: unknown) => e)
+    expect(own).toBeInstanceOf(AgentKilledError)
+    expect(events).toEqual([expect.objectContaining({ source: 'request', error: own })])
+    off()
+    await operator.agents.resume(address)
+    await agent.send({ to_agent: OPS, intent_type: 'job.v1' })
+    expect(agent.killed).toBe(false)
+  })
+
+  it('creates, reads, updates, evaluates and deletes policies', async (ctx) => {
+    if (!(await hasRoute(gw, 'GET', '/v1/policies/pol_none'))) return ctx.skip('policies are not served yet')
+    const { address, agent } = await newAgent()
+    const created = await operator.policies.create(address, { kind: 'action', direction: 'send', mode: 'denylist', patterns: ['deploy.**'] })
+    expect(created.policy).toMatchObject({ kind: 'action', direction: 'send', mode: 'denylist', patterns: ['deploy.**'], enabled: true, version: 1 })
+    const id = created.policy.policy_id
+    expect((await operator.policies.retrieve(id)).policy.policy_id).toBe(id)
+    expect((await operator.policies.list(address)).policies.map((p) => p.policy_id)).toEqual([id])
+
+    const denied = await operator.policies.evaluate({ from_agent: address, to_agent: OPS, intent_type: 'deploy.service.v1' })
+    expect(denied).toMatchObject({ ok: true, decision: 'deny', policy_id: id })
+    const allowed = await operator.policies.evaluate({ from_agent: address, to_agent: OPS, intent_type: 'report.v1' })
+    expect(allowed).toMatchObject({ decision: 'allow', policy_id: null })
+    await expect(agent.send({ to_agent: OPS, intent_type: 'deploy.service.v1' })).rejects.toMatchObject({ status: 403, code: 'policy_denied' })
+
+    const body = { kind: 'action', direction: 'send', mode: 'denylist', patterns: ['deploy.*.v2'] } as const
+    const updated = await operator.policies.update(id, body, { version: 1 })
+    expect(updated.policy).toMatchObject({ version: 2, patterns: ['deploy.*.v2'] })
+    await expect(operator.policies.update(id, body, { version: 1 })).rejects.toBeInstanceOf(ConflictError)
+    await expect(operator.policies.create(address, { kind: 'action', direction: 'send', mode: 'denylist', patterns: ['Bad Glob'] })).rejects.toMatchObject({
+      status: 422,
+      code: 'schema_invalid',
+    })
+
+    await expect(operator.policies.delete(id, { version: 1 })).rejects.toBeInstanceOf(ConflictError)
+    expect(await operator.policies.delete(id, { version: 2 })).toEqual({ ok: true, deleted: id })
+    await expect(operator.policies.retrieve(id)).rejects.toBeInstanceOf(NotFoundError)
+    const actions = (await operator.audit.list({ target: id })).entries.map((e) => e.action)
+    expect(actions).toEqual(['policy.create', 'policy.update', 'policy.delete'])
+  })
+
+  it('surfaces a rate limit as RateLimitError with retryAfterSeconds', async (ctx) => {
+    if (!(await hasRoute(gw, 'GET', '/v1/policies/pol_none'))) return ctx.skip('policies are not served yet')
+    const { address, agent } = await newAgent()
+    await operator.policies.create(address, { kind: 'rate', direction: 'send', max_per_hour: 1, on_breach: 'block' })
+    await agent.send({ to_agent: OPS, intent_type: 'job.v1' })
+    const error = await agent.send({ to_agent: OPS, intent_type: 'job.v1' }, { maxRetries: 0 }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(RateLimitError)
+    expect(error).toMatchObject({ status: 429, code: 'rate_limited' })
+    const retryAfter = (error as RateLimitError).retryAfterSeconds ?? -1
+    expect(retryAfter).toBeGreaterThan(0)
+    expect(retryAfter).toBeLessThanOrEqual(3600)
+  })
+
+  it('streams mesh events live', async (ctx) => {
+    if (!(await hasRoute(gw, 'GET', '/v1/mesh/events/stream'))) return ctx.skip('the event stream is not served yet')
+    const { address } = await newAgent()
+    const controller = new AbortController()
+    const live = operator.events.stream({}, { signal: controller.signal })
+    const first = next(live)
+    await waitFor(async () => {
+      // The stream starts "from now": register until the first event after the connection shows up.
+      await operator.agents.register({ address: `agent://acme/prod/probe-${Math.random().toString(36).slice(2, 10)}` })
+      return Promise.race([first.then(() => true), new Promise((resolve) => setTimeout(() => resolve(false), 50))])
+    })
+    expect((await first).event_type).toBe('agent.registered')
+    await operator.agents.kill(address, { reason: 'live' })
+    let seen: MeshEvent | undefined
+    while (seen?.event_type !== 'agent.killed') seen = await next(live)
+    expect(seen).toMatchObject({ address, event_id: expect.stringMatching(/^evt_/) })
+    controller.abort()
+    expect(await live.next()).toEqual({ done: true, value: undefined })
+
+    const replay = operator.events.stream({ after: (await first).event_id })
+    const replayed: MeshEvent[] = []
+    while (replayed.at(-1)?.event_type !== 'agent.killed') replayed.push(await next(replay))
+    expect(replayed.at(-1)?.event_id).toBe(seen.event_id)
+    await replay.return()
+  })
+})
