@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { agents } from './commands/agents.js'
+import { demo } from './commands/demo.js'
 import { audit } from './commands/audit.js'
 import { events } from './commands/events.js'
 import { keys } from './commands/keys.js'
@@ -38,6 +39,7 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<CommandResult>> = {
   audit,
   events,
   keys,
+  demo,
 }
 
 async function main(argv: string[]): Promise<CommandResult> {
