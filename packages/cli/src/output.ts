@@ -18,7 +18,6 @@ const HEALTH_COLOR: Record<string, (t: string) => string> = {
 
 export const health = (status: string): string => (HEALTH_COLOR[status] ?? ((t: string) => t))(status)
 
-// eslint-disable-next-line no-control-regex
 const visibleLength = (s: string): number => s.replace(/\x1b\[[0-9;]*m/g, '').length
 
 /** A `kubectl get`-style table: upper-case headers, columns padded to their widest cell. */

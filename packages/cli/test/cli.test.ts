@@ -1,0 +1,185 @@
+import { spawn } from 'node:child_process'
+import { resolve } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { agentKey, api, startTestGateway, type TestGateway } from '../../server/test/harness.js'
+
+const CLI = resolve(import.meta.dirname, '../bin/chokepoint.js')
+
+interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+function cli(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  return new Promise((done) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      env: { PATH: process.env['PATH'] ?? '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()))
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()))
+    child.on('exit', (code) => done({ code, stdout, stderr }))
+  })
+}
+
+describe('chokepoint CLI against a real gateway', () => {
+  let gw: TestGateway
+  let env: Record<string, string>
+  const BOT = 'agent://acme/prod/cli-bot'
+
+  beforeAll(async () => {
+    gw = await startTestGateway()
+    env = { CHOKEPOINT_URL: gw.url, CHOKEPOINT_API_KEY: gw.adminKey }
+  })
+  afterAll(() => gw.close())
+
+  it('prints help for every command, with examples, and exits 0', async () => {
+    for (const command of ['serve', 'agents', 'kill', 'resume', 'policy', 'audit', 'events', 'keys', 'demo']) {
+      const run = await cli([command, '--help'])
+      expect(run.code, command).toBe(0)
+      expect(run.stdout, command).toMatch(/Usage: chokepoint/)
+    }
+    const top = await cli(['--help'])
+    expect(top.code).toBe(0)
+    expect(top.stdout).toMatch(/Exit codes: 0 ok, 1 failure, 2 usage, 3 auth/)
+  })
+
+  it('keys create prints the key once; list and revoke work; --json has the API shape', async () => {
+    const created = await cli(['keys', 'create', '--role', 'agent', '--agent', BOT, '--name', 'bot', '--json'], env)
+    expect(created.code).toBe(0)
+    const body = JSON.parse(created.stdout)
+    expect(body).toMatchObject({ ok: true, role: 'agent', agent: BOT, key: expect.stringMatching(/^cp_/) })
+    const plain = await cli(['keys', 'create', '--role', 'viewer'], env)
+    expect(plain.stdout.trim()).toMatch(/^cp_[A-Za-z0-9]+$/)
+    const list = await cli(['keys', 'list', '--json'], env)
+    const keys = JSON.parse(list.stdout).keys as { key_id: string }[]
+    expect(keys.some((k) => k.key_id === body.key_id)).toBe(true)
+    expect(list.stdout).not.toContain(body.key)
+    const table = await cli(['keys', 'list'], env)
+    expect(table.stdout).toMatch(/^KEY ID\s+ROLE/)
+    const revoked = await cli(['keys', 'revoke', body.key_id], env)
+    expect(revoked.code).toBe(0)
+    const after = await api(gw.url, body.key, 'GET', `/v1/intents?agent=${encodeURIComponent(BOT)}`)
+    expect(after.status).toBe(401)
+  })
+
+  it('agents list/show/register, kill and resume, with exit codes and --json', async () => {
+    const key = await agentKey(gw, 'agent://acme/prod/cli-target')
+    const beat = await api(gw.url, key, 'POST', '/v1/mesh/heartbeat', {}, { 'x-instance-id': 'pod-1' })
+    expect(beat.status).toBe(200)
+    const reg = await cli(['agents', 'register', 'agent://acme/prod/cli-new', '--name', 'New one', '--json'], env)
+    expect(reg.code).toBe(0)
+    expect(JSON.parse(reg.stdout).agent.display_name).toBe('New one')
+    const list = await cli(['agents'], env)
+    expect(list.code).toBe(0)
+    expect(list.stdout).toMatch(/ADDRESS\s+HEALTH\s+INSTANCES\s+LAST HEARTBEAT\s+INTENTS TODAY\s+COST TODAY/)
+    expect(list.stdout).toMatch(/agent:\/\/acme\/prod\/cli-target\s+healthy\s+1\/1/)
+    const listJson = JSON.parse((await cli(['agents', 'list', '--json'], env)).stdout)
+    expect(listJson.summary.total).toBeGreaterThanOrEqual(2)
+
+    const kill = await cli(['kill', 'agent://acme/prod/cli-target', '--reason', 'looping', '--json'], env)
+    expect(kill.code).toBe(0)
+    expect(JSON.parse(kill.stdout)).toMatchObject({ ok: true, health_status: 'killed', address: 'agent://acme/prod/cli-target' })
+    const sent = await api(gw.url, key, 'POST', '/v1/intents', { intent_type: 'x.y', to_agent: BOT })
+    expect(sent.status).toBe(403)
+    const show = await cli(['agents', 'show', 'agent://acme/prod/cli-target'], env)
+    expect(show.stdout).toMatch(/health:\s+killed/)
+    expect(show.stdout).toMatch(/looping/)
+    const resume = await cli(['resume', 'agent://acme/prod/cli-target', '--reason', 'fixed'], env)
+    expect(resume.code).toBe(0)
+    expect(resume.stdout).toMatch(/resumed agent:\/\/acme\/prod\/cli-target/)
+  })
+
+  it('policy set/list/evaluate/rm, audit list/verify/export, events', async () => {
+    await agentKey(gw, 'agent://acme/prod/deployer')
+    const set = await cli(['policy', 'set', 'agent://acme/prod/deployer', '--rate', '500/h', '--on-breach', 'kill', '--json'], env)
+    expect(set.code).toBe(0)
+    const policy = JSON.parse(set.stdout).policy
+    expect(policy).toMatchObject({ kind: 'rate', max_per_hour: 500, on_breach: 'kill', direction: 'send', version: 1 })
+    const cost = await cli(['policy', 'set', 'agent://acme/prod/deployer', '--cost', '50/day', '--on-breach', 'kill'], env)
+    expect(cost.code).toBe(0)
+    const allow = await cli(['policy', 'set', 'agent://acme/prod/deployer', '--allow', 'deploy.*.v1'], env)
+    expect(allow.code).toBe(0)
+    const list = await cli(['policy', 'list', 'agent://acme/prod/deployer'], env)
+    expect(list.stdout).toMatch(/send ≤ 500\/h, on breach kill/)
+    const evaluation = await cli(
+      ['policy', 'evaluate', '--from', 'agent://acme/prod/deployer', '--to', BOT, '--type', 'rm.rf', '--json'],
+      env,
+    )
+    expect(JSON.parse(evaluation.stdout)).toMatchObject({ decision: 'deny' })
+    const rm = await cli(['policy', 'rm', policy.policy_id], env)
+    expect(rm.code).toBe(0)
+    const bad = await cli(['policy', 'set', 'agent://acme/prod/deployer', '--rate', 'lots'], env)
+    expect(bad.code).toBe(2)
+
+    const audit = JSON.parse((await cli(['audit', 'list', '--json', '--action', 'policy.'], env)).stdout)
+    expect(audit.entries.map((e: { action: string }) => e.action)).toEqual(
+      expect.arrayContaining(['policy.create', 'policy.delete']),
+    )
+    const verify = await cli(['audit', 'verify'], env)
+    expect(verify.code).toBe(0)
+    expect(verify.stdout).toMatch(/valid: \d+ entries/)
+    const jsonl = await cli(['audit', 'export', '--format', 'jsonl'], env)
+    const lines = jsonl.stdout.trim().split('\n').map((l) => JSON.parse(l))
+    expect(lines[0].seq).toBe(1)
+    const csv = await cli(['audit', 'export', '--format', 'csv'], env)
+    expect(csv.stdout.split('\n')[0]).toBe('seq,at,actor,action,target,reason,before,after,prev_hash,hash')
+    expect(csv.stdout.trim().split('\n')).toHaveLength(lines.length + 1)
+    const events = JSON.parse((await cli(['events', '--json', '--type', 'agent.killed'], env)).stdout)
+    expect(events.events[0].event_type).toBe('agent.killed')
+  })
+
+  it('events --follow streams a kill as it happens', async () => {
+    await agentKey(gw, 'agent://acme/prod/followed')
+    const child = spawn(process.execPath, [CLI, 'events', '--follow', '--json'], {
+      env: { PATH: process.env['PATH'] ?? '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let out = ''
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()))
+    try {
+      await new Promise((r) => setTimeout(r, 500))
+      await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${encodeURIComponent('agent://acme/prod/followed')}/kill`, {})
+      const deadline = Date.now() + 5000
+      while (!out.includes('agent://acme/prod/followed') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+      const line = out.trim().split('\n').map((l) => JSON.parse(l)).find((e) => e.address === 'agent://acme/prod/followed')
+      expect(line).toMatchObject({ event_type: 'agent.killed' })
+    } finally {
+      child.kill('SIGINT')
+    }
+  })
+
+  it('exit codes: 2 usage, 3 bad key, 4 unknown agent, 1 unreachable gateway; one-line errors', async () => {
+    const usage = await cli(['kill'], env)
+    expect(usage.code).toBe(2)
+    const noKey = await cli(['agents'], { CHOKEPOINT_URL: gw.url })
+    expect(noKey.code).toBe(2)
+    const badKey = await cli(['agents'], { ...env, CHOKEPOINT_API_KEY: 'cp_wrongwrongwrongwrongwrong' })
+    expect(badKey.code).toBe(3)
+    expect(badKey.stderr).toMatch(/refused the key/)
+    const viewer = JSON.parse((await cli(['keys', 'create', '--role', 'viewer', '--json'], env)).stdout).key
+    const forbidden = await cli(['kill', BOT], { ...env, CHOKEPOINT_API_KEY: viewer })
+    expect(forbidden.code).toBe(3)
+    const unknown = await cli(['kill', 'agent://acme/prod/never-seen'], env)
+    expect(unknown.code).toBe(4)
+    expect(unknown.stderr.trim().split('\n')).toHaveLength(1)
+    const down = await cli(['agents'], { ...env, CHOKEPOINT_URL: 'http://127.0.0.1:9' })
+    expect(down.code).toBe(1)
+    expect(down.stderr).toMatch(/cannot reach the gateway/)
+    for (const run of [badKey, unknown, down]) expect(run.stderr).not.toMatch(/\n\s+at /)
+    const unknownCommand = await cli(['frobnicate'])
+    expect(unknownCommand.code).toBe(2)
+  })
+
+  it('serve refuses bad configuration naming the setting', async () => {
+    const run = await cli(['serve', '--port', '99999'], {})
+    expect(run.code).toBe(2)
+    expect(run.stderr).toMatch(/--port/)
+    const envRun = await cli(['serve'], { CHOKEPOINT_PORT: 'eighty' })
+    expect(envRun.code).toBe(2)
+    expect(envRun.stderr).toMatch(/CHOKEPOINT_PORT/)
+  })
+})
