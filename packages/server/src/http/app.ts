@@ -3,7 +3,7 @@ import type { ZodError } from 'zod'
 import type { Principal } from '../core/auth/principal.js'
 import { assertAccess } from '../core/auth/principal.js'
 import { GatewayError, isGatewayError } from '../core/errors.js'
-import { randomBase62 } from '../core/ids.js'
+import { isInstanceId, randomBase62 } from '../core/ids.js'
 import { parseJson, readBody } from './body.js'
 import { sendError, sendJson } from './errors.js'
 import { STREAMED, normalizePath, type Route, type Router } from './router.js'
@@ -64,6 +64,7 @@ async function handle(
       throw error
     }
   }
+  for (const header of route.headers ?? []) HEADER_CHECKS[header](req)
   let body: unknown = undefined
   if (req.method === 'POST' || req.method === 'PUT') {
     const raw = await readBody(req, deps.bodyLimitBytes)
@@ -75,6 +76,24 @@ async function handle(
   const result = await route.handler({ req, res, requestId, principal, params, query, body, traceId })
   if (result === STREAMED) return
   sendJson(res, 200, { ok: true, ...result })
+}
+
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/
+
+/** Header checks that answer 400 before the body is read (precedence: 413 → 400 → 422). */
+const HEADER_CHECKS: Record<'x-instance-id' | 'idempotency-key', (req: IncomingMessage) => void> = {
+  'x-instance-id': (req) => {
+    const v = req.headers['x-instance-id']
+    if (v !== undefined && (typeof v !== 'string' || !isInstanceId(v))) {
+      throw new GatewayError('invalid_request', 'x-instance-id must be 1–128 printable ASCII characters')
+    }
+  },
+  'idempotency-key': (req) => {
+    const v = req.headers['idempotency-key']
+    if (v !== undefined && (typeof v !== 'string' || !IDEMPOTENCY_KEY.test(v))) {
+      throw new GatewayError('invalid_request', 'Idempotency-Key must be 1–255 printable ASCII characters')
+    }
+  },
 }
 
 /** `x-api-key` wins over `Authorization: Bearer` when both are present (DESIGN §5). */

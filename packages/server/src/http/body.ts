@@ -39,14 +39,43 @@ const tooLarge = (limit: number): GatewayError =>
     details: { limit_bytes: limit },
   })
 
+/** Deeper documents are refused: re-serializing them would exhaust the stack. */
+export const MAX_JSON_DEPTH = 128
+
 /** Parses JSON whatever the content type; an empty body is `{}` (body-less POSTs are valid). */
 export function parseJson(raw: Buffer): unknown {
   if (raw.length === 0) return {}
   const text = raw.toString('utf8')
   if (text.trim() === '') return {}
+  let value: unknown
   try {
-    return JSON.parse(text) as unknown
+    value = JSON.parse(text) as unknown
   } catch (error) {
     throw new GatewayError('invalid_request', `the request body is not valid JSON: ${(error as Error).message}`)
   }
+  if (nestingDepth(text) > MAX_JSON_DEPTH) {
+    throw new GatewayError('schema_invalid', `the request body is nested deeper than ${MAX_JSON_DEPTH} levels`, {
+      details: { field: 'body', max_depth: MAX_JSON_DEPTH },
+    })
+  }
+  return value
+}
+
+/** Maximum bracket depth of valid JSON text, skipping strings. */
+function nestingDepth(text: string): number {
+  let depth = 0
+  let max = 0
+  let inString = false
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text.charCodeAt(i)
+    if (inString) {
+      if (c === 92) i += 1 // backslash: skip the escaped character
+      else if (c === 34) inString = false
+    } else if (c === 34) inString = true
+    else if (c === 123 || c === 91) {
+      depth += 1
+      if (depth > max) max = depth
+    } else if (c === 125 || c === 93) depth -= 1
+  }
+  return max
 }

@@ -31,6 +31,8 @@ export interface Route<TBody = unknown, TQuery = unknown> {
   query?: ZodType<TQuery>
   /** SSE routes: documented as text/event-stream. */
   stream?: boolean
+  /** Request headers this route reads; validated (400) before the body and query (DESIGN §11 precedence). */
+  headers?: readonly ('x-instance-id' | 'idempotency-key')[]
   handler: (ctx: RouteContext<TBody, TQuery>) => Promise<Record<string, unknown> | typeof STREAMED>
 }
 

@@ -31,14 +31,15 @@ export function inboxRoutes(s: Services): Route[] {
       summary: "The agent's inbox as server-sent events; instances compete, each intent leased to one",
       query: InboxStreamQuery,
       stream: true,
+      headers: ['x-instance-id'],
       handler: async ({ req, res, principal, params, query, requestId }) => {
+        const instanceId = instanceIdOf(req)
         const address = `agent://${params['org']}/${params['workspace']}/${params['name']}`
         if (!isAddress(address)) {
           throw new GatewayError('schema_invalid', `${address.slice(0, 300)} is not a valid agent address`, {
             details: { field: 'address' },
           })
         }
-        const instanceId = instanceIdOf(req)
         const agent = await s.agents.resolve(address).catch((error: unknown) => {
           throw error instanceof GatewayError && error.code === 'not_found' ? notFound(`agent ${address}`) : error
         })

@@ -66,6 +66,7 @@ export function meshRoutes(s: Services): Route[] {
       tag: 'mesh',
       summary: 'Heartbeat of one instance, with optional metric deltas; answers the health (killed when killed)',
       body: HeartbeatBody,
+      headers: ['x-instance-id'],
       handler: async ({ req, principal, body }) => {
         const instanceId = instanceIdOf(req)
         s.metrics.heartbeats.inc()
