@@ -53,6 +53,12 @@ export function parseJson(raw: Buffer): unknown {
   } catch (error) {
     throw new GatewayError('invalid_request', `the request body is not valid JSON: ${(error as Error).message}`)
   }
+  // A literal too large for a double parses to Infinity, which JSON cannot carry back out.
+  if (/\d{309}|[eE]\+?0*[1-9]\d{2}/.test(text) && hasNonFinite(value)) {
+    throw new GatewayError('schema_invalid', 'the request body has a number too large to represent', {
+      details: { field: 'body' },
+    })
+  }
   if (nestingDepth(text) > MAX_JSON_DEPTH) {
     throw new GatewayError('schema_invalid', `the request body is nested deeper than ${MAX_JSON_DEPTH} levels`, {
       details: { field: 'body', max_depth: MAX_JSON_DEPTH },
@@ -78,4 +84,14 @@ function nestingDepth(text: string): number {
     } else if (c === 125 || c === 93) depth -= 1
   }
   return max
+}
+
+function hasNonFinite(value: unknown): boolean {
+  const stack: unknown[] = [value]
+  while (stack.length > 0) {
+    const v = stack.pop()
+    if (typeof v === 'number' && !Number.isFinite(v)) return true
+    if (v !== null && typeof v === 'object') stack.push(...Object.values(v))
+  }
+  return false
 }

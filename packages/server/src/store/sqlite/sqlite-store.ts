@@ -573,7 +573,10 @@ export class SqliteStore implements Store {
         changes.push({ type: 'intent.event', intent_id: leased.intent_id })
         deliveries.push({ intent: leased, seq, event_type: eventType })
       }
-      return { deliveries, has_room: inFlight + deliveries.length < input.max_in_flight, next_due_at: null }
+      const hasRoom = inFlight + deliveries.length < input.max_in_flight
+      // During a paced resume more held work becomes due later: tell the stream when.
+      const due = hasRoom ? (this.#q.nextDue.get(input.address_id, input.now) as { at: number | null }).at : null
+      return { deliveries, has_room: hasRoom, next_due_at: due }
     })
   }
 
