@@ -139,9 +139,14 @@ describe('chokepoint CLI against a real gateway', () => {
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let out = ''
+    let err = ''
     child.stdout.on('data', (c: Buffer) => (out += c.toString()))
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()))
     try {
-      await new Promise((r) => setTimeout(r, 500))
+      // The command says when its stream is open; only events after that are followed.
+      const connected = Date.now() + 15_000
+      while (!err.includes('following mesh events') && Date.now() < connected) await new Promise((r) => setTimeout(r, 50))
+      expect(err).toContain('following mesh events')
       await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${encodeURIComponent('agent://acme/prod/followed')}/kill`, {})
       const deadline = Date.now() + 5000
       while (!out.includes('agent://acme/prod/followed') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))

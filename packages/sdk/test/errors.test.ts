@@ -65,13 +65,11 @@ describe('error mapping', () => {
 
 describe('errors from a real gateway', () => {
   let gw: TestGateway
-  let operator: Operator
   let a: Agent
   let b: Agent
 
   beforeAll(async () => {
     gw = await startTestGateway()
-    operator = new Operator({ baseURL: gw.url, apiKey: gw.adminKey })
     a = new Agent({ baseURL: gw.url, apiKey: await agentKey(gw, A), address: A })
     b = new Agent({ baseURL: gw.url, apiKey: await agentKey(gw, B), address: B })
   })

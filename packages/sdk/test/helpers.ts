@@ -1,4 +1,4 @@
-import { api, type TestGateway } from '../../server/test/harness.js'
+import type { TestGateway } from '../../server/test/harness.js'
 
 /** Polls `check` until it returns a truthy value (or throws after `timeoutMs`). */
 export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs = 5_000, label = 'condition'): Promise<T> {
@@ -11,10 +11,24 @@ export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs = 5_000,
   }
 }
 
-/** Whether the gateway serves `method path` at all (an unknown route is a 404 "no route"). */
+/**
+ * Whether the gateway serves `method path` at all (an unknown route is a 404 "no route").
+ * Reads only the headers of a 2xx answer, so it works on streams too.
+ */
 export async function hasRoute(gw: TestGateway, method: string, path: string, body?: unknown): Promise<boolean> {
-  const res = await api(gw.url, gw.adminKey, method, path, body)
-  return !(res.status === 404 && /^no route/.test(String(res.body?.error?.message)))
+  const controller = new AbortController()
+  const res = await fetch(gw.url + path, {
+    method,
+    headers: { 'x-api-key': gw.adminKey, 'content-type': 'application/json' },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    signal: controller.signal,
+  })
+  if (res.status !== 404) {
+    controller.abort()
+    return true
+  }
+  const answer = (await res.json()) as { error?: { message?: string } }
+  return !/^no route/.test(String(answer.error?.message))
 }
 
 /** The next value of an async iterator, failing after `timeoutMs` instead of hanging the test. */

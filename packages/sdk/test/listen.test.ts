@@ -199,6 +199,34 @@ describe('listen() against a real gateway', () => {
     await otherRun.return()
   })
 
+  it('delivers again after an expired lease, with a new seq; maxInFlight holds the rest back', async () => {
+    const { address, apiKey } = await recipient()
+    const agent = new Agent({ baseURL: gw.url, apiKey, address, instanceId: 'lease-1' })
+    const inbox = agent.listen({ leaseSeconds: 1, maxInFlight: 1 })
+    const first = next(inbox)
+    const one = await sender.send({ to_agent: address, intent_type: 'job.v1', payload: { n: 1 } })
+    const two = await sender.send({ to_agent: address, intent_type: 'job.v1', payload: { n: 2 } })
+    const d1 = await first
+    const leasedAt = Date.now()
+    expect(d1).toMatchObject({ intent_id: one.intent_id, delivery_attempt: 1 })
+    // d1 is never resolved: its one slot frees only when the 1 s lease expires. Then both the
+    // queued intent and the expired one arrive (in the gateway's order), each resolved in turn.
+    const seen: Delivery[] = []
+    while (!seen.some((d) => d.intent_id === one.intent_id) || !seen.some((d) => d.intent_id === two.intent_id)) {
+      const delivery = await next(inbox, 5_000)
+      if (seen.length === 0) expect(Date.now() - leasedAt).toBeGreaterThanOrEqual(900)
+      seen.push(delivery)
+      await agent.resolve(delivery.intent_id, { status: 'COMPLETED' })
+    }
+    expect(seen.find((d) => d.intent_id === two.intent_id)?.delivery_attempt).toBe(1)
+    const again = seen.find((d) => d.intent_id === one.intent_id)
+    expect(again?.delivery_attempt).toBe(2)
+    expect(again?.seq).toBeGreaterThan(d1.seq)
+    const { events } = await sender.events(one.intent_id)
+    expect(events.map((e) => e.event_type)).toContain('intent.redelivered')
+    await inbox.return()
+  })
+
   it('ends with AgentKilledError on the agent.killed frame and fires onKilled once', async () => {
     const { address, apiKey } = await recipient()
     const agent = new Agent({ baseURL: gw.url, apiKey, address, instanceId: 'frame-1' })

@@ -9,6 +9,7 @@ import {
   PermissionDeniedError,
   RateLimitError,
   UnprocessableEntityError,
+  type ActionPolicyBody,
   type KilledEvent,
   type MeshEvent,
 } from '../src/index.js'
@@ -153,7 +154,7 @@ describe('Operator against a real gateway', () => {
     expect(allowed).toMatchObject({ decision: 'allow', policy_id: null })
     await expect(agent.send({ to_agent: OPS, intent_type: 'deploy.service.v1' })).rejects.toMatchObject({ status: 403, code: 'policy_denied' })
 
-    const body = { kind: 'action', direction: 'send', mode: 'denylist', patterns: ['deploy.*.v2'] } as const
+    const body: ActionPolicyBody = { kind: 'action', direction: 'send', mode: 'denylist', patterns: ['deploy.*.v2'] }
     const updated = await operator.policies.update(id, body, { version: 1 })
     expect(updated.policy).toMatchObject({ version: 2, patterns: ['deploy.*.v2'] })
     await expect(operator.policies.update(id, body, { version: 1 })).rejects.toBeInstanceOf(ConflictError)
@@ -188,12 +189,14 @@ describe('Operator against a real gateway', () => {
     const controller = new AbortController()
     const live = operator.events.stream({}, { signal: controller.signal })
     const first = next(live)
+    const { address: probe } = await newAgent()
     await waitFor(async () => {
-      // The stream starts "from now": register until the first event after the connection shows up.
-      await operator.agents.register({ address: `agent://acme/prod/probe-${Math.random().toString(36).slice(2, 10)}` })
+      // The stream starts "from now": make events until one arrives after the connection opened.
+      await operator.agents.kill(probe)
+      await operator.agents.resume(probe)
       return Promise.race([first.then(() => true), new Promise((resolve) => setTimeout(() => resolve(false), 50))])
     })
-    expect((await first).event_type).toBe('agent.registered')
+    expect((await first).address).toBe(probe)
     await operator.agents.kill(address, { reason: 'live' })
     let seen: MeshEvent | undefined
     while (seen?.event_type !== 'agent.killed') seen = await next(live)

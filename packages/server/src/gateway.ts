@@ -31,6 +31,7 @@ import { Metrics, instrumentStore } from './core/metrics.js'
 import { systemRoutes } from './http/routes/system.js'
 import type { Services } from './http/services.js'
 import { SqliteStore } from './store/sqlite/sqlite-store.js'
+import { PostgresStore } from './store/postgres/postgres-store.js'
 import type { Store } from './store/store.js'
 import { VERSION } from './version.js'
 
@@ -58,10 +59,15 @@ export async function startGateway(
 ): Promise<Gateway> {
   const clock = options.clock ?? systemClock
   const log = options.log ?? stderrLogger
-  const unlock = config.dataDir === ':memory:' ? () => undefined : lockDataDir(config.dataDir)
+  // PostgreSQL serves any number of replicas; the SQLite data directory takes one (its feed is in-process).
+  const unlock =
+    config.databaseUrl !== null || config.dataDir === ':memory:' ? () => undefined : lockDataDir(config.dataDir)
   let store: Store
   try {
-    store = new SqliteStore({ dataDir: config.dataDir, durability: config.durability, hashAudit: auditHash, alertFor })
+    store =
+      config.databaseUrl !== null
+        ? await PostgresStore.open({ url: config.databaseUrl, hashAudit: auditHash, alertFor, log })
+        : new SqliteStore({ dataDir: config.dataDir, durability: config.durability, hashAudit: auditHash, alertFor })
   } catch (error) {
     unlock()
     throw error
@@ -120,6 +126,7 @@ export async function startGateway(
   server.on('clientError', (_error, socket) => {
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
   })
+  const onDispatchError = (error: unknown) => log('error', 'alert delivery pass failed', { error: String(error) })
   const dispatcher = new AlertDispatcher(store, clock, {
     retryBaseMs: config.alertRetryBaseMs,
     giveUpAfterMs: 86_400_000,
@@ -131,7 +138,8 @@ export async function startGateway(
     retentionMs: config.retentionDays * 86_400_000,
     onError: (error) => log('error', 'sweeper pass failed', { error: String(error) }),
     onLeasesExpired: (n) => metrics.leasesExpired.inc(n),
-    tasks: [() => services.heartbeats.sweep(), () => dispatcher.tick()],
+    // Alert sends run beside the sweep, never inside it: a slow receiver must not delay lease expiry.
+    tasks: [() => services.heartbeats.sweep(), async () => void dispatcher.tick().catch(onDispatchError)],
   })
   try {
     await new Promise<void>((resolve, reject) => {

@@ -1,7 +1,7 @@
 import { iterSSE } from '@chokepoint/sdk'
 import { CONNECTION_HELP, UsageError, connection, operatorFrom, parse } from '../context.js'
 import { EXIT, type CommandResult } from '../exit-codes.js'
-import { ago, printJson, table } from '../output.js'
+import { ago, dim, printJson, table } from '../output.js'
 
 export const EVENTS_HELP = `Usage: chokepoint events [--follow] [--type <event_type>] [--agent <address>] [--limit n]
 
@@ -55,6 +55,7 @@ export async function events(argv: string[]): Promise<CommandResult> {
     await op.events.list({ limit: 1 }) // surfaces the typed error (401/403) with its message
     throw new Error(`the event stream answered HTTP ${res.status}`)
   }
+  process.stderr.write(dim(`following mesh events on ${baseURL} (Ctrl-C to stop)\n`))
   try {
     for await (const message of iterSSE(res.body)) {
       const e = JSON.parse(message.data) as { event_type: string; address: string | null; actor_id: string; details: unknown; created_at: string }

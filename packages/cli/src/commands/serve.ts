@@ -12,6 +12,7 @@ Options:
   --data <dir>         SQLite data directory (CHOKEPOINT_DATA_DIR, default ./data)
   --database-url <url> PostgreSQL URL (CHOKEPOINT_DATABASE_URL)
   --durability <mode>  normal (survives kill -9) or full (survives power loss)
+  --metrics-key <key>  require this key for GET /metrics (CHOKEPOINT_METRICS_KEY)
   -h, --help           show this help
 
 Environment:
@@ -32,6 +33,7 @@ export async function serve(argv: string[]): Promise<CommandResult> {
       data: { type: 'string' },
       'database-url': { type: 'string' },
       durability: { type: 'string' },
+      'metrics-key': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,

@@ -52,8 +52,10 @@ export interface RequestOptions {
 }
 
 export type HTTPMethod = 'GET' | 'POST' | 'PUT' | 'DELETE'
+/** Query values; `undefined` and `null` are left out of the URL. */
 export type QueryValue = string | number | boolean | undefined | null
 
+/** One request for {@link APIClient.request} / {@link APIClient.stream}. */
 export interface APIRequest {
   method: HTTPMethod
   path: string
@@ -73,7 +75,9 @@ const MAX_RETRY_AFTER_MS = 60_000
 export class APIClient {
   /** The gateway URL, without a trailing slash. */
   readonly baseURL: string
+  /** Per-attempt time limit, ms. */
   readonly timeout: number
+  /** Retries of a call when retrying is safe. */
   readonly maxRetries: number
   readonly #apiKey: string
   readonly #fetch: Fetch
@@ -88,8 +92,9 @@ export class APIClient {
     if (!/^https?:\/\//i.test(baseURL)) {
       throw new ChokepointError(`baseURL must start with http:// or https://, got ${JSON.stringify(baseURL)}`)
     }
-    const fetchImpl = options.fetch ?? (globalThis.fetch as Fetch | undefined)
-    if (!fetchImpl) throw new ChokepointError('no global fetch: pass { fetch } (Node ≥ 20 and browsers have one)')
+    if (!options.fetch && typeof globalThis.fetch !== 'function') {
+      throw new ChokepointError('no global fetch: pass { fetch } (Node ≥ 20 and browsers have one)')
+    }
     this.baseURL = baseURL.replace(/\/+$/, '')
     this.timeout = options.timeout ?? 60_000
     this.maxRetries = options.maxRetries ?? 2
@@ -98,18 +103,22 @@ export class APIClient {
     this.#defaultHeaders = { ...options.defaultHeaders }
   }
 
+  /** `GET path?query`, retried when it fails transiently. */
   get<T>(path: string, query?: Record<string, QueryValue>, options?: RequestOptions): Promise<T> {
     return this.request<T>({ method: 'GET', path, query, options })
   }
 
+  /** `POST` with a JSON body (`{}` when none); retried only with an `Idempotency-Key` header. */
   post<T>(path: string, body?: unknown, options?: RequestOptions): Promise<T> {
     return this.request<T>({ method: 'POST', path, body: body ?? {}, options })
   }
 
+  /** `PUT` with a JSON body. */
   put<T>(path: string, body?: unknown, options?: RequestOptions): Promise<T> {
     return this.request<T>({ method: 'PUT', path, body: body ?? {}, options })
   }
 
+  /** `DELETE path`. */
   delete<T>(path: string, options?: RequestOptions): Promise<T> {
     return this.request<T>({ method: 'DELETE', path, options })
   }

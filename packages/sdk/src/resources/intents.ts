@@ -26,6 +26,7 @@ export class Intents extends APIResource {
     return this._client.post('/v1/intents', params, { ...rest, headers })
   }
 
+  /** One intent, with its status, delivery state and outcome. */
   retrieve(intentId: string, options?: RequestOptions): Promise<IntentResponse> {
     return this._client.get(path`/v1/intents/${intentId}`, undefined, options)
   }

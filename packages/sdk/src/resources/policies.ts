@@ -10,10 +10,12 @@ export class Policies extends APIResource {
     return this._client.get(path`/v1/mesh/agents/${addressOrId}/policies`, undefined, options)
   }
 
+  /** Adds a policy to an agent; it applies from the next intent on. */
   create(addressOrId: string, body: PolicyBody, options?: RequestOptions): Promise<PolicyResponse> {
     return this._client.post(path`/v1/mesh/agents/${addressOrId}/policies`, body, options)
   }
 
+  /** One policy, with its current `version`. */
   retrieve(policyId: string, options?: RequestOptions): Promise<PolicyResponse> {
     return this._client.get(path`/v1/policies/${policyId}`, undefined, options)
   }

@@ -24,7 +24,7 @@ export class Sweeper {
   readonly #clock: Clock
   readonly #options: SweeperOptions
   #timer: NodeJS.Timeout | null = null
-  #running = false
+  #current: Promise<void> | null = null
   #lastPurge = 0
 
   constructor(store: Store, clock: Clock, options: SweeperOptions) {
@@ -34,7 +34,10 @@ export class Sweeper {
   }
 
   start(): void {
-    this.#timer = setInterval(() => void this.tick(), this.#options.intervalMs)
+    // Background passes never queue up behind each other: skip a beat while one runs.
+    this.#timer = setInterval(() => {
+      if (!this.#current) void this.tick()
+    }, this.#options.intervalMs)
     this.#timer.unref()
   }
 
@@ -43,10 +46,19 @@ export class Sweeper {
     this.#timer = null
   }
 
-  /** One pass; exposed so tests with a manual clock can drive it. */
+  /**
+   * One pass; exposed so tests with a manual clock can drive it. If a pass is running, this
+   * waits for it and then runs a fresh one, so an awaited tick always sweeps at the current time.
+   */
   async tick(): Promise<void> {
-    if (this.#running) return
-    this.#running = true
+    while (this.#current) await this.#current
+    this.#current = this.#pass().finally(() => {
+      this.#current = null
+    })
+    return this.#current
+  }
+
+  async #pass(): Promise<void> {
     try {
       const now = this.#clock.now()
       for (let i = 0; i < 20; i += 1) {
@@ -68,8 +80,6 @@ export class Sweeper {
       }
     } catch (error) {
       this.#options.onError(error)
-    } finally {
-      this.#running = false
     }
   }
 }

@@ -474,8 +474,9 @@ export interface Store {
   getAgentById(addressId: string): Promise<AgentRow | undefined>
   getAgentByAddress(address: string): Promise<AgentRow | undefined>
   /** Registers a new agent; returns undefined when the address already exists. */
-  registerAgent(agent: AgentRow): Promise<AgentRow | undefined>
-  listAgents(limit: number): Promise<AgentRow[]>
+  registerAgent(agent: AgentRow, event: MeshEventDraft): Promise<AgentRow | undefined>
+  /** Agents in registration order; `health` filters on the shown status (killed overrides). */
+  listAgents(limit: number, health: HealthStatus | null): Promise<AgentRow[]>
 
   // ---- intents ----
   acceptIntent(input: AcceptIntentInput): Promise<AcceptIntentResult>

@@ -1,4 +1,4 @@
-import type { AgentRow, Store } from '../../store/store.js'
+import type { AgentRow, HealthStatus, Store } from '../../store/store.js'
 import type { Clock } from '../clock.js'
 import { GatewayError, conflict, notFound } from '../errors.js'
 import { isAddress, isAddressId, newAddressId } from '../ids.js'
@@ -72,7 +72,7 @@ export class AgentService {
     return agent
   }
 
-  async register(input: {
+  async register(actor: string, input: {
     address: string
     display_name?: string | undefined
     metadata?: Record<string, unknown> | undefined
@@ -82,13 +82,20 @@ export class AgentService {
       display_name: input.display_name ?? null,
       metadata: input.metadata === undefined ? null : JSON.stringify(input.metadata),
     }
-    const created = await this.#store.registerAgent(row)
+    const created = await this.#store.registerAgent(row, {
+      address_id: row.address_id,
+      address: row.address,
+      event_type: 'agent.registered',
+      details: { display_name: row.display_name },
+      actor_id: actor,
+      created_at: row.created_at,
+    })
     if (!created) throw conflict(`agent ${input.address} is already registered`)
     return created
   }
 
-  list(limit: number): Promise<AgentRow[]> {
-    return this.#store.listAgents(limit)
+  list(limit: number, health: HealthStatus | null = null): Promise<AgentRow[]> {
+    return this.#store.listAgents(limit, health)
   }
 
   /** Per-agent stats for a window: accepted intents sent or received, reported cost, instances. */

@@ -20,7 +20,7 @@ export function meshRoutes(s: Services): Route[] {
       tag: 'mesh',
       summary: 'Register an agent by address (409 if it exists)',
       body: RegisterAgentBody,
-      handler: async ({ body }) => ({ agent: agentView(await s.agents.register(body)) }),
+      handler: async ({ body, principal }) => ({ agent: agentView(await s.agents.register(`key:${principal.key_id}`, body)) }),
     }),
     route<undefined, z.output<typeof MeshAgentsQuery>>({
       method: 'GET',
@@ -30,13 +30,17 @@ export function meshRoutes(s: Services): Route[] {
       summary: 'Agents with health, instances, intents and cost for the window, and a summary by health',
       query: MeshAgentsQuery,
       handler: async ({ query }) => {
-        const rows = await s.agents.list(5_000)
-        const stats = await s.agents.stats(query.window ?? 'day', s.heartbeats.options.staleAfterMs)
-        const all = rows.map((row) => agentView(row, stats(row)))
-        const summary = { total: all.length, healthy: 0, degraded: 0, unreachable: 0, killed: 0, unknown: 0 }
-        for (const a of all) summary[a['health_status'] as keyof typeof summary] += 1
-        const filtered = query.health === undefined ? all : all.filter((a) => a['health_status'] === query.health)
-        return { agents: filtered.slice(0, query.limit ?? 100), summary }
+        const [rows, stats, counts] = await Promise.all([
+          s.agents.list(query.limit ?? 100, query.health ?? null),
+          s.agents.stats(query.window ?? 'day', s.heartbeats.options.staleAfterMs),
+          s.store.countAgentsByHealth(),
+        ])
+        const summary = { total: 0, healthy: 0, degraded: 0, unreachable: 0, killed: 0, unknown: 0 }
+        for (const [health, n] of Object.entries(counts)) {
+          if (health in summary) summary[health as keyof typeof summary] += n
+          summary.total += n
+        }
+        return { agents: rows.map((row) => agentView(row, stats(row))), summary }
       },
     }),
     route({

@@ -171,9 +171,13 @@ function prepare(db: Db) {
        FROM heartbeat_metrics WHERE address_id = ? AND minute >= ?`,
     ),
     purgeMetrics: s('DELETE FROM heartbeat_metrics WHERE minute < ?'),
+    // Live agents shown healthy/degraded whose last beat, or one of whose instances, went quiet.
     staleCandidates: s(
-      `SELECT DISTINCT a.* FROM agents a JOIN agent_instances i ON i.address_id = a.address_id
-       WHERE a.killed_at IS NULL AND a.health_status IN ('healthy', 'degraded') AND i.last_heartbeat_at < ? LIMIT ?`,
+      `SELECT a.* FROM agents a
+       WHERE a.killed_at IS NULL AND a.health_status IN ('healthy', 'degraded')
+         AND (a.last_heartbeat_at < @before
+              OR EXISTS (SELECT 1 FROM agent_instances i WHERE i.address_id = a.address_id AND i.last_heartbeat_at < @before))
+       LIMIT @limit`,
     ),
     countByHealth: s(
       `SELECT CASE WHEN killed_at IS NOT NULL THEN 'killed' ELSE health_status END AS health, count(*) AS n
@@ -217,6 +221,10 @@ function prepare(db: Db) {
       `SELECT min(available_at) AS at FROM intents WHERE to_address_id = ? AND delivery_state = 'queued' AND available_at > ?`,
     ),
     listAgents: s('SELECT * FROM agents ORDER BY created_at, address LIMIT ?'),
+    listAgentsKilled: s('SELECT * FROM agents WHERE killed_at IS NOT NULL ORDER BY created_at, address LIMIT ?'),
+    listAgentsByHealth: s(
+      'SELECT * FROM agents WHERE killed_at IS NULL AND health_status = ? ORDER BY created_at, address LIMIT ?',
+    ),
     keyByHash: s(
       `SELECT k.*, a.address FROM api_keys k LEFT JOIN agents a ON a.address_id = k.address_id WHERE k.key_hash = ?`,
     ),
@@ -426,12 +434,18 @@ export class SqliteStore implements Store {
     return this.#q.agentByAddress.get(address) as AgentRow | undefined
   }
 
-  async registerAgent(agent: AgentRow): Promise<AgentRow | undefined> {
-    return this.#write(() => (this.#q.insertAgent.run(agent).changes === 1 ? agent : undefined))
+  async registerAgent(agent: AgentRow, event: MeshEventDraft): Promise<AgentRow | undefined> {
+    return this.#write((changes) => {
+      if (this.#q.insertAgent.run(agent).changes !== 1) return undefined
+      this.#meshEvent(event, changes)
+      return agent
+    })
   }
 
-  async listAgents(limit: number): Promise<AgentRow[]> {
-    return this.#q.listAgents.all(limit) as AgentRow[]
+  async listAgents(limit: number, health: HealthStatus | null): Promise<AgentRow[]> {
+    if (health === null) return this.#q.listAgents.all(limit) as AgentRow[]
+    if (health === 'killed') return this.#q.listAgentsKilled.all(limit) as AgentRow[]
+    return this.#q.listAgentsByHealth.all(health, limit) as AgentRow[]
   }
 
   #ensureAgent(address: string, now: number): AgentRow {
@@ -1040,13 +1054,14 @@ export class SqliteStore implements Store {
 
   async sweepHealth(input: HealthSweepInput): Promise<number> {
     return this.#write((changes) => {
-      const candidates = this.#q.staleCandidates.all(input.stale_before, input.limit) as AgentRow[]
+      // Forget long-silent instances first, so the health computed below sees the same list the views show.
+      this.#q.forgetInstances.run(input.forget_before)
+      const candidates = this.#q.staleCandidates.all({ before: input.stale_before, limit: input.limit }) as AgentRow[]
       let transitions = 0
       for (const agent of candidates) {
         const next = this.#reassess(agent, input.now, input.window_start, input.health, input.transition, changes)
         if (next !== agent.health_status) transitions += 1
       }
-      this.#q.forgetInstances.run(input.forget_before)
       this.#q.purgeMetrics.run(Math.floor(input.window_start / 60_000) - 60)
       return transitions
     })
