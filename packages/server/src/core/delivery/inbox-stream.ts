@@ -86,7 +86,8 @@ export class InboxStream {
 
   async run(): Promise<void> {
     const { agent, instanceId, since, windowMs } = this.options
-    const deadline = windowMs === null ? Infinity : this.#clock.now() + windowMs
+    // The response window is wall time (a transport matter); leases and due times use the clock.
+    const deadline = windowMs === null ? Infinity : Date.now() + windowMs
     let sent = 0
     try {
       // Reconnect: re-send this instance's deliveries still leased, with their original seq.
@@ -115,11 +116,10 @@ export class InboxStream {
         }
         if (claim.deliveries.length > 0 && windowMs !== null) break
         if (claim.deliveries.length === MAX_BATCH && claim.has_room) continue
-        const now = this.#clock.now()
-        const remaining = deadline - now
+        const remaining = deadline - Date.now()
         if (remaining <= 0) break
         // Paced redelivery: sleep until the next held intent is due, not a polling tick.
-        const due = claim.next_due_at === null ? IDLE_RECHECK_MS : Math.max(1, claim.next_due_at - now)
+        const due = claim.next_due_at === null ? IDLE_RECHECK_MS : Math.max(1, claim.next_due_at - this.#clock.now())
         if (!this.#wakePending) await this.#sleep(Math.min(remaining, due, IDLE_RECHECK_MS))
       }
       if (!this.#sink.closed && windowMs !== null) {

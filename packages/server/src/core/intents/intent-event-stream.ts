@@ -25,7 +25,7 @@ export async function streamIntentEvents(
     }
   })
   sink.onClose(() => wake?.())
-  const deadline = options.windowMs === null ? Infinity : deps.clock.now() + options.windowMs
+  const deadline = options.windowMs === null ? Infinity : Date.now() + options.windowMs
   try {
     while (!sink.closed) {
       pending = false
@@ -37,7 +37,7 @@ export async function streamIntentEvents(
       const last = events[events.length - 1]
       if (last && isTerminal(last.status) && last.event_type !== 'intent.redelivered') break
       if (options.windowMs !== null && events.length > 0) break
-      const remaining = deadline - deps.clock.now()
+      const remaining = deadline - Date.now()
       if (remaining <= 0) break
       if (pending) continue
       await new Promise<void>((resolve) => {
