@@ -73,6 +73,16 @@ export interface StartHeartbeatOptions {
   metrics?: (() => HeartbeatMetrics | undefined) | undefined
   /** Called with the error of a failed beat; beats continue. */
   onError?: ((error: unknown) => void) | undefined
+  /** Stop beating once the gateway says the agent is killed (default: keep beating, so a resume is seen). */
+  stopOnKill?: boolean | undefined
+}
+
+/** One unit of work for {@link Agent.reportMetric}. */
+export interface MetricSample {
+  /** Whether the work succeeded (counts toward `intents_succeeded` or `intents_failed`). */
+  success: boolean
+  latencyMs?: number | undefined
+  costUsd?: number | undefined
 }
 
 /** How the SDK learned that the agent was killed. */
@@ -238,8 +248,12 @@ export class Agent {
     const beat = async (): Promise<void> => {
       let next = options.intervalMs ?? 30_000
       try {
-        const metrics = options.metrics?.()
+        const metrics = options.metrics?.() ?? this.#takeMetrics()
         const response = await this.heartbeat(metrics ? { metrics } : {})
+        if (response.health_status === 'killed' && options.stopOnKill) {
+          this.stopHeartbeat()
+          return
+        }
         if (options.intervalMs === undefined && response.next_heartbeat_s > 0) next = response.next_heartbeat_s * 1000
       } catch (error) {
         options.onError?.(error)
@@ -250,6 +264,46 @@ export class Agent {
     }
     void beat()
   }
+
+  /**
+   * Buffers one unit of work; the next automatic heartbeat reports the buffered deltas
+   * (`intents_total`, `intents_succeeded`, `intents_failed`, `avg_latency_ms`, `cost_usd`)
+   * and starts a new buffer. Cost reported here counts toward the agent's cost policies.
+   *
+   * @example
+   * ```ts
+   * const started = Date.now()
+   * const ok = await doWork()
+   * agent.reportMetric({ success: ok, latencyMs: Date.now() - started, costUsd: 0.002 })
+   * ```
+   */
+  reportMetric(sample: MetricSample): void {
+    const m = this.#metrics
+    m.total += 1
+    if (sample.success) m.succeeded += 1
+    else m.failed += 1
+    if (sample.latencyMs !== undefined && Number.isFinite(sample.latencyMs)) {
+      m.latencySum += sample.latencyMs
+      m.latencyN += 1
+    }
+    if (sample.costUsd !== undefined && Number.isFinite(sample.costUsd) && sample.costUsd > 0) m.cost += sample.costUsd
+  }
+
+  /** The buffered deltas since the last beat, or undefined when nothing was reported. */
+  #takeMetrics(): HeartbeatMetrics | undefined {
+    const m = this.#metrics
+    if (m.total === 0 && m.cost === 0) return undefined
+    this.#metrics = { total: 0, succeeded: 0, failed: 0, latencySum: 0, latencyN: 0, cost: 0 }
+    return {
+      intents_total: m.total,
+      intents_succeeded: m.succeeded,
+      intents_failed: m.failed,
+      avg_latency_ms: m.latencyN === 0 ? null : m.latencySum / m.latencyN,
+      cost_usd: m.cost,
+    }
+  }
+
+  #metrics = { total: 0, succeeded: 0, failed: 0, latencySum: 0, latencyN: 0, cost: 0 }
 
   /** Stops the heartbeats started by {@link Agent.startHeartbeat}. */
   stopHeartbeat(): void {

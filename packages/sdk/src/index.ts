@@ -11,6 +11,7 @@ export type {
   HeartbeatParams,
   HeartbeatResponse,
   KilledEvent,
+  MetricSample,
   StartHeartbeatOptions,
 } from './agent.js'
 export type { ListenOptions, ReconnectOptions } from './inbox.js'

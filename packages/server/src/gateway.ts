@@ -81,6 +81,11 @@ export async function startGateway(
   const agents = new AgentService(store, clock)
   const audit = new AuditService(store, clock)
   const policyEngine = new PolicyEngine()
+  // The cache is keyed by the agent's policy_version, read in each transaction, so a stale entry
+  // can never decide; the feed only frees memory early (and tells other replicas on PostgreSQL).
+  store.feed.subscribe((change) => {
+    if (change.type === 'policy.changed') policyEngine.invalidate(change.address_id)
+  })
   const killSwitch = new KillSwitchService(store, clock, agents, { resumeRatePerSecond: config.resumeRatePerSecond })
   const services: Services = {
     store,

@@ -33,6 +33,11 @@ const DAY_MS = 86_400_000
 export class PolicyEngine {
   readonly #cache = new Map<string, { version: number; compiled: Compiled[] }>()
 
+  /** Drops an agent's compiled policies (on `policy.changed` from the change feed). */
+  invalidate(addressId: string): void {
+    this.#cache.delete(addressId)
+  }
+
   /** Compiled policies of an agent for the rows read in the transaction. */
   compiled(agent: AgentRow, rows: readonly PolicyRow[]): Compiled[] {
     if (agent.policy_version === 0) return []
