@@ -61,7 +61,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     if (!/^postgres(ql)?:\/\//.test(databaseUrl)) {
       throw new ConfigError(urlName, 'expected a postgres:// URL')
     }
-    throw new ConfigError(urlName, 'the PostgreSQL store is not available in this version; unset it to use SQLite')
+    try {
+      new URL(databaseUrl)
+    } catch {
+      throw new ConfigError(urlName, 'is not a valid URL (postgres://user:password@host:port/database)')
+    }
   }
   const adminKey = env['CHOKEPOINT_ADMIN_KEY']?.trim() || undefined
   if (adminKey !== undefined && !isWellFormedKey(adminKey)) {

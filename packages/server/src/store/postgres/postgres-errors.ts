@@ -1,0 +1,73 @@
+import { GatewayError } from '../../core/errors.js'
+
+/** Socket-level error codes of Node that mean "the database cannot be reached". */
+const NODE_CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOENT',
+])
+
+/** SQLSTATEs that mean the server is going away, not that the statement was wrong. */
+const SERVER_UNAVAILABLE_STATES = new Set([
+  '57P01', // admin_shutdown
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now (starting up, shutting down, recovery)
+  '57014', // query_canceled (statement_timeout)
+  '53300', // too_many_connections
+  '53000', // insufficient_resources
+  '58000', // system_error
+  '58030', // io_error
+])
+
+/** Messages of node-postgres for failures that carry no code. */
+const CONNECTION_MESSAGES = [
+  'Connection terminated',
+  'connection timeout',
+  'timeout exceeded when trying to connect',
+  'Query read timeout',
+  'Client has encountered a connection error',
+  'Client was closed',
+  'Cannot use a pool after calling end',
+  'Connection closed',
+  'not queryable',
+]
+
+const codeOf = (error: unknown): string | undefined => {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' ? code : undefined
+}
+
+/** True when `error` says the database is unreachable or going away (→ 503 store_unavailable). */
+export function isConnectionError(error: unknown): boolean {
+  if (!(error instanceof Error)) return false
+  const code = codeOf(error)
+  if (code !== undefined) {
+    if (NODE_CONNECTION_CODES.has(code) || SERVER_UNAVAILABLE_STATES.has(code) || code.startsWith('08')) return true
+  }
+  if (error instanceof AggregateError && error.errors.some(isConnectionError)) return true
+  return CONNECTION_MESSAGES.some((m) => error.message.includes(m))
+}
+
+/** Serialization failures and deadlocks: the transaction may simply be run again. */
+export function isRetryableConflict(error: unknown): boolean {
+  const code = codeOf(error)
+  return code === '40001' || code === '40P01'
+}
+
+/** The error a store method surfaces: connection failures become `store_unavailable`. */
+export function toStoreError(error: unknown): unknown {
+  if (error instanceof GatewayError) return error
+  if (isConnectionError(error)) {
+    return new GatewayError('store_unavailable', 'the store (PostgreSQL) cannot be reached; nothing was accepted', {
+      cause: error,
+    })
+  }
+  return error
+}

@@ -1,0 +1,267 @@
+import type pg from 'pg'
+import { LocalFeed, type Change, type ChangeFeed, type ChangeListener } from '../change-feed.js'
+
+/** The NOTIFY channel every replica LISTENs on. */
+export const FEED_CHANNEL = 'chokepoint'
+
+/** NOTIFY payloads must stay below 8000 bytes; leave room for the envelope. */
+const MAX_PAYLOAD_BYTES = 7_500
+const POLL_INTERVAL_MS = 250
+const BACKOFF_MIN_MS = 100
+const BACKOFF_MAX_MS = 5_000
+/** The LISTEN connection is probed this often, so a silently dead socket is noticed. */
+const PROBE_INTERVAL_MS = 10_000
+
+/** One NOTIFY payload: the committing replica (`o`) and the changes of one transaction (`c`). */
+interface Envelope {
+  o: string
+  c: Change[]
+}
+
+/**
+ * Splits a transaction's changes into NOTIFY payloads below the size limit. The origin lets
+ * the committing replica skip its own notifications: it publishes locally right after COMMIT.
+ */
+export function encodeChanges(origin: string, changes: readonly Change[]): string[] {
+  const payloads: string[] = []
+  let batch: string[] = []
+  let size = 0
+  const head = `{"o":${JSON.stringify(origin)},"c":[`
+  const flush = (): void => {
+    if (batch.length > 0) payloads.push(`${head}${batch.join(',')}]}`)
+    batch = []
+    size = Buffer.byteLength(head) + 2
+  }
+  flush()
+  for (const change of changes) {
+    const text = JSON.stringify(change)
+    const bytes = Buffer.byteLength(text) + 1
+    if (size + bytes > MAX_PAYLOAD_BYTES) flush()
+    batch.push(text)
+    size += bytes
+  }
+  flush()
+  return payloads
+}
+
+function decodeChanges(payload: string | undefined): Envelope | null {
+  if (payload === undefined) return null
+  try {
+    const parsed = JSON.parse(payload) as Partial<Envelope>
+    if (typeof parsed.o !== 'string' || !Array.isArray(parsed.c)) return null
+    return { o: parsed.o, c: parsed.c.filter((c): c is Change => typeof (c as { type?: unknown })?.type === 'string') }
+  } catch {
+    return null
+  }
+}
+
+export interface PostgresFeedOptions {
+  /** This replica's id; notifications it sent itself are skipped (already published locally). */
+  origin: string
+  /** A new, unconnected client for the dedicated LISTEN connection. */
+  newClient: () => pg.Client
+  /** Runs a read on the pool (resync and the kill-state poll while LISTEN is down). */
+  query: <R>(sql: string, params?: unknown[]) => Promise<R[]>
+  log?: ((level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void) | undefined
+}
+
+/**
+ * The PostgreSQL change feed. Committing transactions `pg_notify` their changes (delivered to
+ * every replica at commit) and publish them locally at once; a dedicated client LISTENs and
+ * republishes other replicas' changes. The feed only speeds things up, but a kill must still
+ * cut streams on every replica: when the LISTEN connection fails it reconnects with backoff,
+ * re-LISTENs and republishes the current state (every killed agent, every agent with queued
+ * work, the newest mesh event), and while it is down it polls the kill state every 250 ms.
+ */
+export class PostgresFeed implements ChangeFeed {
+  readonly #local = new LocalFeed()
+  readonly #options: PostgresFeedOptions
+  #client: pg.Client | null = null
+  #listening = false
+  #closed = false
+  #attempt = 0
+  #reconnectTimer: NodeJS.Timeout | null = null
+  #pollTimer: NodeJS.Timeout | null = null
+  #probeTimer: NodeJS.Timeout | null = null
+  #polling = false
+  /** Kill state seen by the poll (address_id → killed_at); null until the first poll. */
+  #killedSeen: Map<string, number> | null = null
+
+  constructor(options: PostgresFeedOptions) {
+    this.#options = options
+  }
+
+  /** True while the LISTEN connection is up. */
+  get listening(): boolean {
+    return this.#listening
+  }
+
+  subscribe(listener: ChangeListener): () => void {
+    return this.#local.subscribe(listener)
+  }
+
+  /** Publishes to this replica's listeners (the store calls it after COMMIT). */
+  publish(change: Change): void {
+    this.#local.publish(change)
+  }
+
+  /** Connects and LISTENs; on failure the feed keeps retrying in the background (and polls). */
+  async start(): Promise<void> {
+    try {
+      await this.#connect()
+    } catch (error) {
+      this.#down(error)
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    this.#listening = false
+    for (const timer of [this.#reconnectTimer, this.#pollTimer, this.#probeTimer]) if (timer) clearTimeout(timer)
+    this.#reconnectTimer = null
+    this.#pollTimer = null
+    this.#probeTimer = null
+    const client = this.#client
+    this.#client = null
+    if (client) await client.end().catch(() => undefined)
+  }
+
+  async #connect(): Promise<void> {
+    const client = this.#options.newClient()
+    // Until LISTEN succeeds, a failure surfaces as the rejection below, not as an event.
+    let ready = false
+    client.on('error', (error) => {
+      if (ready) this.#down(error, client)
+    })
+    client.on('end', () => {
+      if (ready) this.#down(new Error('LISTEN connection ended'), client)
+    })
+    client.on('notification', (message) => {
+      if (message.channel !== FEED_CHANNEL) return
+      const envelope = decodeChanges(message.payload)
+      if (!envelope || envelope.o === this.#options.origin) return
+      for (const change of envelope.c) this.#local.publish(change)
+    })
+    try {
+      await client.connect()
+      await client.query(`LISTEN ${FEED_CHANNEL}`)
+    } catch (error) {
+      await client.end().catch(() => undefined)
+      throw error
+    }
+    if (this.#closed) {
+      await client.end().catch(() => undefined)
+      return
+    }
+    ready = true
+    const wasDown = this.#attempt > 0 || this.#pollTimer !== null
+    this.#client = client
+    this.#listening = true
+    this.#attempt = 0
+    if (this.#pollTimer) clearTimeout(this.#pollTimer)
+    this.#pollTimer = null
+    this.#killedSeen = null
+    this.#scheduleProbe()
+    if (wasDown) {
+      this.#options.log?.('info', 'change feed: LISTEN restored')
+      await this.#resync()
+    }
+  }
+
+  /** The LISTEN connection failed: reconnect with backoff; meanwhile poll the kill state. */
+  #down(error: unknown, client?: pg.Client): void {
+    if (this.#closed) return
+    if (client !== undefined && client !== this.#client) return
+    const wasListening = this.#listening
+    this.#listening = false
+    const old = this.#client
+    this.#client = null
+    if (old) {
+      old.removeAllListeners('notification')
+      old.on('error', () => undefined)
+      old.end().catch(() => undefined)
+    }
+    if (this.#probeTimer) clearTimeout(this.#probeTimer)
+    this.#probeTimer = null
+    if (wasListening) this.#options.log?.('warn', 'change feed: LISTEN connection lost; polling kill state', { error: String(error) })
+    if (this.#pollTimer === null) this.#schedulePoll(0)
+    if (this.#reconnectTimer === null) {
+      const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.#attempt)
+      const delay = Math.round(base / 2 + Math.random() * (base / 2))
+      this.#attempt += 1
+      this.#reconnectTimer = setTimeout(() => {
+        this.#reconnectTimer = null
+        if (this.#closed) return
+        this.#connect().catch((e: unknown) => this.#down(e))
+      }, delay)
+      this.#reconnectTimer.unref()
+    }
+  }
+
+  #scheduleProbe(): void {
+    this.#probeTimer = setTimeout(() => {
+      this.#probeTimer = null
+      const client = this.#client
+      if (!client || this.#closed) return
+      client.query('SELECT 1').then(
+        () => this.#scheduleProbe(),
+        (error: unknown) => this.#down(error, client),
+      )
+    }, PROBE_INTERVAL_MS)
+    this.#probeTimer.unref()
+  }
+
+  #schedulePoll(delay: number): void {
+    this.#pollTimer = setTimeout(() => {
+      void this.#pollKillState().finally(() => {
+        if (!this.#closed && !this.#listening) this.#schedulePoll(POLL_INTERVAL_MS)
+        else this.#pollTimer = null
+      })
+    }, delay)
+    this.#pollTimer.unref()
+  }
+
+  /** While LISTEN is down: publish `agent.killed` for agents killed since the previous poll. */
+  async #pollKillState(): Promise<void> {
+    if (this.#polling) return
+    this.#polling = true
+    try {
+      const rows = await this.#options.query<{ address_id: string; killed_at: number }>(
+        'SELECT address_id, killed_at FROM agents WHERE killed_at IS NOT NULL',
+      )
+      const seen = this.#killedSeen
+      const next = new Map<string, number>()
+      for (const row of rows) {
+        next.set(row.address_id, row.killed_at)
+        // The first poll publishes every killed agent: a kill may have committed unseen.
+        if (seen === null || seen.get(row.address_id) !== row.killed_at) {
+          this.#local.publish({ type: 'agent.killed', address_id: row.address_id })
+        }
+      }
+      this.#killedSeen = next
+    } catch {
+      // The database itself is unreachable: nothing can be accepted or delivered either.
+    } finally {
+      this.#polling = false
+    }
+  }
+
+  /** After a reconnect: notifications sent meanwhile were lost, so republish the state. */
+  async #resync(): Promise<void> {
+    try {
+      const killed = await this.#options.query<{ address_id: string }>(
+        'SELECT address_id FROM agents WHERE killed_at IS NOT NULL',
+      )
+      for (const row of killed) this.#local.publish({ type: 'agent.killed', address_id: row.address_id })
+      const queued = await this.#options.query<{ address_id: string }>(
+        "SELECT DISTINCT to_address_id AS address_id FROM intents WHERE delivery_state = 'queued'",
+      )
+      for (const row of queued) this.#local.publish({ type: 'intent.available', address_id: row.address_id })
+      const [newest] = await this.#options.query<{ seqno: number | null }>('SELECT max(seqno) AS seqno FROM mesh_events')
+      if (newest?.seqno) this.#local.publish({ type: 'mesh.event', seqno: newest.seqno })
+      this.#local.publish({ type: 'alert.queued' })
+    } catch (error) {
+      this.#options.log?.('warn', 'change feed: resync after reconnect failed', { error: String(error) })
+    }
+  }
+}
