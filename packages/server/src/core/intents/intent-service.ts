@@ -291,6 +291,9 @@ export class IntentService {
     })
     const k = killed as { address_id: string; policy_id: string; reason: string } | null
     if (k) await this.#killSwitch.hold(k.address_id, { kind: 'policy', policy_id: k.policy_id }, k.reason)
+    // A reply_to completion is the resolver's send: its breach auto-kills or is noted like any other.
+    const followUp = result.follow_up
+    if (followUp && !followUp.accepted && followUp.error instanceof PolicyBreach) await this.#onBreach(followUp.error, now)
     return result
   }
 

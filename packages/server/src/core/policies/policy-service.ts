@@ -81,6 +81,9 @@ export class PolicyService {
 
   /** PUT: replaces the policy whole; `kind` cannot change; needs the current version. */
   async update(actor: string, policyId: string, input: PolicyInput, version: number | null): Promise<PolicyRow> {
+    if (version !== null && input.version !== undefined && version !== input.version) {
+      throw new GatewayError('invalid_request', `If-Match says version ${version} but the body says ${input.version}`)
+    }
     const expected = version ?? input.version ?? null
     if (expected === null) {
       throw new GatewayError('conflict', 'send If-Match: <version> (or "version" in the body) to update a policy', {
