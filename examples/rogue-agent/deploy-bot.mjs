@@ -31,6 +31,7 @@ for (let n = 0; ; n += 1) {
     stats.ok += 1
     stats.last_ok_at = Date.now()
     stats.last_status = 200
+    stats.last_code = null
   } catch (error) {
     // A well-behaved agent would stop on AgentKilledError. This one just tries again.
     stats.rejected += 1

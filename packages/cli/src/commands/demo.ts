@@ -182,7 +182,11 @@ class DemoRun {
         dim(`   (the "500 an hour" rule, scaled down: ${Math.round(60 * t)} more this hour)`),
     )
     await this.cli(['policy', 'set', BOT, '--rate', `${limit}/h`, '--on-breach', 'kill'])
-    await this.until(() => INSTANCES.every((i) => this.bots.get(i)?.last_code === 'agent_killed'), 20_000, 'auto-kill')
+    await this.until(
+      () => INSTANCES.every((i) => this.bots.get(i)?.last_status === 403 && this.bots.get(i)?.last_code === 'agent_killed'),
+      20_000,
+      'auto-kill',
+    )
     const events = JSON.parse(await this.cli(['events', '--type', 'agent.auto_killed', '--json'])) as {
       events: { actor_id: string; details: { reason?: string } }[]
     }
