@@ -4,7 +4,7 @@
  * nothing is downloaded: it uses the PostgreSQL binaries of the machine (Debian package
  * `postgresql`, /usr/lib/postgresql/<version>/bin) and returns null when there are none.
  */
-import { execFile, spawnSync } from 'node:child_process'
+import { execFile, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -100,12 +100,24 @@ export async function startPostgres(): Promise<PostgresCluster | null> {
     running = false
     await tool('pg_ctl', ['-D', data, '-w', '-t', '30', '-m', 'fast', 'stop'])
   }
-  // A test process that dies without its afterAll still takes its cluster down.
+  // A test process that ends without its afterAll (a killed test worker runs no exit
+  // handlers) still takes its cluster down: a detached watcher stops the server and deletes
+  // the directory as soon as this process is gone.
+  const stopArgv = [...user.prefix, join(bin, 'pg_ctl'), '-D', data, '-m', 'immediate', 'stop']
+  const reaper = spawn(
+    'sh',
+    [
+      '-c',
+      'while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; shift; "$@" >/dev/null 2>&1; rm -rf "$DIR"',
+      'reaper',
+      String(process.pid),
+      ...stopArgv,
+    ],
+    { detached: true, stdio: 'ignore', env: { ...process.env, DIR: dir } },
+  )
+  reaper.unref()
   const onExit = (): void => {
-    if (running) {
-      const argv = [...user.prefix, join(bin, 'pg_ctl'), '-D', data, '-m', 'immediate', 'stop']
-      spawnSync(argv[0] as string, argv.slice(1))
-    }
+    if (running) spawnSync(stopArgv[0] as string, stopArgv.slice(1))
     rmSync(dir, { recursive: true, force: true })
   }
   process.once('exit', onExit)
@@ -119,6 +131,7 @@ export async function startPostgres(): Promise<PostgresCluster | null> {
       if (attempt >= 3) {
         onExit()
         process.off('exit', onExit)
+        reaper.kill()
         throw error
       }
     }
@@ -153,6 +166,7 @@ export async function startPostgres(): Promise<PostgresCluster | null> {
       } finally {
         rmSync(dir, { recursive: true, force: true })
         process.off('exit', onExit)
+        reaper.kill()
       }
     },
   }

@@ -61,13 +61,30 @@ export function isRetryableConflict(error: unknown): boolean {
   return code === '40001' || code === '40P01'
 }
 
-/** The error a store method surfaces: connection failures become `store_unavailable`. */
+/**
+ * Values PostgreSQL cannot hold that SQLite stores as given: a NUL character in text
+ * (22021), numbers out of the column's range (22003), an over-long index entry (54000).
+ * They come from the request, so they are the client's error, not the gateway's.
+ */
+function isUnstorableValue(error: unknown): boolean {
+  const code = codeOf(error)
+  return code === '22021' || code === '22P05' || code === '22003' || code === '22008' || code === '54000'
+}
+
+/**
+ * The error a store method surfaces: connection failures become `store_unavailable`
+ * (503; the gateway accepts nothing without its store), unstorable values `invalid_request`.
+ */
 export function toStoreError(error: unknown): unknown {
   if (error instanceof GatewayError) return error
   if (isConnectionError(error)) {
     return new GatewayError('store_unavailable', 'the store (PostgreSQL) cannot be reached; nothing was accepted', {
       cause: error,
     })
+  }
+  if (isUnstorableValue(error)) {
+    const message = error instanceof Error ? error.message : String(error)
+    return new GatewayError('invalid_request', `a value in this request cannot be stored: ${message}`, { cause: error })
   }
   return error
 }

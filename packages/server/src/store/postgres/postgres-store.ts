@@ -71,6 +71,8 @@ const LOCK_CLASS = 0x43504b54 // "CPKT"
 const LOCK_MIGRATIONS = 1
 const LOCK_KEYS = 2
 const LOCK_CLAIM = 3
+/** Second key: hashtext(address). */
+const LOCK_AGENT = LOCK_CLASS + 16
 
 /** Transactions that fail on a serialization conflict or deadlock are run again, this often. */
 const MAX_ATTEMPTS = 5
@@ -164,14 +166,17 @@ const windowOf = (now: number): { day: string; hour: string } => {
  * The PostgreSQL engine: same semantics as the SQLite engine, for any number of replicas.
  *
  * Locking (DESIGN §2.1, §2.6, §11). Every transaction takes its locks in one global order, so
- * it never upgrades a lock and never deadlocks with another: agent rows first (accepts,
- * deliveries and resolves `FOR SHARE`, in address_id order; kill, resume, policy writes and
- * heartbeats `FOR NO KEY UPDATE`), then intent rows (`FOR UPDATE`, or `SKIP LOCKED` when
- * claiming or sweeping), then counter rows (day rows, then hour rows, each in address_id
- * order), then the `store_heads` rows (audit chain and mesh event numbering). A kill's UPDATE
- * therefore waits for every in-flight accept, delivery and resolve of the agent, and every
- * one that starts later sees it. Serialization failures and deadlocks (which the order above
- * avoids, but a reply_to completion can still meet) run the transaction again.
+ * it never upgrades a lock and never deadlocks with another: the per-agent gate first (a fair
+ * advisory lock, see `#gate`), then agent rows (accepts, deliveries, resolves and holds
+ * `FOR SHARE`, in address_id order; kill, resume, policy writes and heartbeats
+ * `FOR NO KEY UPDATE`), then intent rows (`FOR UPDATE`, or `SKIP LOCKED` when claiming or
+ * sweeping), then counter rows (day rows, then hour rows, each in address_id order), and
+ * last the `store_heads` rows (audit chain and mesh event numbering), written just before
+ * COMMIT. A kill therefore waits for every in-flight accept, delivery and resolve of the
+ * agent, and every one that starts later sees it. Serialization failures and deadlocks
+ * (which the order above avoids, but a reply_to completion can still meet) run the
+ * transaction again; a cost ceiling that kills reruns it with the agent row locked for
+ * update from the start (NeedsRowLock).
  */
 export class PostgresStore implements Store {
   readonly engine = 'postgres' as const
@@ -196,7 +201,7 @@ export class PostgresStore implements Store {
     this.#pool.on('error', (error) => config.log?.('warn', 'postgres: idle connection failed', { error: String(error) }))
     this.feed = new PostgresFeed({
       origin: this.#origin,
-      newClient: () => new pg.Client(clientConfig),
+      newClient: () => new pg.Client({ ...clientConfig, application_name: 'chokepoint-feed' }),
       query: (sql, params) => this.#read(sql, params),
       log: config.log,
     })
@@ -402,7 +407,7 @@ export class PostgresStore implements Store {
     return this.#readOne<AgentRow>('SELECT * FROM agents WHERE address = $1', [address])
   }
 
-  async registerAgent(agent: AgentRow): Promise<AgentRow | undefined> {
+  async registerAgent(agent: AgentRow, event: MeshEventDraft): Promise<AgentRow | undefined> {
     return this.#tx(async (tx) => {
       const inserted = await tx.run(AGENT_INSERT, [
         agent.address_id,
@@ -415,12 +420,48 @@ export class PostgresStore implements Store {
         agent.kill_actor,
         agent.resumed_at,
       ])
-      return inserted === 1 ? agent : undefined
+      if (inserted !== 1) return undefined
+      this.#meshEvent(tx, event)
+      return agent
     })
   }
 
-  async listAgents(limit: number): Promise<AgentRow[]> {
-    return this.#read<AgentRow>('SELECT * FROM agents ORDER BY created_at, address LIMIT $1', [limit])
+  async listAgents(limit: number, health: HealthStatus | null): Promise<AgentRow[]> {
+    if (health === null) return this.#read<AgentRow>('SELECT * FROM agents ORDER BY created_at, address LIMIT $1', [limit])
+    if (health === 'killed') {
+      return this.#read<AgentRow>('SELECT * FROM agents WHERE killed_at IS NOT NULL ORDER BY created_at, address LIMIT $1', [limit])
+    }
+    return this.#read<AgentRow>(
+      'SELECT * FROM agents WHERE killed_at IS NULL AND health_status = $1 ORDER BY created_at, address LIMIT $2',
+      [health, limit],
+    )
+  }
+
+  /**
+   * The fair gate in front of agent rows. PostgreSQL grants a row's FOR SHARE to a newcomer
+   * while an UPDATE of that row is already waiting, so under steady traffic a kill could wait
+   * forever. Every transaction that locks agent rows therefore first takes a transaction
+   * advisory lock per agent (keyed by address) in the same mode — shared for accepts,
+   * deliveries, resolves and holds, exclusive for kill, resume, policy writes and heartbeats —
+   * always in address order. Advisory locks are queued fairly: once a kill asks, later
+   * accepts wait behind it, and it runs as soon as the in-flight ones commit.
+   */
+  async #gate(tx: Tx, addresses: string[], exclusive: ReadonlySet<string> = new Set()): Promise<void> {
+    const sorted = [...new Set(addresses)].sort()
+    if (exclusive.size === 0) {
+      await tx.run('SELECT pg_advisory_xact_lock_shared($1::int, hashtext(a)) FROM unnest($2::text[]) AS a', [LOCK_AGENT, sorted])
+      return
+    }
+    for (const address of sorted) {
+      const fn = exclusive.has(address) ? 'pg_advisory_xact_lock' : 'pg_advisory_xact_lock_shared'
+      await tx.run(`SELECT ${fn}($1::int, hashtext($2))`, [LOCK_AGENT, address])
+    }
+  }
+
+  /** `#gate` for one agent known by address_id (nothing is locked when it does not exist). */
+  async #gateById(tx: Tx, addressId: string, exclusive: boolean): Promise<void> {
+    const fn = exclusive ? 'pg_advisory_xact_lock' : 'pg_advisory_xact_lock_shared'
+    await tx.run(`SELECT ${fn}($1::int, hashtext(address)) FROM agents WHERE address_id = $2`, [LOCK_AGENT, addressId])
   }
 
   /**
@@ -450,6 +491,7 @@ export class PostgresStore implements Store {
   async acceptIntent(input: AcceptIntentInput): Promise<AcceptIntentResult> {
     return this.#tx(async (tx) => {
       const { intent, now } = input
+      await this.#gate(tx, [intent.from_agent, intent.to_agent])
       const agents = await this.#ensureAgents(tx, [intent.from_agent, intent.to_agent], now, true)
       const from = agents.get(intent.from_agent) as AgentRow
       const to = agents.get(intent.to_agent) as AgentRow
@@ -664,6 +706,7 @@ export class PostgresStore implements Store {
 
   async claimDeliveries(input: ClaimInput): Promise<ClaimResult> {
     return this.#tx(async (tx) => {
+      await this.#gateById(tx, input.address_id, false)
       const recipient = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR SHARE', [input.address_id])
       if (!recipient) throw new GatewayError('not_found', 'agent not found')
       input.decide(recipient)
@@ -690,13 +733,7 @@ export class PostgresStore implements Store {
          FOR UPDATE OF i SKIP LOCKED FOR SHARE OF f`,
         [input.address_id, input.now, room],
       )
-      if (candidates.length === 0) {
-        const due = await tx.one<{ at: number | null }>(
-          `SELECT min(available_at) AS at FROM intents WHERE to_address_id = $1 AND delivery_state = 'queued' AND available_at > $2`,
-          [input.address_id, input.now],
-        )
-        return { deliveries: [], has_room: true, next_due_at: due?.at ?? null }
-      }
+      if (candidates.length === 0) return { deliveries: [], has_room: true, next_due_at: await this.#nextDue(tx, input) }
       // Per-address seqs from a counter row, locked until commit: commit-ordered (DESIGN §11).
       const last = (
         (await tx.one<{ last_seq: number }>(
@@ -734,8 +771,18 @@ export class PostgresStore implements Store {
         deliveries.push({ intent: row, seq, event_type: eventType })
       }
       await events.write(tx)
-      return { deliveries, has_room: inFlight + deliveries.length < input.max_in_flight, next_due_at: null }
+      const hasRoom = inFlight + deliveries.length < input.max_in_flight
+      // During a paced resume more held work becomes due later: tell the stream when.
+      return { deliveries, has_room: hasRoom, next_due_at: hasRoom ? await this.#nextDue(tx, input) : null }
     })
+  }
+
+  async #nextDue(tx: Tx, input: ClaimInput): Promise<number | null> {
+    const due = await tx.one<{ at: number | null }>(
+      `SELECT min(available_at) AS at FROM intents WHERE to_address_id = $1 AND delivery_state = 'queued' AND available_at > $2`,
+      [input.address_id, input.now],
+    )
+    return due?.at ?? null
   }
 
   async leasedDeliveries(addressId: string, instanceId: string, since: number, now: number): Promise<IntentRow[]> {
@@ -748,11 +795,12 @@ export class PostgresStore implements Store {
 
   async updateIntent(input: IntentUpdateInput): Promise<IntentUpdateResult> {
     return this.#tx(async (tx) => {
-      const ids = await tx.one<{ from_address_id: string; to_address_id: string }>(
-        'SELECT from_address_id, to_address_id FROM intents WHERE intent_id = $1',
+      const ids = await tx.one<{ from_address_id: string; to_address_id: string; from_agent: string; to_agent: string }>(
+        'SELECT from_address_id, to_address_id, from_agent, to_agent FROM intents WHERE intent_id = $1',
         [input.intent_id],
       )
       if (!ids) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
+      await this.#gate(tx, [ids.from_agent, ids.to_agent], new Set(tx.lockForCost ? [ids.to_agent] : []))
       // Agent rows before the intent row (the global lock order). The recipient's row is
       // locked for update only on the rerun after a cost ceiling asked to kill it.
       const agents = new Map<string, AgentRow>()
@@ -813,6 +861,7 @@ export class PostgresStore implements Store {
         const mark = tx.changes.length
         await tx.run('SAVEPOINT follow_up')
         try {
+          await this.#gate(tx, [next.from_agent, next.to_agent])
           const parties = await this.#ensureAgents(tx, [next.from_agent, next.to_agent], input.now, true)
           const row = await this.#acceptLocked(
             tx,
@@ -950,12 +999,24 @@ export class PostgresStore implements Store {
   // ---- kill switch ----
   async killAgent(input: KillInput): Promise<{ agent: AgentRow; changed: boolean }> {
     return this.#tx(async (tx) => {
-      // Waits for every in-flight accept, delivery and resolve holding the row FOR SHARE.
+      // Waits for every in-flight accept, delivery and resolve of the agent (gate, FOR SHARE).
+      const waitStart = performance.now()
+      await this.#gateById(tx, input.address_id, true)
+      // The kill takes effect once they are done: its time counts that wait, so killed_at is
+      // not before the creation or delivery time of anything those transactions committed
+      // (the SQLite engine reads the clock right before its synchronous transaction).
+      const killedAt = input.now + Math.floor(performance.now() - waitStart)
       const before = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
-      const after = await tx.one<AgentRow>(KILL, [input.address_id, input.now, input.reason, input.actor])
+      const after = await tx.one<AgentRow>(KILL, [input.address_id, killedAt, input.reason, input.actor])
       if (!after) return { agent: before, changed: false }
-      return { agent: await this.#recordKill(tx, before, after, input), changed: true }
+      // The audit entry and mesh event carry the same effective time as the agent row.
+      const record: KillInput['record'] = (b, a) => {
+        const r = input.record(b, a)
+        if (killedAt === input.now) return r
+        return { audit: { ...r.audit, at: new Date(killedAt).toISOString() }, event: { ...r.event, created_at: killedAt } }
+      }
+      return { agent: await this.#recordKill(tx, before, after, { ...input, record }), changed: true }
     })
   }
 
@@ -974,6 +1035,7 @@ export class PostgresStore implements Store {
   async holdBacklog(input: HoldInput): Promise<{ held: number; canceled: number }> {
     return this.#tx(async (tx) => {
       // Share-locked: a resume in between either commits first (nothing to hold) or waits.
+      await this.#gateById(tx, input.address_id, false)
       const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR SHARE', [input.address_id])
       if (!agent || agent.killed_at === null) return { held: 0, canceled: 0 }
       const details = JSON.stringify({ reason: input.reason, killed_agent: agent.address })
@@ -1034,6 +1096,7 @@ export class PostgresStore implements Store {
 
   async resumeAgent(input: ResumeInput): Promise<{ agent: AgentRow; changed: boolean; redelivering: number }> {
     return this.#tx(async (tx) => {
+      await this.#gateById(tx, input.address_id, true)
       const before = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       const after = await tx.one<AgentRow>(
@@ -1303,7 +1366,8 @@ export class PostgresStore implements Store {
       }
       const next = input.build(current)
       const addressId = next?.address_id ?? current?.address_id
-      // Waits for in-flight accepts that read the old policy_version (FOR SHARE).
+      // Waits for in-flight accepts that read the old policy_version (gate, FOR SHARE).
+      if (addressId !== undefined) await this.#gateById(tx, addressId, true)
       const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [addressId])
       if (!agent) throw new GatewayError('not_found', `agent ${addressId} not found`)
       if (input.op === 'create' && next) {
@@ -1362,6 +1426,7 @@ export class PostgresStore implements Store {
   async heartbeat(input: HeartbeatInput): Promise<{ agent: AgentRow; health_status: HealthStatus }> {
     return this.#tx(async (tx) => {
       // Locked for update from the start: the heartbeat writes the row (and a cost ceiling may kill).
+      await this.#gateById(tx, input.address_id, true)
       const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
       if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       await tx.run(
@@ -1446,11 +1511,15 @@ export class PostgresStore implements Store {
 
   async sweepHealth(input: HealthSweepInput): Promise<number> {
     return this.#tx(async (tx) => {
-      // Every replica sweeps; SKIP LOCKED gives each stale agent to one of them.
+      // Forget long-silent instances first, so the health computed below sees the same list the views show.
+      await tx.run('DELETE FROM agent_instances WHERE last_heartbeat_at < $1', [input.forget_before])
+      // Live agents shown healthy/degraded whose last beat, or one of whose instances, went
+      // quiet. Every replica sweeps; SKIP LOCKED gives each stale agent to one of them.
       const candidates = await tx.rows<AgentRow>(
         `SELECT a.* FROM agents a
          WHERE a.killed_at IS NULL AND a.health_status IN ('healthy', 'degraded')
-           AND EXISTS (SELECT 1 FROM agent_instances i WHERE i.address_id = a.address_id AND i.last_heartbeat_at < $1)
+           AND (a.last_heartbeat_at < $1
+                OR EXISTS (SELECT 1 FROM agent_instances i WHERE i.address_id = a.address_id AND i.last_heartbeat_at < $1))
          ORDER BY a.address_id LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED`,
         [input.stale_before, input.limit],
       )
@@ -1459,7 +1528,6 @@ export class PostgresStore implements Store {
         const next = await this.#reassess(tx, agent, input.now, input.window_start, input.health, input.transition)
         if (next !== agent.health_status) transitions += 1
       }
-      await tx.run('DELETE FROM agent_instances WHERE last_heartbeat_at < $1', [input.forget_before])
       await tx.run('DELETE FROM heartbeat_metrics WHERE minute < $1', [Math.floor(input.window_start / 60_000) - 60])
       return transitions
     })
