@@ -56,7 +56,8 @@ export async function serve(argv: string[]): Promise<CommandResult> {
   }
   const gateway = await startGateway(config)
   const out = process.stdout
-  out.write(`chokepoint ${VERSION} listening on ${gateway.url} (store: ${gateway.store.engine}, data: ${config.dataDir})\n`)
+  const where = config.databaseUrl === null ? `data: ${config.dataDir}` : `database: ${redactUrl(config.databaseUrl)}`
+  out.write(`chokepoint ${VERSION} listening on ${gateway.url} (store: ${gateway.store.engine}, ${where})\n`)
   if (gateway.bootstrapKey) {
     out.write(
       `\nFirst start: created an admin key. It is shown only this once; keep it safe:\n\n  ${gateway.bootstrapKey}\n\n` +
@@ -72,4 +73,15 @@ export async function serve(argv: string[]): Promise<CommandResult> {
     process.once('SIGTERM', () => stop('SIGTERM'))
   })
   return EXIT.ok
+}
+
+/** A database URL without its password, for logs. */
+function redactUrl(url: string): string {
+  try {
+    const u = new URL(url)
+    if (u.password) u.password = '***'
+    return u.toString()
+  } catch {
+    return 'postgres://…'
+  }
 }

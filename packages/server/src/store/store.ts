@@ -468,6 +468,11 @@ export interface Store {
   ): Promise<KeyRow>
   /** Upserts the bootstrap admin key by hash (idempotent, safe under concurrent starts). */
   ensureAdminKey(key: KeyRow): Promise<'created' | 'existing'>
+  /**
+   * First start without a configured key: inserts `key` only if no active admin key exists,
+   * serialized so replicas starting at once create one key between them. True if inserted.
+   */
+  createFirstAdminKey(key: KeyRow, audit: AuditDraft): Promise<boolean>
   countActiveKeys(role: Role): Promise<number>
 
   // ---- agents ----

@@ -141,9 +141,22 @@ export class KeyService {
       })
       return { printedKey: null }
     }
-    if ((await this.#store.countActiveKeys('admin')) > 0) return { printedKey: null }
-    const { key } = await this.create({ role: 'admin', name: 'bootstrap' })
-    return { printedKey: key }
+    const key = newApiKey()
+    const keyId = newKeyId()
+    const created = await this.#store.createFirstAdminKey(
+      {
+        key_id: keyId,
+        role: 'admin',
+        name: 'bootstrap',
+        key_hash: sha256Hex(key),
+        address_id: null,
+        address: null,
+        created_at: now,
+        revoked_at: null,
+      },
+      { at: iso(now), actor: 'system', action: 'key.create', target: keyId, reason: null, before: null, after: { role: 'admin', name: 'bootstrap', agent: null } },
+    )
+    return { printedKey: created ? key : null }
   }
 }
 

@@ -389,6 +389,20 @@ export class PostgresStore implements Store {
     })
   }
 
+  async createFirstAdminKey(key: KeyRow, audit: AuditDraft): Promise<boolean> {
+    return this.#tx(async (tx) => {
+      await tx.run('SELECT pg_advisory_xact_lock($1::int, $2::int)', [LOCK_CLASS, LOCK_KEYS])
+      if ((await this.#countActive(tx, 'admin')) > 0) return false
+      await tx.run(
+        `INSERT INTO api_keys (key_id, role, name, key_hash, address_id, created_at, revoked_at)
+         VALUES ($1, 'admin', $2, $3, NULL, $4, NULL)`,
+        [key.key_id, key.name, key.key_hash, key.created_at],
+      )
+      this.#audit(tx, audit)
+      return true
+    })
+  }
+
   async countActiveKeys(role: Role): Promise<number> {
     const row = await this.#readOne<{ n: number }>('SELECT count(*) AS n FROM api_keys WHERE role = $1 AND revoked_at IS NULL', [role])
     return row?.n ?? 0

@@ -421,6 +421,15 @@ export class SqliteStore implements Store {
     })
   }
 
+  async createFirstAdminKey(key: KeyRow, audit: AuditDraft): Promise<boolean> {
+    return this.#write(() => {
+      if ((this.#q.countActive.get('admin') as { n: number }).n > 0) return false
+      this.#q.insertKey.run(stripAddress(key))
+      this.#audit(audit)
+      return true
+    })
+  }
+
   async countActiveKeys(role: Role): Promise<number> {
     return (this.#q.countActive.get(role) as { n: number }).n
   }
