@@ -43,6 +43,8 @@ export const options = {
 
 const HERE = fileURLToPath(new URL('.', import.meta.url))
 const TARGET_CPU_PCT = 5
+/** Above this share of a phase with a task waiting for a CPU, the numbers are flagged. */
+const BUSY_PRESSURE_PCT = 40
 const WARMUP_MS = 2_000
 const now = () => performance.now()
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -388,6 +390,13 @@ export async function run(opts) {
         `CPU pressure ${fmt.pct(heartbeat.cpu.cpu_pressure_pct)} / ${fmt.pct(health.cpu.cpu_pressure_pct)}; schedule lag p99 ${fmt.ms(heartbeat.schedule_lag_ms.p99)} / ${fmt.ms(health.schedule_lag_ms.p99)} ms`,
       `target < ${TARGET_CPU_PCT} % of one core for ${cfg.agents.toLocaleString('en-US')} agents every ${(cfg.agents / cfg.rate).toFixed(0)} s: ${targetMet ? 'met' : 'NOT met'} (${fmt.pct(hbPct)})`,
     ]
+    const pressure = Math.max(heartbeat.cpu.cpu_pressure_pct ?? 0, health.cpu.cpu_pressure_pct ?? 0)
+    if (pressure > BUSY_PRESSURE_PCT) {
+      notes.push(
+        `WARNING: the machine was busy (CPU pressure up to ${fmt.pct(pressure)}, above ${BUSY_PRESSURE_PCT} %): CPU time per request runs higher on a contended machine; ` +
+          'the heartbeat/no-op ratio (alternating slices) is the steadier number.',
+      )
+    }
     if (problems.length) notes.push(`PROBLEMS: ${problems.join('; ')}`)
     const prof = profiled?.profile
     if (prof) {

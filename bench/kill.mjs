@@ -53,6 +53,8 @@ const TARGET_C_P99_MS = 100
 const HOLD_TIMEOUT_MS = 3_000
 /** The victim stays killed at least this long, so the senders keep testing the kill. */
 const KILLED_MIN_MS = 100
+/** Above this share of the run with a task waiting for a CPU, the numbers are flagged. */
+const BUSY_PRESSURE_PCT = 40
 
 const now = () => performance.now()
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -713,6 +715,12 @@ export async function run(opts) {
     `targets: (b) p99 < ${TARGET_B_P99_MS} ms ${targets.b_met ? 'met' : 'NOT met'} (${fmt.ms(g.b_first_403_ms.p99)} ms); ` +
       `(c) p99 < ${TARGET_C_P99_MS} ms ${targets.c_met ? 'met' : 'NOT met'} (${fmt.ms(g.c_streams_closed_ms.p99)} ms)`,
   )
+  if (gateway.cpu.cpu_pressure_pct !== null && gateway.cpu.cpu_pressure_pct > BUSY_PRESSURE_PCT) {
+    notes.push(
+      `WARNING: the machine was busy (CPU pressure ${fmt.pct(gateway.cpu.cpu_pressure_pct)} during the cycles, above ${BUSY_PRESSURE_PCT} %): ` +
+        'other processes competed for the CPU, so the gateway\'s latencies are overstated; re-run on a quieter machine before judging the targets.',
+    )
+  }
   if (missing.length) notes.push(`PROBLEM: measurements missing in some cycles: ${missing.join(', ')}`)
   notes.push(
     correct

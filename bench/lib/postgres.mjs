@@ -23,8 +23,13 @@ export function findPostgresBin() {
  * `postgres` maintenance database), `port`, `settings`, `createDatabase(name)` → URL, and
  * `cpuUs()`: CPU time of the postmaster and all its backends so far (µs, from /proc).
  */
-export async function startPostgres(bin) {
-  const child = await startChild(join(HERE, 'postgres-child.mjs'), { name: 'postgres', args: [bin], readyTimeoutMs: 120_000 })
+export async function startPostgres(bin, { statementStats = false } = {}) {
+  const child = await startChild(join(HERE, 'postgres-child.mjs'), {
+    name: 'postgres',
+    args: [bin],
+    readyTimeoutMs: 120_000,
+    env: statementStats ? { BENCH_PG_STATS: '1' } : {},
+  })
   const port = Number(new URL(child.url).port)
   const postmasterPid = findPostmaster(port)
   return Object.assign(child, {
@@ -42,6 +47,36 @@ export async function startPostgres(bin) {
     },
     cpuUs() {
       return postgresCpuUs(postmasterPid)
+    },
+    /** With `statementStats`: resets pg_stat_statements in `databaseUrl`'s database; returns `top(n)` → the statements by total time since. */
+    async statementStats(databaseUrl) {
+      if (!statementStats) return null
+      const client = new pg.Client({ connectionString: databaseUrl })
+      await client.connect()
+      try {
+        await client.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements')
+        await client.query('SELECT pg_stat_statements_reset()')
+      } finally {
+        await client.end()
+      }
+      return {
+        async top(n = 15) {
+          const c = new pg.Client({ connectionString: databaseUrl })
+          await c.connect()
+          try {
+            const { rows } = await c.query(
+              `SELECT calls::int, round(total_exec_time::numeric, 1)::float AS total_ms, round(mean_exec_time::numeric, 3)::float AS mean_ms,
+                      rows::int, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) AS query
+                 FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                ORDER BY total_exec_time DESC LIMIT $1`,
+              [n],
+            )
+            return rows
+          } finally {
+            await c.end()
+          }
+        },
+      }
     },
   })
 }
