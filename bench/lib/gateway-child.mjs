@@ -25,5 +25,7 @@ try {
   gateway = await startGateway(config, { log })
   ipc.ready({ url: gateway.url, pid: process.pid })
 } catch (error) {
+  // Started just as the parent died (no 'disconnect' seen): nobody else will remove the temp directory.
+  if (!process.connected && process.env.BENCH_TEMP_DIR) rmSync(process.env.BENCH_TEMP_DIR, { recursive: true, force: true })
   ipc.fatal(error)
 }

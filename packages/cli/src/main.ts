@@ -5,6 +5,7 @@ import { audit } from './commands/audit.js'
 import { events } from './commands/events.js'
 import { keys } from './commands/keys.js'
 import { kill, resume } from './commands/kill.js'
+import { migrateStoreCommand } from './commands/migrate-store.js'
 import { policy } from './commands/policy.js'
 import { serve } from './commands/serve.js'
 import { reportError } from './context.js'
@@ -22,6 +23,7 @@ Commands:
   events [--follow]            mesh events: kills, resumes, health, budgets
   keys create|list|revoke      API keys and roles
   demo                         the rogue-agent story, end to end
+  migrate-store                copy a stopped SQLite deployment into an empty PostgreSQL database
 
 Connection: --url / CHOKEPOINT_URL (default http://127.0.0.1:8420), --key / CHOKEPOINT_API_KEY.
 Output: tables by default, --json for scripts.
@@ -40,6 +42,7 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<CommandResult>> = {
   events,
   keys,
   demo,
+  'migrate-store': migrateStoreCommand,
 }
 
 async function main(argv: string[]): Promise<CommandResult> {

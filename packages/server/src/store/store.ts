@@ -406,6 +406,12 @@ export interface KillInput {
   reason: string | null
   /** Set for an auto-kill: the policy that fired (recorded on the agent for the resume baseline). */
   policy_id: string | null
+  /**
+   * The clock, for an engine that must wait for in-flight transactions before the kill takes
+   * effect (PostgreSQL): it reads the time again once they are done, so `killed_at` is not
+   * before anything they committed.
+   */
+  clock?: () => number
   /** Builds the audit entry and mesh event from the agent row before the kill. */
   record: (before: AgentRow, after: AgentRow) => { audit: AuditDraft; event: MeshEventDraft }
 }

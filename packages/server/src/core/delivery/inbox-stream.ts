@@ -37,6 +37,8 @@ export class InboxStream {
   /** True while this stream cannot take more (max_in_flight reached). */
   full = false
   #lastSeq: number
+  #claiming = false
+  #killMessage: string | null = null
 
   constructor(store: Store, clock: Clock, sink: EventSink, options: InboxStreamOptions) {
     this.#store = store
@@ -74,9 +76,17 @@ export class InboxStream {
     if (!this.#sink.closed) this.#sink.ping()
   }
 
-  /** Ends the stream with the `agent.killed` frame (DESIGN §5b). */
+  /**
+   * Ends the stream with the `agent.killed` frame (DESIGN §5b). While a claim is in flight
+   * the frame waits for it: deliveries committed before the kill are written first, so the
+   * kill frame is always the last one and nothing leased is left unframed.
+   */
   killed(message: string): void {
     if (this.#sink.closed) return
+    if (this.#claiming) {
+      this.#killMessage = message
+      return
+    }
     this.#sink.send('agent.killed', {
       ok: false,
       error: { code: 'agent_killed', message, request_id: this.options.requestId },
@@ -99,7 +109,9 @@ export class InboxStream {
       while (!this.#sink.closed) {
         if (windowMs !== null && sent > 0) break
         this.#wakePending = false
-        const claim = await this.#store.claimDeliveries({
+        this.#claiming = true
+        const claim = await this.#store
+          .claimDeliveries({
           address_id: agent.address_id,
           instance_id: instanceId,
           max_in_flight: this.options.maxInFlight,
@@ -107,12 +119,19 @@ export class InboxStream {
           max_batch: MAX_BATCH,
           now: this.#clock.now(),
           decide: deliveryRule,
-        })
+          })
+          .finally(() => {
+            this.#claiming = false
+          })
         this.full = !claim.has_room
         for (const delivery of claim.deliveries) {
           this.options.onDelivered?.(delivery.intent.delivery_attempt > 1 ? 'redelivered' : 'delivered')
           if (!this.#write(delivery.seq, deliveryFrame(delivery.intent, delivery.seq))) return
           sent += 1
+        }
+        if (this.#killMessage !== null) {
+          this.killed(this.#killMessage)
+          return
         }
         if (claim.deliveries.length > 0 && windowMs !== null) break
         if (claim.deliveries.length === MAX_BATCH && claim.has_room) continue

@@ -59,8 +59,9 @@ export class StreamRegistry {
         this.#wakeOne(change.address_id)
         break
       case 'slot.freed':
+        // Only a stream that stopped claiming because it was full needs the freed slot.
         for (const s of this.#byAddress.get(change.address_id) ?? []) {
-          if (s.instanceId === change.instance_id) s.wake()
+          if (s.instanceId === change.instance_id && s.full) s.wake()
         }
         break
       case 'agent.killed':

@@ -87,6 +87,7 @@ export class KillSwitchService {
       actor: actorId(actor),
       reason,
       policy_id: actor.kind === 'policy' ? actor.policy_id : null,
+      clock: () => this.#clock.now(),
       record: killRecord(actor, now, reason, options.cancel_pending === true),
     })
     if (!changed) return { agent, changed, held_intents: 0 }

@@ -199,6 +199,12 @@ export class PostgresStore implements Store {
     this.#pool = new pg.Pool({ ...clientConfig, max: config.poolSize ?? 20, idleTimeoutMillis: 30_000 })
     // An idle client whose connection dies emits here; without a handler the process would crash.
     this.#pool.on('error', (error) => config.log?.('warn', 'postgres: idle connection failed', { error: String(error) }))
+    // A checked-out client whose connection dies between two queries (e.g. the server shuts
+    // down) emits 'error' too, and the pool does not listen then: without this handler the
+    // process would crash. Its next query fails (→ 503) and #tx discards the client.
+    this.#pool.on('connect', (client) => {
+      client.on('error', (error) => config.log?.('warn', 'postgres: connection failed', { error: String(error) }))
+    })
     this.feed = new PostgresFeed({
       origin: this.#origin,
       newClient: () => new pg.Client({ ...clientConfig, application_name: 'chokepoint-feed' }),
@@ -1016,10 +1022,15 @@ export class PostgresStore implements Store {
       // Waits for every in-flight accept, delivery and resolve of the agent (gate, FOR SHARE).
       const waitStart = performance.now()
       await this.#gateById(tx, input.address_id, true)
-      // The kill takes effect once they are done: its time counts that wait, so killed_at is
-      // not before the creation or delivery time of anything those transactions committed
-      // (the SQLite engine reads the clock right before its synchronous transaction).
-      const killedAt = input.now + Math.floor(performance.now() - waitStart)
+      // The kill takes effect once they are done: the clock is read again now, so killed_at is
+      // not before the creation or delivery time of anything committed ahead of it, including
+      // transactions that began after `input.now` was read while this one waited for a pooled
+      // connection (the SQLite engine reads the clock right before its synchronous transaction).
+      // Without a clock, the wait is added to `input.now`.
+      const killedAt =
+        input.clock === undefined
+          ? input.now + Math.floor(performance.now() - waitStart)
+          : Math.max(input.now, input.clock())
       const before = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       const after = await tx.one<AgentRow>(KILL, [input.address_id, killedAt, input.reason, input.actor])

@@ -272,7 +272,7 @@ function prepare(db: Db) {
        WHERE i.to_address_id = @address_id AND i.delivery_state = 'queued' AND i.available_at <= @now
          AND (f.killed_at IS NULL OR i.delivery_attempt > 0)
          AND (i.deadline_at IS NULL OR i.deadline_at > @now)
-       ORDER BY i.available_at, i.seqno LIMIT @limit`,
+       ORDER BY i.available_at, i.seqno LIMIT 64`,
     ),
     nextSeq: s(
       `INSERT INTO address_seq (address_id, last_seq) VALUES (?, ?)
@@ -352,14 +352,62 @@ export class SqliteStore implements Store {
   }
 
   /** Runs `fn` in one write transaction and publishes `changes` after it commits. */
-  #write<T>(fn: (changes: Change[]) => T): T {
+  /**
+   * Runs `fn` as one write transaction and publishes its `changes` after the commit.
+   *
+   * Group commit: writes that arrive in the same event-loop turn share one SQLite transaction,
+   * each inside its own savepoint, so one failing (rejected) write rolls back alone. Every
+   * caller is answered only after the shared COMMIT, so nothing is acknowledged before it is
+   * durable, and writes apply in arrival order (a kill ahead of an accept is seen by it).
+   */
+  #write<T>(fn: (changes: Change[]) => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.push({ fn, resolve: resolve as (value: unknown) => void, reject })
+      if (this.#pending.length === 1) setImmediate(() => this.#flush())
+    })
+  }
+
+  readonly #pending: { fn: (changes: Change[]) => unknown; resolve: (value: unknown) => void; reject: (error: unknown) => void }[] =
+    []
+
+  #flush(): void {
+    const batch = this.#pending.splice(0)
+    if (batch.length === 0) return
+    const outcomes: ({ ok: true; value: unknown; changes: Change[] } | { ok: false; error: unknown })[] = []
+    try {
+      this.#db
+        .transaction(() => {
+          for (const op of batch) {
+            const changes: Change[] = []
+            try {
+              const value = this.#db.transaction(() => op.fn(changes))()
+              outcomes.push({ ok: true, value, changes })
+            } catch (error) {
+              outcomes.push({ ok: false, error })
+            }
+          }
+        })
+        .immediate()
+    } catch (error) {
+      const failure = this.#db.open ? error : new GatewayError('store_unavailable', 'the store is closed', { cause: error })
+      for (const op of batch) op.reject(failure)
+      return
+    }
     const changes: Change[] = []
-    const result = this.#db.transaction(() => fn(changes)).immediate()
+    batch.forEach((op, i) => {
+      const outcome = outcomes[i]
+      if (!outcome) return op.reject(new Error('lost write outcome'))
+      if (!outcome.ok) return op.reject(outcome.error)
+      changes.push(...outcome.changes)
+      op.resolve(outcome.value)
+    })
+    // After the commit, in commit order. (A stream whose claim shares a batch with a kill
+    // writes its claimed frames before the kill frame: see InboxStream.killed.)
     for (const change of changes) this.feed.publish(change)
-    return result
   }
 
   async close(): Promise<void> {
+    this.#flush()
     if (this.#db.open) this.#db.close()
   }
 
@@ -565,7 +613,12 @@ export class SqliteStore implements Store {
       const inFlight = (this.#q.inFlight.get(input.address_id, input.instance_id) as { n: number }).n
       const room = Math.min(input.max_in_flight - inFlight, input.max_batch)
       if (room <= 0) return { deliveries: [], has_room: false, next_due_at: null }
-      const candidates = this.#q.queued.all({ address_id: input.address_id, now: input.now, limit: room }) as IntentRow[]
+      // A literal LIMIT: a bound one makes SQLite re-prepare this hot statement on every run.
+      const candidates: IntentRow[] = []
+      for (const row of this.#q.queued.iterate({ address_id: input.address_id, now: input.now }) as IterableIterator<IntentRow>) {
+        candidates.push(row)
+        if (candidates.length >= room) break
+      }
       if (candidates.length === 0) {
         const due = (this.#q.nextDue.get(input.address_id, input.now) as { at: number | null }).at
         return { deliveries: [], has_room: true, next_due_at: due }
@@ -1129,7 +1182,7 @@ export class SqliteStore implements Store {
     alertId: string,
     result: { now: number; status: number | null; error: string | null; delivered: boolean; next_attempt_at: number | null },
   ): Promise<void> {
-    this.#write(() =>
+    await this.#write(() =>
       this.#q.alertAttempt.run({
         alert_id: alertId,
         now: result.now,
