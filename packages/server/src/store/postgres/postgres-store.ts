@@ -582,21 +582,6 @@ export class PostgresStore implements Store {
     const ids = [...delta.keys()].sort()
     const sent = ids.map((id) => delta.get(id)?.sent ?? 0)
     const received = ids.map((id) => delta.get(id)?.received ?? 0)
-    // Same order as every other counter writer: day rows, then hour rows, by address_id.
-    await tx.run(
-      `INSERT INTO counters_day (address_id, day, sent, received)
-       SELECT a, $2::text, s, r FROM unnest($1::text[], $3::bigint[], $4::bigint[]) AS v(a, s, r)
-       ON CONFLICT (address_id, day) DO UPDATE SET sent = counters_day.sent + excluded.sent,
-         received = counters_day.received + excluded.received`,
-      [ids, day, sent, received],
-    )
-    await tx.run(
-      `INSERT INTO counters_hour (address_id, hour, sent, received)
-       SELECT a, $2::text, s, r FROM unnest($1::text[], $3::bigint[], $4::bigint[]) AS v(a, s, r)
-       ON CONFLICT (address_id, hour) DO UPDATE SET sent = counters_hour.sent + excluded.sent,
-         received = counters_hour.received + excluded.received`,
-      [ids, hour, sent, received],
-    )
     const row = (await tx.one<IntentRow>(
       `INSERT INTO intents (intent_id, intent_type, from_address_id, to_address_id, from_agent, to_agent, payload, correlation_id,
          reply_to, deadline_at, max_delivery_attempts, status, delivery_state, available_at, created_at, updated_at, trace_id, last_event_seq)
@@ -621,6 +606,22 @@ export class PostgresStore implements Store {
     events.add({ intent_id: intent.intent_id, seq: 1, event_type: 'intent.created', status: 'SUBMITTED', actor, at: now, details: null })
     events.add({ intent_id: intent.intent_id, seq: 2, event_type: 'intent.submitted', status: 'SUBMITTED', actor, at: now, details: null })
     await events.write(tx)
+    // Counted last (day rows, then hour rows, by address_id: the order every counter writer
+    // uses), so a shared recipient's counter rows stay locked only for the final statements.
+    await tx.run(
+      `INSERT INTO counters_day (address_id, day, sent, received)
+       SELECT a, $2::text, s, r FROM unnest($1::text[], $3::bigint[], $4::bigint[]) AS v(a, s, r)
+       ON CONFLICT (address_id, day) DO UPDATE SET sent = counters_day.sent + excluded.sent,
+         received = counters_day.received + excluded.received`,
+      [ids, day, sent, received],
+    )
+    await tx.run(
+      `INSERT INTO counters_hour (address_id, hour, sent, received)
+       SELECT a, $2::text, s, r FROM unnest($1::text[], $3::bigint[], $4::bigint[]) AS v(a, s, r)
+       ON CONFLICT (address_id, hour) DO UPDATE SET sent = counters_hour.sent + excluded.sent,
+         received = counters_hour.received + excluded.received`,
+      [ids, hour, sent, received],
+    )
     tx.changes.push({ type: 'intent.available', address_id: to.address_id })
     return row
   }
