@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util'
-import { ConfigError, VERSION, loadConfig, startGateway } from '@chokepoint/server'
+import { ConfigError, VERSION, loadConfig, redactDatabaseUrl, startGateway } from '@chokepoint/server'
 import { EXIT, type CommandResult } from '../exit-codes.js'
 
 export const SERVE_HELP = `Usage: chokepoint serve [options]
@@ -56,7 +56,7 @@ export async function serve(argv: string[]): Promise<CommandResult> {
   }
   const gateway = await startGateway(config)
   const out = process.stdout
-  const where = config.databaseUrl === null ? `data: ${config.dataDir}` : `database: ${redactUrl(config.databaseUrl)}`
+  const where = config.databaseUrl === null ? `data: ${config.dataDir}` : `database: ${redactDatabaseUrl(config.databaseUrl)}`
   out.write(`chokepoint ${VERSION} listening on ${gateway.url} (store: ${gateway.store.engine}, ${where})\n`)
   if (gateway.bootstrapKey) {
     out.write(
@@ -75,13 +75,3 @@ export async function serve(argv: string[]): Promise<CommandResult> {
   return EXIT.ok
 }
 
-/** A database URL without its password, for logs. */
-function redactUrl(url: string): string {
-  try {
-    const u = new URL(url)
-    if (u.password) u.password = '***'
-    return u.toString()
-  } catch {
-    return 'postgres://…'
-  }
-}

@@ -3,7 +3,8 @@ import type { Principal } from '../auth/principal.js'
 import { iso, type Clock } from '../clock.js'
 import { GENESIS_HASH, auditHash } from './audit-chain.js'
 
-export function auditView(row: AuditRow): Record<string, unknown> {
+/** The hashed fields of a stored entry, with `before`/`after` parsed back from their text. */
+function entryBody(row: AuditRow) {
   return {
     seq: row.seq,
     at: row.at,
@@ -13,9 +14,11 @@ export function auditView(row: AuditRow): Record<string, unknown> {
     reason: row.reason,
     before: row.before === null ? null : (JSON.parse(row.before) as unknown),
     after: row.after === null ? null : (JSON.parse(row.after) as unknown),
-    prev_hash: row.prev_hash,
-    hash: row.hash,
   }
+}
+
+export function auditView(row: AuditRow): Record<string, unknown> {
+  return { ...entryBody(row), prev_hash: row.prev_hash, hash: row.hash }
 }
 
 const DENIED_WINDOW_MS = 60_000
@@ -54,16 +57,7 @@ export class AuditService {
         let ok = row.seq === expectedSeq && row.prev_hash === prev
         if (ok) {
           try {
-            const body = {
-              seq: row.seq,
-              at: row.at,
-              actor: row.actor,
-              action: row.action,
-              target: row.target,
-              reason: row.reason,
-              before: row.before === null ? null : (JSON.parse(row.before) as unknown),
-              after: row.after === null ? null : (JSON.parse(row.after) as unknown),
-            }
+            const body = entryBody(row)
             ok = auditHash(prev, body) === row.hash
           } catch {
             ok = false
