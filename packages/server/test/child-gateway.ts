@@ -64,8 +64,9 @@ interface Spawned {
   isExited: () => boolean
 }
 
-function spawnServe(dataDir: string, adminKey: string, env: Record<string, string>): Spawned {
-  const proc = spawn(process.execPath, [CLI_BIN, 'serve', '--port', '0', '--data', dataDir], {
+function spawnServe(dataDir: string, adminKey: string, env: Record<string, string>, databaseUrl?: string): Spawned {
+  const args = [CLI_BIN, 'serve', '--port', '0', '--data', dataDir, ...(databaseUrl === undefined ? [] : ['--database-url', databaseUrl])]
+  const proc = spawn(process.execPath, args, {
     cwd: REPO_ROOT,
     env: { ...process.env, ...env, CHOKEPOINT_ADMIN_KEY: adminKey },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -89,16 +90,19 @@ function spawnServe(dataDir: string, adminKey: string, env: Record<string, strin
 }
 
 /**
- * Starts `chokepoint serve --port 0 --data <dataDir>` and waits for the
- * `listening on http://…` line; rejects (with the child's output) if it exits first.
+ * Starts `chokepoint serve --port 0 --data <dataDir>` (plus `--database-url <url>` for a
+ * PostgreSQL replica) and waits for the `listening on http://…` line; rejects (with the
+ * child's output) if it exits first.
  */
 export async function startChildGateway(options: {
   dataDir: string
   adminKey: string
+  /** PostgreSQL: serve from this database (`--database-url`); the data directory is then unused. */
+  databaseUrl?: string
   env?: Record<string, string>
   timeoutMs?: number
 }): Promise<ChildGateway> {
-  const child = spawnServe(options.dataDir, options.adminKey, options.env ?? {})
+  const child = spawnServe(options.dataDir, options.adminKey, options.env ?? {}, options.databaseUrl)
   const timeoutMs = options.timeoutMs ?? 20_000
   const url = await new Promise<string>((resolve, reject) => {
     const describe = () => `stdout:\n${child.stdout()}\nstderr:\n${child.stderr()}`

@@ -15,10 +15,14 @@ import {
   pollUntil,
   readSse,
   startTestGateway,
+  testEngines,
   type SseConnection,
   type SseFrame,
   type TestGateway,
 } from './harness.js'
+
+/** Every case runs on SQLite and on PostgreSQL (when installed). */
+const ENGINES = testEngines('delivery.test.ts')
 
 const S = 'agent://acme/prod/dl-sender'
 
@@ -27,7 +31,7 @@ const streamPath = (address: string, query: string): string =>
 
 const deliveries = (frames: SseFrame[]): SseFrame[] => frames.filter((f) => f.event === 'intent.delivered')
 
-describe('delivery', () => {
+describe.each(ENGINES)('delivery (%s)', (engine) => {
   let gw: TestGateway
   let keyS: string
   const open: SseConnection[] = []
@@ -58,7 +62,7 @@ describe('delivery', () => {
   }
 
   beforeAll(async () => {
-    gw = await startTestGateway()
+    gw = await startTestGateway({ engine })
     keyS = await agentKey(gw, S)
   })
   afterAll(async () => {
@@ -504,7 +508,8 @@ describe('delivery', () => {
   })
 })
 
-describe('delivery across a gateway restart (§2.3)', () => {
+// The restart reopens the same store: the same data directory on SQLite, the same database on PostgreSQL.
+describe.each(ENGINES)('delivery across a gateway restart (§2.3, %s)', (engine) => {
   const dataDir = mkdtempSync(join(tmpdir(), 'chokepoint-delivery-restart-'))
   const adminKey = `cp_${randomUUID().replace(/-/g, '')}${randomUUID().replace(/-/g, '')}`
   let gw: TestGateway | null = null
@@ -515,7 +520,8 @@ describe('delivery across a gateway restart (§2.3)', () => {
 
   it('accepted intents, leases, keys and the per-address seq counter survive a restart', async () => {
     const R = 'agent://acme/prod/dl-restart'
-    gw = await startTestGateway({ env: { CHOKEPOINT_ADMIN_KEY: adminKey }, dataDir })
+    gw = await startTestGateway({ engine, env: { CHOKEPOINT_ADMIN_KEY: adminKey }, dataDir })
+    const databaseUrl = gw.databaseUrl
     const keyS = await agentKey(gw, S)
     const keyR = await agentKey(gw, R)
     const ids: string[] = []
@@ -531,7 +537,7 @@ describe('delivery across a gateway restart (§2.3)', () => {
     await gw.close()
     gw = null
 
-    gw = await startTestGateway({ env: { CHOKEPOINT_ADMIN_KEY: adminKey }, dataDir })
+    gw = await startTestGateway({ engine, env: { CHOKEPOINT_ADMIN_KEY: adminKey }, dataDir, ...(databaseUrl === null ? {} : { databaseUrl }) })
     // Keys still work (stored hashed, not in memory).
     for (const id of ids) {
       const got = await api(gw.url, keyS, 'GET', `/v1/intents/${id}`)

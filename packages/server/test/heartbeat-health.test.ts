@@ -10,7 +10,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ManualClock } from '../src/index.js'
-import { agentKey, api, openSseStream, readSse, startTestGateway, type SseConnection, type TestGateway } from './harness.js'
+import { agentKey, api, openSseStream, readSse, startTestGateway, testEngines, type SseConnection, type TestGateway } from './harness.js'
+
+/** Every block runs on SQLite and on PostgreSQL (when installed). */
+const ENGINES = testEngines('heartbeat-health.test.ts')
 
 const ISO_MS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
 const SECOND = 1_000
@@ -81,7 +84,7 @@ function client(gw: TestGateway) {
   }
 }
 
-describe('POST /v1/mesh/heartbeat answers', () => {
+describe.each(ENGINES)('POST /v1/mesh/heartbeat answers (%s)', (engine) => {
   let gw: TestGateway
   let c: ReturnType<typeof client>
   const A = 'agent://hb/prod/answer'
@@ -89,7 +92,7 @@ describe('POST /v1/mesh/heartbeat answers', () => {
   const clock = new ManualClock(Date.parse('2026-03-15T12:00:00.000Z'))
 
   beforeAll(async () => {
-    gw = await startTestGateway({ clock, env: SLOW_SWEEPER })
+    gw = await startTestGateway({ engine, clock, env: SLOW_SWEEPER })
     c = client(gw)
     key = await agentKey(gw, A)
   })
@@ -171,7 +174,7 @@ describe('POST /v1/mesh/heartbeat answers', () => {
   })
 })
 
-describe('health transitions (manual clock, sweeper driven by hand)', () => {
+describe.each(ENGINES)('health transitions (manual clock, sweeper driven by hand) (%s)', (engine) => {
   const clock = new ManualClock(Date.parse('2026-03-15T08:00:00.000Z'))
   let gw: TestGateway
   let c: ReturnType<typeof client>
@@ -179,7 +182,7 @@ describe('health transitions (manual clock, sweeper driven by hand)', () => {
   const streams: SseConnection[] = []
 
   beforeAll(async () => {
-    gw = await startTestGateway({ clock, env: SLOW_SWEEPER })
+    gw = await startTestGateway({ engine, clock, env: SLOW_SWEEPER })
     c = client(gw)
     operator = await createKey(gw, 'operator')
   })
@@ -432,13 +435,14 @@ describe('health transitions (manual clock, sweeper driven by hand)', () => {
   })
 })
 
-describe('health settings from the environment', () => {
+describe.each(ENGINES)('health settings from the environment (%s)', (engine) => {
   const clock = new ManualClock(Date.parse('2026-03-15T08:00:00.000Z'))
   let gw: TestGateway
   let c: ReturnType<typeof client>
 
   beforeAll(async () => {
     gw = await startTestGateway({
+      engine,
       clock,
       env: {
         ...SLOW_SWEEPER,
@@ -479,7 +483,7 @@ describe('health settings from the environment', () => {
   })
 })
 
-describe('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id}, POST /v1/mesh/agents', () => {
+describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id}, POST /v1/mesh/agents (%s)', (engine) => {
   // Activity on four days; "today" is Sunday 2026-03-15 (ISO week from Monday 03-09).
   const FEB_28 = Date.parse('2026-02-28T12:00:00.000Z') // previous month
   const MAR_01 = Date.parse('2026-03-01T12:00:00.000Z') // this month, previous ISO week
@@ -509,7 +513,7 @@ describe('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id}, POST /v1/me
   }
 
   beforeAll(async () => {
-    gw = await startTestGateway({ clock, env: SLOW_SWEEPER })
+    gw = await startTestGateway({ engine, clock, env: SLOW_SWEEPER })
     c = client(gw)
     operator = await createKey(gw, 'operator')
     viewer = await createKey(gw, 'viewer')

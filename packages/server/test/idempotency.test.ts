@@ -4,7 +4,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ManualClock } from '../src/index.js'
-import { agentKey, api, startTestGateway, type TestGateway } from './harness.js'
+import { agentKey, api, startTestGateway, testEngines, type TestGateway } from './harness.js'
+
+/** Every case runs on SQLite and on PostgreSQL (when installed). */
+const ENGINES = testEngines('idempotency.test.ts')
 
 const TO = 'agent://acme/prod/idem-target'
 
@@ -18,10 +21,10 @@ function send(gw: TestGateway, key: string, body: unknown, idem?: string) {
   return api(gw.url, key, 'POST', '/v1/intents', body, idem === undefined ? {} : { 'Idempotency-Key': idem })
 }
 
-describe('idempotency', () => {
+describe.each(ENGINES)('idempotency (%s)', (engine) => {
   let gw: TestGateway
   beforeAll(async () => {
-    gw = await startTestGateway()
+    gw = await startTestGateway({ engine })
   })
   afterAll(() => gw.close())
 
@@ -168,11 +171,11 @@ describe('idempotency', () => {
   })
 })
 
-describe('idempotency keys are kept at least 24 h', () => {
+describe.each(ENGINES)('idempotency keys are kept at least 24 h (%s)', (engine) => {
   let gw: TestGateway
   const clock = new ManualClock(Date.parse('2030-01-06T10:00:00.000Z'))
   beforeAll(async () => {
-    gw = await startTestGateway({ clock })
+    gw = await startTestGateway({ engine, clock })
   })
   afterAll(() => gw.close())
 

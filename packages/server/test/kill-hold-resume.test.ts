@@ -16,10 +16,14 @@ import {
   openSseStream,
   readSse,
   startTestGateway,
+  testEngines,
   type SseConnection,
   type TimedSseFrame,
   type TestGateway,
 } from './harness.js'
+
+/** Every case runs on SQLite and on PostgreSQL (when installed). */
+const ENGINES = testEngines('kill-hold-resume.test.ts')
 
 const streamPath = (address: string, query: string): string =>
   `/v1/agents/${address.slice('agent://'.length)}/intents/stream?${query}`
@@ -91,7 +95,7 @@ async function getEvents(gw: TestGateway, key: string, ids: string[]): Promise<a
   return out
 }
 
-describe('kill holds work in both directions; resume redelivers it oldest first, paced', () => {
+describe.each(ENGINES)('kill holds work in both directions; resume redelivers it oldest first, paced (%s)', (engine) => {
   const RATE = 100
   const V = 'agent://acme/prod/hold-victim'
   const B = 'agent://acme/prod/hold-downstream'
@@ -115,7 +119,7 @@ describe('kill holds work in both directions; resume redelivers it oldest first,
   let kill: any
 
   beforeAll(async () => {
-    gw = await startTestGateway({ env: { CHOKEPOINT_RESUME_RATE: String(RATE) } })
+    gw = await startTestGateway({ engine, env: { CHOKEPOINT_RESUME_RATE: String(RATE) } })
     opKey = await operatorKey(gw)
     vKey = await agentKey(gw, V)
     bKey = await agentKey(gw, B)
@@ -382,7 +386,7 @@ describe('kill holds work in both directions; resume redelivers it oldest first,
   })
 })
 
-describe('kill {cancel_pending: true} cancels the victim’s undelivered output instead of holding it', () => {
+describe.each(ENGINES)('kill {cancel_pending: true} cancels the victim’s undelivered output instead of holding it (%s)', (engine) => {
   const V = 'agent://acme/prod/cancel-victim'
   const B = 'agent://acme/prod/cancel-downstream'
   const P = 'agent://acme/prod/cancel-upstream'
@@ -396,7 +400,7 @@ describe('kill {cancel_pending: true} cancels the victim’s undelivered output 
   const open: SseConnection[] = []
 
   beforeAll(async () => {
-    gw = await startTestGateway() // default CHOKEPOINT_RESUME_RATE (50/s)
+    gw = await startTestGateway({ engine }) // default CHOKEPOINT_RESUME_RATE (50/s)
     opKey = await operatorKey(gw)
     vKey = await agentKey(gw, V)
     bKey = await agentKey(gw, B)
@@ -471,7 +475,7 @@ describe('kill {cancel_pending: true} cancels the victim’s undelivered output 
   })
 })
 
-describe('work between two killed agents stays held until both are resumed', () => {
+describe.each(ENGINES)('work between two killed agents stays held until both are resumed (%s)', (engine) => {
   const C = 'agent://acme/prod/pair-c'
   const D = 'agent://acme/prod/pair-d'
   let gw: TestGateway
@@ -483,7 +487,7 @@ describe('work between two killed agents stays held until both are resumed', () 
   const open: SseConnection[] = []
 
   beforeAll(async () => {
-    gw = await startTestGateway()
+    gw = await startTestGateway({ engine })
     opKey = await operatorKey(gw)
     cKey = await agentKey(gw, C)
     dKey = await agentKey(gw, D)

@@ -10,9 +10,22 @@
  * Several rounds, a fresh victim each, on one gateway.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { agentKey, api, openSseStream, pollUntil, startTestGateway, type SseConnection, type TestGateway } from './harness.js'
+import {
+  agentKey,
+  api,
+  openSseStream,
+  pollUntil,
+  startTestGateway,
+  testEngines,
+  type Engine,
+  type SseConnection,
+  type TestGateway,
+} from './harness.js'
 
-const ROUNDS = 8
+/** Every round runs on SQLite and on PostgreSQL (when installed). */
+const ENGINES = testEngines('kill-race.test.ts')
+/** Rounds per engine: PostgreSQL rounds cost more (a pool, NOTIFY), so it runs fewer of them. */
+const ROUNDS_BY_ENGINE: Record<Engine, number> = { sqlite: 8, postgres: 5 }
 const SENDERS_TO = 4
 const SENDERS_FROM = 4
 const STREAMS = 4
@@ -69,13 +82,14 @@ async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promis
   return out
 }
 
-describe('kill race (DESIGN §2.1)', () => {
+describe.each(ENGINES)('kill race (DESIGN §2.1, %s)', (engine) => {
+  const ROUNDS = ROUNDS_BY_ENGINE[engine]
   let gw: TestGateway
   let operatorKey: string
   const results: RoundResult[] = []
 
   beforeAll(async () => {
-    gw = await startTestGateway()
+    gw = await startTestGateway({ engine })
     const op = await api(gw.url, gw.adminKey, 'POST', '/v1/keys', { role: 'operator' })
     operatorKey = op.body.key
   })
@@ -297,7 +311,7 @@ describe('kill race (DESIGN §2.1)', () => {
       // 5. Deliveries: every intent delivered to the victim (store view) was delivered at or
       //    before killed_at, and each one reached a stream before that stream's kill frame.
       const deliveredInStore = stored.filter((i) => i.to_agent === V && i.delivery_attempt > 0)
-      expect(deliveredInStore.map((i) => i.intent_id).filter((id) => !framesDelivered.has(id)), 'leased but never framed').toEqual([])
+      expect(deliveredInStore.filter((i) => !framesDelivered.has(i.intent_id)).map((i) => [i.intent_id, i.delivery_state, i.status, i.delivery_attempt]), 'leased but never framed').toEqual([])
       expect([...framesDelivered].filter((id) => !deliveredInStore.some((i) => i.intent_id === id))).toEqual([])
       await mapLimit([...framesDelivered], 16, async (id) => {
         const ev = await api(gw.url, operatorKey, 'GET', `/v1/intents/${id}/events`)
@@ -324,7 +338,7 @@ describe('kill race (DESIGN §2.1)', () => {
       expect([reconnect.status, reconnect.body?.error?.code]).toEqual([403, 'agent_killed'])
 
       console.log(
-        `kill-race round ${round}: ${JSON.stringify({ ...diagnostics, delivered: framesDelivered.size, resolved: completed.size, closeMs: closeLatencyMs.map((x) => +x.toFixed(1)) })}`,
+        `kill-race (${engine}) round ${round}: ${JSON.stringify({ ...diagnostics, delivered: framesDelivered.size, resolved: completed.size, closeMs: closeLatencyMs.map((x) => +x.toFixed(1)) })}`,
       )
       results.push({ round, killDelayMs, sends, resolves, closeLatencyMs, delivered: framesDelivered.size })
     })
@@ -337,7 +351,7 @@ describe('kill race (DESIGN §2.1)', () => {
     const p50 = percentile(all, 50)
     const p99 = percentile(all, 99)
     console.log(
-      `kill-race: stream close latency from kill call over ${all.length} streams: p50 ${p50.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${Math.max(...all).toFixed(1)} ms`,
+      `kill-race (${engine}): stream close latency from kill call over ${all.length} streams: p50 ${p50.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${Math.max(...all).toFixed(1)} ms`,
     )
     expect(p99).toBeLessThan(1_000)
     expect(results.reduce((n, r) => n + r.delivered, 0)).toBeGreaterThan(0)

@@ -5,7 +5,10 @@
  * call's own contract: addressing forms, no-op repeat, roles, errors and response shape.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { agentKey, api, openSseStream, startTestGateway, type SseConnection, type TestGateway } from './harness.js'
+import { agentKey, api, openSseStream, startTestGateway, testEngines, type SseConnection, type TestGateway } from './harness.js'
+
+/** Every case runs on SQLite and on PostgreSQL (when installed). */
+const ENGINES = testEngines('kill.test.ts')
 
 const ISO_MS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
 
@@ -31,7 +34,7 @@ function expectError(res: { status: number; body: any; headers: Headers }, statu
   expect(res.body.error.request_id).toBe(res.headers.get('x-request-id'))
 }
 
-describe('kill switch', () => {
+describe.each(ENGINES)('kill switch (%s)', (engine) => {
   let gw: TestGateway
   let operator: { key: string; key_id: string }
   let viewer: { key: string; key_id: string }
@@ -45,7 +48,7 @@ describe('kill switch', () => {
     api(gw.url, key, 'POST', '/v1/intents', { intent_type: 'deploy.service.v1', to_agent: to, payload: { n: 1 }, ...extra }, headers)
 
   beforeAll(async () => {
-    gw = await startTestGateway()
+    gw = await startTestGateway({ engine })
     operator = await createKey(gw, 'operator')
     viewer = await createKey(gw, 'viewer')
     victim = await createKey(gw, 'agent', V)

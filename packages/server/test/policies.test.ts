@@ -11,7 +11,10 @@
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ManualClock } from '../src/index.js'
-import { agentKey, api, pollUntil, startTestGateway, type ApiResponse, type TestGateway } from './harness.js'
+import { agentKey, api, pollUntil, startTestGateway, testEngines, type ApiResponse, type Engine, type TestGateway } from './harness.js'
+
+/** Every block runs on SQLite and on PostgreSQL (when installed). */
+const ENGINES = testEngines('policies.test.ts')
 
 const HOUR_MS = 3_600_000
 const DAY_MS = 86_400_000
@@ -102,12 +105,12 @@ function client(gw: TestGateway) {
 }
 type Client = ReturnType<typeof client>
 
-/** Each block gets its own gateway on its own ManualClock. */
-function gatewayFixture() {
+/** Each block gets its own gateway on its own ManualClock, on the given store engine. */
+function gatewayFixture(engine: Engine) {
   const fx = {} as { gw: TestGateway; clock: ManualClock; c: Client }
   beforeAll(async () => {
     fx.clock = new ManualClock(START)
-    fx.gw = await startTestGateway({ clock: fx.clock })
+    fx.gw = await startTestGateway({ engine, clock: fx.clock })
     fx.c = client(fx.gw)
   })
   afterAll(async () => {
@@ -117,8 +120,8 @@ function gatewayFixture() {
 }
 
 // ---------------------------------------------------------------------------------------------
-describe('(a) action policies: allowlists and denylists with globs', () => {
-  const fx = gatewayFixture()
+describe.each(ENGINES)('(a) action policies: allowlists and denylists with globs (%s)', (engine) => {
+  const fx = gatewayFixture(engine)
 
   it('a denied send is 403 policy_denied naming the policy, and nothing is stored', async () => {
     const { c, gw } = fx
@@ -311,8 +314,8 @@ describe('(a) action policies: allowlists and denylists with globs', () => {
 })
 
 // ---------------------------------------------------------------------------------------------
-describe('(b) rate policies', () => {
-  const fx = gatewayFixture()
+describe.each(ENGINES)('(b) rate policies (%s)', (engine) => {
+  const fx = gatewayFixture(engine)
 
   it('max_per_hour: the (N+1)th send gets 429 rate_limited with Retry-After and X-RateLimit-*', async () => {
     const { c, gw, clock } = fx
@@ -592,8 +595,8 @@ describe('(b) rate policies', () => {
 })
 
 // ---------------------------------------------------------------------------------------------
-describe('(b) rate windows on a moving clock', () => {
-  const fx = gatewayFixture()
+describe.each(ENGINES)('(b) rate windows on a moving clock (%s)', (engine) => {
+  const fx = gatewayFixture(engine)
 
   it('the next UTC hour resets an hourly limit, the next UTC day a daily one', async () => {
     const { c, gw, clock } = fx
@@ -640,8 +643,8 @@ describe('(b) rate windows on a moving clock', () => {
 })
 
 // ---------------------------------------------------------------------------------------------
-describe('(c) cost policies', () => {
-  const fx = gatewayFixture()
+describe.each(ENGINES)('(c) cost policies (%s)', (engine) => {
+  const fx = gatewayFixture(engine)
 
   /** A sends one intent to R; R resolves it with `cost` (returns the resolve response). */
   async function resolveWithCost(c: Client, aKey: string, R: string, rKey: string, cost: number) {
@@ -795,8 +798,8 @@ describe('(c) cost policies', () => {
 })
 
 // ---------------------------------------------------------------------------------------------
-describe('(d) versioned changes', () => {
-  const fx = gatewayFixture()
+describe.each(ENGINES)('(d) versioned changes (%s)', (engine) => {
+  const fx = gatewayFixture(engine)
 
   it('create is version 1; PUT needs the current version (If-Match 1 or "1", or body version); stale is 409', async () => {
     const { c, gw } = fx
@@ -973,8 +976,8 @@ describe('(d) versioned changes', () => {
 })
 
 // ---------------------------------------------------------------------------------------------
-describe('(e) dry run: POST /v1/policies/evaluate', () => {
-  const fx = gatewayFixture()
+describe.each(ENGINES)('(e) dry run: POST /v1/policies/evaluate (%s)', (engine) => {
+  const fx = gatewayFixture(engine)
 
   it('returns {decision, policy_id, reason, counters} for allow, deny, rate_limited and budget_exceeded', async () => {
     const { c, gw } = fx
@@ -1062,8 +1065,8 @@ describe('(e) dry run: POST /v1/policies/evaluate', () => {
 })
 
 // ---------------------------------------------------------------------------------------------
-describe('(f) bad policy bodies', () => {
-  const fx = gatewayFixture()
+describe.each(ENGINES)('(f) bad policy bodies (%s)', (engine) => {
+  const fx = gatewayFixture(engine)
 
   it('422 naming the field for bad limits, kinds, enums, unknown fields and huge lists; nothing is created', async () => {
     const { c, gw } = fx

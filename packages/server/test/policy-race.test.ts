@@ -7,7 +7,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ManualClock } from '../src/index.js'
-import { agentKey, api, startTestGateway, type ApiResponse, type TestGateway } from './harness.js'
+import { agentKey, api, startTestGateway, testEngines, type ApiResponse, type Engine, type TestGateway } from './harness.js'
+
+/** Every scenario runs on SQLite and on PostgreSQL (when installed). */
+const ENGINES = testEngines('policy-race.test.ts')
 
 const today = new Date()
 const START = Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate(), 10, 20, 0)
@@ -18,12 +21,15 @@ const enc = encodeURIComponent
 
 let gw: TestGateway
 
-beforeAll(async () => {
-  gw = await startTestGateway({ clock: new ManualClock(START) })
-})
-afterAll(async () => {
-  await gw?.close()
-})
+/** Each block starts its own gateway on `engine` (the helpers below use the current one). */
+function useGateway(engine: Engine): void {
+  beforeAll(async () => {
+    gw = await startTestGateway({ engine, clock: new ManualClock(START) })
+  })
+  afterAll(async () => {
+    await gw?.close()
+  })
+}
 
 const admin = (method: string, path: string, body?: unknown) => api(gw.url, gw.adminKey, method, path, body)
 
@@ -67,7 +73,8 @@ async function burst(jobs: (() => Promise<ApiResponse<any>>)[]): Promise<ApiResp
   return Promise.all(jobs.map((job) => job()))
 }
 
-describe(`a send limit of ${LIMIT}/hour under ${ATTEMPTS} concurrent sends`, () => {
+describe.each(ENGINES)(`a send limit of ${LIMIT}/hour under ${ATTEMPTS} concurrent sends (%s)`, (engine) => {
+  useGateway(engine)
   for (const round of ROUNDS) {
     it(`round ${round}: exactly ${LIMIT} accepted, ${ATTEMPTS - LIMIT} rejected 429, and the store agrees`, async () => {
       const S = `agent://acme/race/sender-${round}`
@@ -100,7 +107,8 @@ describe(`a send limit of ${LIMIT}/hour under ${ATTEMPTS} concurrent sends`, () 
   }
 })
 
-describe(`a receive limit of ${LIMIT}/hour under ${ATTEMPTS} concurrent sends from 10 senders`, () => {
+describe.each(ENGINES)(`a receive limit of ${LIMIT}/hour under ${ATTEMPTS} concurrent sends from 10 senders (%s)`, (engine) => {
+  useGateway(engine)
   for (const round of ROUNDS) {
     it(`round ${round}: exactly ${LIMIT} received, and each sender's stored count matches its 200s`, async () => {
       const R = `agent://acme/race/inbox-${round}`
@@ -131,7 +139,8 @@ describe(`a receive limit of ${LIMIT}/hour under ${ATTEMPTS} concurrent sends fr
   }
 })
 
-describe('limits on both sides at once, and on_breach: kill under concurrency', () => {
+describe.each(ENGINES)('limits on both sides at once, and on_breach: kill under concurrency (%s)', (engine) => {
+  useGateway(engine)
   it(`a sender limit of ${LIMIT} and a recipient limit of 50, hit together: neither is exceeded`, async () => {
     const S = 'agent://acme/race/both-sender'
     const R = 'agent://acme/race/both-narrow'
