@@ -127,6 +127,8 @@ class DemoRun {
     const killed = JSON.parse(kill) as { held_intents: number; killed_at: string }
     this.say(dim(`  the gateway answered: killed at ${killed.killed_at}, ${killed.held_intents} undelivered intent(s) held`))
     await this.watch(2 * t)
+    // Under load a process may report late: give every instance up to 5 s to show its 403s.
+    await this.eventually(() => INSTANCES.every((i) => (this.bots.get(i)?.rejected ?? 0) > (before.rejected[i] ?? 0)), 5_000)
     const after = this.snapshot()
     const okAfterKill = [...this.bots.values()].filter((b) => b.last_ok_at > killReturned)
     this.check(
@@ -141,7 +143,8 @@ class DemoRun {
     )
     const notifierBefore = this.notifier.sent
     await this.watch(1 * t)
-    this.check('the healthy notifier is unaffected', this.notifier.sent > notifierBefore, `${this.notifier.sent} notes sent`)
+    const notifierKeepsGoing = await this.eventually(() => this.notifier.sent > notifierBefore, 5_000)
+    this.check('the healthy notifier is unaffected', notifierKeepsGoing, `${this.notifier.sent} notes sent`)
     const deployedAtKill = this.deployer.by_source[BOT] ?? 0
     await this.watch(1 * t)
     this.check(
@@ -299,6 +302,16 @@ class DemoRun {
       this.say(`  deploys  ${cells.join('  ')}   ${dim(`deployer done: ${this.deployer.deployed}, notifier: ${this.notifier.sent}`)}`)
       prev = now
     }
+  }
+
+  /** Whether `cond` becomes true within `timeoutMs` (polling). */
+  async eventually(cond: () => boolean, timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs
+    while (!cond()) {
+      if (Date.now() > deadline) return false
+      await sleep(100)
+    }
+    return true
   }
 
   async until(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {

@@ -182,6 +182,8 @@ export class PostgresStore implements Store {
   readonly engine = 'postgres' as const
   readonly feed: PostgresFeed
   readonly #pool: pg.Pool
+  /** Kills and resumes get their own connections: a pool saturated by sends must not delay them. */
+  readonly #controlPool: pg.Pool
   readonly #config: Readonly<PostgresStoreConfig>
   readonly #origin = randomUUID()
   #closed = false
@@ -197,14 +199,17 @@ export class PostgresStore implements Store {
       application_name: 'chokepoint',
     }
     this.#pool = new pg.Pool({ ...clientConfig, max: config.poolSize ?? 20, idleTimeoutMillis: 30_000 })
-    // An idle client whose connection dies emits here; without a handler the process would crash.
-    this.#pool.on('error', (error) => config.log?.('warn', 'postgres: idle connection failed', { error: String(error) }))
-    // A checked-out client whose connection dies between two queries (e.g. the server shuts
-    // down) emits 'error' too, and the pool does not listen then: without this handler the
-    // process would crash. Its next query fails (→ 503) and #tx discards the client.
-    this.#pool.on('connect', (client) => {
-      client.on('error', (error) => config.log?.('warn', 'postgres: connection failed', { error: String(error) }))
-    })
+    this.#controlPool = new pg.Pool({ ...clientConfig, max: 2, idleTimeoutMillis: 30_000, application_name: 'chokepoint-control' })
+    for (const pool of [this.#pool, this.#controlPool]) {
+      // An idle client whose connection dies emits here; without a handler the process would crash.
+      pool.on('error', (error) => config.log?.('warn', 'postgres: idle connection failed', { error: String(error) }))
+      // A checked-out client whose connection dies between two queries (e.g. the server shuts
+      // down) emits 'error' too, and the pool does not listen then: without this handler the
+      // process would crash. Its next query fails (→ 503) and #tx discards the client.
+      pool.on('connect', (client) => {
+        client.on('error', (error) => config.log?.('warn', 'postgres: connection failed', { error: String(error) }))
+      })
+    }
     this.feed = new PostgresFeed({
       origin: this.#origin,
       newClient: () => new pg.Client({ ...clientConfig, application_name: 'chokepoint-feed' }),
@@ -258,12 +263,12 @@ export class PostgresStore implements Store {
    * Runs `fn` in one transaction on one pooled client (BEGIN … COMMIT); NOTIFYs its changes
    * inside it (delivered to every replica at commit) and publishes them locally after commit.
    */
-  async #tx<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
+  async #tx<T>(fn: (tx: Tx) => Promise<T>, pool: pg.Pool = this.#pool): Promise<T> {
     let lockForCost = false
     for (let attempt = 1; ; attempt += 1) {
       let client: PoolClient
       try {
-        client = await this.#pool.connect()
+        client = await pool.connect()
       } catch (error) {
         throw toStoreError(error)
       }
@@ -322,6 +327,7 @@ export class PostgresStore implements Store {
     this.#closed = true
     await this.feed.close()
     await this.#pool.end().catch(() => undefined)
+    await this.#controlPool.end().catch(() => undefined)
   }
 
   async ping(): Promise<void> {
@@ -1043,7 +1049,7 @@ export class PostgresStore implements Store {
         return { audit: { ...r.audit, at: new Date(killedAt).toISOString() }, event: { ...r.event, created_at: killedAt } }
       }
       return { agent: await this.#recordKill(tx, before, after, { ...input, record }), changed: true }
-    })
+    }, this.#controlPool)
   }
 
   /** The rest of a kill's transaction once the agent row flipped: audit, event, notification. */
@@ -1166,7 +1172,7 @@ export class PostgresStore implements Store {
       tx.changes.push({ type: 'agent.resumed', address_id: input.address_id })
       for (const id of new Set(rows.map((r) => r.to_address_id))) tx.changes.push({ type: 'intent.available', address_id: id })
       return { agent: after, changed: true, redelivering: rows.length }
-    })
+    }, this.#controlPool)
   }
 
   // ---- audit and mesh events ----
