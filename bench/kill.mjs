@@ -8,7 +8,9 @@
 // resolve them, so the victim's undelivered output stays small). Each cycle: steady traffic for
 // 250–500 ms, kill, wait until the kill has fully taken hold, resume, reconnect the 4 streams,
 // wait for the first delivery. Per cycle:
-//   (a) kill call latency (POST …/kill sent → response ended)
+//   (a) kill call latency (POST …/kill sent → response ended), split into the gateway's own time
+//       (the growth of its chokepoint_kill_enforcement_seconds sum, read from /metrics after each
+//       cycle) and the rest (waiting for the event loop, network)
 //   (b) kill returned → first 403 agent_killed answered to a sender (first one ending after the return)
 //   (c) kill returned → all 4 victim streams closed (agent.killed frame, or end of the response);
 //       0 when they were all closed before the kill call returned (counted separately)
