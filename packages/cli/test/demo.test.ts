@@ -1,8 +1,10 @@
 import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
 const CLI = resolve(import.meta.dirname, '../bin/chokepoint.js')
+const EXAMPLES = resolve(import.meta.dirname, '../../../examples/rogue-agent')
 
 describe('chokepoint demo', () => {
   it('runs the rogue-agent story and passes its own checks', async () => {
@@ -23,4 +25,35 @@ describe('chokepoint demo', () => {
     expect(result.out).toMatch(/valid: \d+ entries, hash chain intact/)
     expect(result.code).toBe(0)
   }, 90_000)
+})
+
+describe('chokepoint demo on Ctrl-C', () => {
+  it('stops every process it started and removes its temporary store', async () => {
+    const child = spawn(process.execPath, [CLI, 'demo', '--fast'], {
+      env: { ...process.env, NO_COLOR: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let out = ''
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()))
+    const exited = new Promise<number | null>((done) => child.on('exit', (code) => done(code)))
+    const deadline = Date.now() + 30_000
+    while (!out.includes('deploys ') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    expect(out).toContain('deploys ')
+    const dataDir = /temporary store in (\S+)\)/.exec(out)?.[1]
+    expect(dataDir).toBeDefined()
+    child.kill('SIGINT')
+    expect(await exited).toBe(130)
+    // Nothing the demo started survives it: no gateway on its store, no example agent.
+    const left = await new Promise<string>((done) => {
+      const ps = spawn('ps', ['-eo', 'pid,args'], { stdio: ['ignore', 'pipe', 'ignore'] })
+      let text = ''
+      ps.stdout.on('data', (c: Buffer) => (text += c.toString()))
+      ps.on('exit', () => done(text))
+    })
+    const survivors = left
+      .split('\n')
+      .filter((line) => line.includes(dataDir as string) || line.includes(EXAMPLES))
+    expect(survivors).toEqual([])
+    expect(existsSync(dataDir as string)).toBe(false)
+  }, 60_000)
 })
