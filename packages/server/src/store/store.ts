@@ -85,6 +85,8 @@ export interface HeartbeatInput {
   cost_rule: CostRule
   /** Mesh event for a health transition (from → to). */
   transition: (agent: AgentRow, from: HealthStatus, to: HealthStatus) => MeshEventDraft
+  /** Core's shortcut: true when this beat cannot change the agent's health (no re-evaluation needed). */
+  keeps_health: (agent: AgentRow, metrics: HeartbeatMetrics | null) => boolean
 }
 
 export interface HealthSweepInput {

@@ -1,4 +1,4 @@
-import type { AgentRow, HealthStatus, InstanceRow, MetricsWindow } from '../../store/store.js'
+import type { AgentRow, HealthStatus, HeartbeatMetrics, InstanceRow, MetricsWindow } from '../../store/store.js'
 
 export interface HealthOptions {
   /** An instance is stale when its last heartbeat is older than this (default 90 s). */
@@ -41,4 +41,14 @@ export function agentHealth(
   const errorRate = judged ? window.failed / window.total : 0
   if (fresh < instances.length || errorRate >= o.errorRateThreshold) return 'degraded'
   return 'healthy'
+}
+
+/**
+ * A beat that reports no intents cannot worsen a healthy agent: its instance is fresh and the
+ * error-rate window is unchanged. (Staleness of other instances is the sweeper's to find.)
+ * Such a beat skips re-evaluation, which keeps the common beat to a few statements. A beat with
+ * intents is always re-evaluated: even successes can bring an unjudged window to ≥ 10 intents.
+ */
+export function beatKeepsHealth(agent: AgentRow, metrics: HeartbeatMetrics | null): boolean {
+  return agent.killed_at === null && agent.health_status === 'healthy' && (metrics === null || metrics.intents_total === 0)
 }

@@ -5,7 +5,7 @@ import { forbidden } from '../errors.js'
 import { killRecord } from '../kill-switch/kill-switch-service.js'
 import type { KillSwitchService } from '../kill-switch/kill-switch-service.js'
 import type { PolicyEngine } from '../policies/policy-engine.js'
-import { ERROR_RATE_WINDOW_MS, agentHealth, type HealthOptions } from './health.js'
+import { ERROR_RATE_WINDOW_MS, agentHealth, beatKeepsHealth, type HealthOptions } from './health.js'
 
 export interface HeartbeatOptions extends HealthOptions {
   /** Recommended interval answered to agents (`next_heartbeat_s`). */
@@ -57,6 +57,7 @@ export class HeartbeatService {
       window_start: now - ERROR_RATE_WINDOW_MS,
       health: this.#health,
       transition: transition(now),
+      keeps_health: beatKeepsHealth,
       cost_rule: (ctx) => {
         const outcome = this.#policies.costOutcome(ctx)
         if (!outcome.kill) return { thresholds: outcome.thresholds, kill: null }

@@ -1499,7 +1499,9 @@ export class PostgresStore implements Store {
         if (m.cost_usd > 0) await this.#applyCost(tx, agent, m.cost_usd, input.now, input.cost_rule, true)
       }
       const current = (await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1', [input.address_id])) as AgentRow
-      const status = await this.#reassess(tx, current, input.now, input.window_start, input.health, input.transition)
+      const status = input.keeps_health(current, input.metrics)
+        ? current.health_status
+        : await this.#reassess(tx, current, input.now, input.window_start, input.health, input.transition)
       return { agent: { ...current, health_status: status, last_heartbeat_at: input.now }, health_status: status }
     })
   }

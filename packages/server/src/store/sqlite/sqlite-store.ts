@@ -1091,7 +1091,9 @@ export class SqliteStore implements Store {
         if (m.cost_usd > 0) this.#applyCost(agent, m.cost_usd, input.now, input.cost_rule, changes)
       }
       const current = this.#q.agentById.get(input.address_id) as AgentRow
-      const status = this.#reassess(current, input.now, input.window_start, input.health, input.transition, changes)
+      const status = input.keeps_health(current, m)
+        ? current.health_status
+        : this.#reassess(current, input.now, input.window_start, input.health, input.transition, changes)
       return { agent: { ...current, health_status: status, last_heartbeat_at: input.now }, health_status: status }
     })
   }
