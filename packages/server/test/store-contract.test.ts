@@ -572,6 +572,8 @@ describe.each(ENGINES)('store contract, direct (%s)', (engine: Engine) => {
       health: ({ instances, now }: { instances: { last_heartbeat_at: number }[]; now: number }) =>
         instances.some((i) => now - i.last_heartbeat_at < MIN) ? ('healthy' as const) : ('unreachable' as const),
       cost_rule: () => ({ thresholds: [], kill: null }),
+      // Always re-evaluate here: this contract checks the store's reassessment itself.
+      keeps_health: () => false,
       transition: (a: AgentRow, from: string, to: string) => {
         transitions.push(`${from}→${to}`)
         return { ...meshDraft(a, 'agent.health_changed', T0), details: { from, to } }

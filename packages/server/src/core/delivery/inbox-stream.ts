@@ -14,6 +14,8 @@ export interface InboxStreamOptions {
   leaseMs: number
   maxInFlight: number
   requestId: string
+  /** The key the stream was opened with: revoking it ends the stream. */
+  keyId: string
   /** Counts deliveries written (first or repeated). */
   onDelivered?: (kind: 'delivered' | 'redelivered') => void
 }
@@ -76,6 +78,16 @@ export class InboxStream {
     if (!this.#sink.closed) this.#sink.ping()
   }
 
+  /** Ends the stream because its key was revoked. */
+  revoked(): void {
+    if (this.#sink.closed) return
+    this.#sink.send('error', {
+      ok: false,
+      error: { code: 'unauthorized', message: 'the API key of this stream was revoked', request_id: this.options.requestId },
+    })
+    this.#sink.end()
+  }
+
   /**
    * Ends the stream with the `agent.killed` frame (DESIGN §5b). While a claim is in flight
    * the frame waits for it: deliveries committed before the kill are written first, so the
@@ -100,6 +112,10 @@ export class InboxStream {
     const deadline = windowMs === null ? Infinity : Date.now() + windowMs
     let sent = 0
     try {
+      // Registered before this read, so a kill committed after it cuts the stream through the
+      // feed, and one committed before it is seen here: no re-send to a killed agent.
+      const fresh = await this.#store.getAgentById(agent.address_id)
+      if (fresh) deliveryRule(fresh)
       // Reconnect: re-send this instance's deliveries still leased, with their original seq.
       const leased = await this.#store.leasedDeliveries(agent.address_id, instanceId, since, this.#clock.now())
       for (const row of leased) {

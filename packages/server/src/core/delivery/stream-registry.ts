@@ -64,6 +64,11 @@ export class StreamRegistry {
           if (s.instanceId === change.instance_id && s.full) s.wake()
         }
         break
+      case 'key.revoked':
+        for (const list of this.#byAddress.values()) {
+          for (const stream of list) if (stream.options.keyId === change.key_id) stream.revoked()
+        }
+        break
       case 'agent.killed':
         this.cut(change.address_id, 'this agent was killed by an operator; its streams are closed')
         break

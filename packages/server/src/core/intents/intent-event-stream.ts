@@ -13,7 +13,7 @@ import { isTerminal } from './intent-service.js'
 export async function streamIntentEvents(
   deps: { store: Store; feed: ChangeFeed; clock: Clock },
   sink: EventSink,
-  options: { intentId: string; since: number; windowMs: number | null },
+  options: { intentId: string; since: number; windowMs: number | null; keyId: string },
 ): Promise<void> {
   let since = options.since
   let wake: (() => void) | null = null
@@ -23,6 +23,8 @@ export async function streamIntentEvents(
       pending = true
       wake?.()
     }
+    // A revoked key reads nothing more.
+    if (change.type === 'key.revoked' && change.key_id === options.keyId) sink.end()
   })
   sink.onClose(() => wake?.())
   const deadline = options.windowMs === null ? Infinity : Date.now() + options.windowMs

@@ -179,8 +179,16 @@ export class IntentService {
     return fromAgent
   }
 
+  /** A killed agent reads nothing through the gateway either: not even its held work. */
+  async #assertReaderLive(principal: Principal): Promise<void> {
+    if (principal.role !== 'agent' || principal.address_id === null) return
+    const agent = await this.#store.getAgentById(principal.address_id)
+    if (agent) settleRule(agent)
+  }
+
   /** Reads an intent the principal may see: staff, its sender or its recipient. */
   async get(principal: Principal, intentId: string): Promise<IntentRow> {
+    await this.#assertReaderLive(principal)
     const row = await this.#store.getIntent(intentId)
     if (!row) throw notFound(`intent ${intentId}`)
     if (
@@ -209,6 +217,7 @@ export class IntentService {
       after?: string | undefined
     },
   ): Promise<IntentRow[]> {
+    await this.#assertReaderLive(principal)
     let addressId: string
     if (query.agent === undefined) {
       if (principal.role !== 'agent') {
@@ -273,7 +282,14 @@ export class IntentService {
         if (isTerminal(intent.status)) {
           throw conflict(`intent is already ${intent.status}; a terminal status cannot change`, { status: intent.status })
         }
-        if (principal.role === 'agent') settleRule(recipient)
+        if (principal.role === 'agent') {
+          settleRule(recipient)
+          // Held work (a killed sender's undelivered output, or work held for a resume) is not
+          // the recipient's to act on until it is delivered.
+          if (intent.delivery_state === 'held') {
+            throw conflict('this intent is held by a kill and has not been delivered; it cannot be resolved yet')
+          }
+        }
         const result = input.result === undefined ? null : JSON.stringify(input.result)
         const error = input.error === undefined ? null : JSON.stringify(input.error)
         return {

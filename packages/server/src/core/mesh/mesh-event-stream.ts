@@ -10,7 +10,7 @@ import { meshEventId, meshEventView } from './mesh-events.js'
 export async function streamMeshEvents(
   deps: { store: Store; feed: ChangeFeed },
   sink: EventSink,
-  options: { after: number | null },
+  options: { after: number | null; keyId: string },
 ): Promise<void> {
   let wake: (() => void) | null = null
   let pending = false
@@ -19,6 +19,8 @@ export async function streamMeshEvents(
       pending = true
       wake?.()
     }
+    // A revoked key reads nothing more.
+    if (change.type === 'key.revoked' && change.key_id === options.keyId) sink.end()
   })
   sink.onClose(() => wake?.())
   try {

@@ -53,6 +53,7 @@ export function inboxRoutes(s: Services): Route[] {
           leaseMs: query.lease_seconds === undefined ? s.defaults.leaseMs : query.lease_seconds * 1000,
           maxInFlight: query.max_in_flight ?? s.defaults.maxInFlight,
           requestId,
+          keyId: principal.key_id,
           onDelivered: (kind) => s.metrics.deliveries.inc({ kind }),
         })
         s.streams.add(stream)

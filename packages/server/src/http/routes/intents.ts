@@ -83,6 +83,7 @@ export function intentRoutes(s: Services): Route[] {
           intentId,
           since,
           windowMs: query.wait_seconds === undefined ? null : query.wait_seconds * 1000,
+          keyId: principal.key_id,
         })
         return STREAMED
       },

@@ -171,9 +171,9 @@ export function meshRoutes(s: Services): Route[] {
       summary: 'Mesh events live, as server-sent events, after an event_id',
       query: MeshEventsStreamQuery,
       stream: true,
-      handler: async ({ query, res }) => {
+      handler: async ({ query, res, principal }) => {
         const after = query.after === undefined ? null : (parseMeshEventId(query.after) ?? 0)
-        await streamMeshEvents({ store: s.store, feed: s.store.feed }, new SseSink(res), { after })
+        await streamMeshEvents({ store: s.store, feed: s.store.feed }, new SseSink(res), { after, keyId: principal.key_id })
         return STREAMED
       },
     }),

@@ -11,9 +11,9 @@ import type { Services } from '../services.js'
 function ifMatch(req: IncomingMessage): number | null {
   const raw = req.headers['if-match']
   if (raw === undefined) return null
-  const m = typeof raw === 'string' ? /^\s*(?:W\/)?"?(\d{1,12})"?\s*$/.exec(raw) : null
+  const m = typeof raw === 'string' ? /^\s*(?:W\/)?(?:"(\d{1,12})"|(\d{1,12}))\s*$/.exec(raw) : null
   if (!m) throw new GatewayError('invalid_request', 'If-Match must be a policy version, e.g. If-Match: 3')
-  return Number(m[1])
+  return Number(m[1] ?? m[2])
 }
 
 export function policyRoutes(s: Services): Route[] {

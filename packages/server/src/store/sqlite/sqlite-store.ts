@@ -259,8 +259,11 @@ function prepare(db: Db) {
     bumpEventSeq: s('UPDATE intents SET last_event_seq = last_event_seq + 1 WHERE intent_id = ? RETURNING last_event_seq'),
     eventsSince: s('SELECT * FROM intent_events WHERE intent_id = ? AND seq > ? ORDER BY seq LIMIT ?'),
     idemGet: s('SELECT request_hash, intent_id FROM idempotency_keys WHERE from_address_id = ? AND idem_key = ?'),
+    // Upsert: a key whose intent was purged (retention) now names the new intent.
     idemPut: s(
-      'INSERT INTO idempotency_keys (from_address_id, idem_key, request_hash, intent_id, created_at) VALUES (?, ?, ?, ?, ?)',
+      `INSERT INTO idempotency_keys (from_address_id, idem_key, request_hash, intent_id, created_at) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT (from_address_id, idem_key) DO UPDATE SET request_hash = excluded.request_hash,
+         intent_id = excluded.intent_id, created_at = excluded.created_at`,
     ),
     inFlight: s(
       `SELECT count(*) AS n FROM intents WHERE to_address_id = ? AND delivery_state = 'leased' AND lease_instance = ?`,
