@@ -220,7 +220,4 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (policy_id, window_key)
   );
   `,
-  /* 5: a kill finds an agent's open backlog without walking its finished intents */ `
-  CREATE INDEX intents_backlog_to ON intents (to_address_id, seqno) WHERE delivery_state IN ('queued', 'leased');
-  `,
 ]

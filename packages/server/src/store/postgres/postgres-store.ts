@@ -1077,7 +1077,9 @@ export class PostgresStore implements Store {
       const rows = await tx.rows<Holdable & { to_address_id: string }>(
         `SELECT intent_id, delivery_state, lease_instance, last_event_seq, status, to_address_id FROM intents
          WHERE intent_id IN (
-           (SELECT intent_id FROM intents WHERE to_address_id = $1 AND delivery_state IN ('queued', 'leased') ORDER BY seqno LIMIT $2)
+           (SELECT intent_id FROM intents WHERE to_address_id = $1 AND delivery_state = 'queued' ORDER BY seqno LIMIT $2)
+           UNION ALL
+           (SELECT intent_id FROM intents WHERE to_address_id = $1 AND delivery_state = 'leased' ORDER BY seqno LIMIT $2)
            UNION ALL
            (SELECT intent_id FROM intents WHERE from_address_id = $1 AND delivery_state = 'queued' AND delivery_attempt = 0
             ORDER BY seqno LIMIT $2))

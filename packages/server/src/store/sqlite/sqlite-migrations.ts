@@ -202,7 +202,4 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (policy_id, window_key)
   ) WITHOUT ROWID;
   `,
-  /* 5: a kill finds an agent's open backlog without walking its finished intents */ `
-  CREATE INDEX intents_backlog_to ON intents (to_address_id, seqno) WHERE delivery_state IN ('queued', 'leased');
-  `,
 ]

@@ -83,8 +83,15 @@ function prepare(db: Db) {
     ),
     // Backlog of a killed agent: queued or leased work addressed to it...
     holdableTo: s(
-      `SELECT intent_id, delivery_state, lease_instance, last_event_seq, status FROM intents
-       WHERE to_address_id = ? AND delivery_state IN ('queued', 'leased') ORDER BY seqno LIMIT ?`,
+      // Two halves so each uses its partial index (queued / leased): a kill never walks the
+      // agent's finished intents, however long its history.
+      `SELECT * FROM (
+         SELECT intent_id, delivery_state, lease_instance, last_event_seq, status, seqno FROM intents INDEXED BY intents_queue
+         WHERE to_address_id = @id AND delivery_state = 'queued'
+         UNION ALL
+         SELECT intent_id, delivery_state, lease_instance, last_event_seq, status, seqno FROM intents INDEXED BY intents_leased
+         WHERE to_address_id = @id AND delivery_state = 'leased'
+       ) ORDER BY seqno LIMIT @limit`,
     ),
     // ...and its own output that no one has received yet.
     holdableFrom: s(
@@ -133,6 +140,15 @@ function prepare(db: Db) {
     ),
     countHour: s(
       `INSERT INTO counters_hour (address_id, hour, sent, received) VALUES (@address_id, @hour, @sent, @received)
+       ON CONFLICT (address_id, hour) DO UPDATE SET sent = sent + excluded.sent, received = received + excluded.received`,
+    ),
+    // One accept's counts: sent for the sender, received for the recipient (one row when they are the same).
+    countAcceptDay: s(
+      `INSERT INTO counters_day (address_id, day, sent, received) VALUES (@from, @day, 1, 0), (@to, @day, 0, 1)
+       ON CONFLICT (address_id, day) DO UPDATE SET sent = sent + excluded.sent, received = received + excluded.received`,
+    ),
+    countAcceptHour: s(
+      `INSERT INTO counters_hour (address_id, hour, sent, received) VALUES (@from, @hour, 1, 0), (@to, @hour, 0, 1)
        ON CONFLICT (address_id, hour) DO UPDATE SET sent = sent + excluded.sent, received = received + excluded.received`,
     ),
     sumCounters: s(
@@ -250,7 +266,7 @@ function prepare(db: Db) {
       `INSERT INTO intents (intent_id, intent_type, from_address_id, to_address_id, from_agent, to_agent, payload, correlation_id, reply_to,
          deadline_at, max_delivery_attempts, status, delivery_state, available_at, created_at, updated_at, trace_id, last_event_seq)
        VALUES (@intent_id, @intent_type, @from_address_id, @to_address_id, @from_agent, @to_agent, @payload, @correlation_id, @reply_to,
-         @deadline_at, @max_delivery_attempts, 'SUBMITTED', 'queued', @now, @now, @now, @trace_id, 2)`,
+         @deadline_at, @max_delivery_attempts, 'SUBMITTED', 'queued', @now, @now, @now, @trace_id, 2) RETURNING *`,
     ),
     insertEvent: s(
       `INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
@@ -563,20 +579,18 @@ export class SqliteStore implements Store {
     // Counted in the accepting transaction: the single writer makes read-decide-increment atomic.
     const day = parties.from_counters.day
     const hour = parties.from_counters.hour
-    this.#q.countDay.run({ address_id: from.address_id, day, sent: 1, received: 0, cost: 0 })
-    this.#q.countDay.run({ address_id: to.address_id, day, sent: 0, received: 1, cost: 0 })
-    this.#q.countHour.run({ address_id: from.address_id, hour, sent: 1, received: 0 })
-    this.#q.countHour.run({ address_id: to.address_id, hour, sent: 0, received: 1 })
-    this.#q.insertIntent.run({
+    this.#q.countAcceptDay.run({ from: from.address_id, to: to.address_id, day })
+    this.#q.countAcceptHour.run({ from: from.address_id, to: to.address_id, hour })
+    const row = this.#q.insertIntent.get({
       ...intent,
       from_address_id: parties.from.address_id,
       to_address_id: parties.to.address_id,
       now,
-    })
+    }) as IntentRow
     this.#q.insertEvent.run(intent.intent_id, 1, 'intent.created', 'SUBMITTED', actor, now, null)
     this.#q.insertEvent.run(intent.intent_id, 2, 'intent.submitted', 'SUBMITTED', actor, now, null)
     changes.push({ type: 'intent.available', address_id: parties.to.address_id })
-    return this.#q.intentById.get(intent.intent_id) as IntentRow
+    return row
   }
 
   async getIntent(intentId: string): Promise<IntentRow | undefined> {
@@ -811,7 +825,7 @@ export class SqliteStore implements Store {
       let canceled = 0
       const details = JSON.stringify({ reason: input.reason, killed_agent: agent.address })
       type Holdable = { intent_id: string; delivery_state: string; lease_instance: string | null; status: string }
-      const inbound = this.#q.holdableTo.all(input.address_id, input.limit) as Holdable[]
+      const inbound = this.#q.holdableTo.all({ id: input.address_id, limit: input.limit }) as Holdable[]
       for (const row of inbound) {
         const r = this.#q.hold.get({ intent_id: row.intent_id, now: input.now }) as { last_event_seq: number; status: string }
         this.#q.insertEvent.run(row.intent_id, r.last_event_seq, 'intent.held', r.status, input.actor, input.now, details)
