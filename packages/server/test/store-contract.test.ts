@@ -197,8 +197,10 @@ describe.each(ENGINES)('store contract, direct (%s)', (engine: Engine) => {
     expect(await store.getCounters(p.from.address_id, T0)).toMatchObject({ sent_day: 1, sent_hour: 1, received_day: 0 })
     expect(await store.getCounters(p.to.address_id, T0)).toMatchObject({ sent_day: 0, received_day: 1, received_hour: 1 })
     const day = new Date(T0).toISOString().slice(0, 10)
-    const sums = await store.sumCounters(day, day)
+    const sums = await store.sumCounters(day, day, [p.from.address_id])
     expect(sums.get(p.from.address_id)).toEqual({ sent: 1, received: 0, cost_usd: 0 })
+    // Only the agents asked for.
+    expect(sums.has(p.to.address_id)).toBe(false)
     expect(await store.getAgentByAddress(to)).toMatchObject({ address: to, killed_at: null, policy_version: 0 })
     expect(await store.listIntents({ address_id: p.from.address_id, direction: 'sent', status: null, limit: 10, after: null })).toHaveLength(1)
   })
@@ -591,7 +593,7 @@ describe.each(ENGINES)('store contract, direct (%s)', (engine: Engine) => {
     expect((await store.listInstances(agent.address_id)).map((i) => i.instance_id)).toEqual(['i-1', 'i-2'])
     expect(await store.metricsWindow(agent.address_id, T0 - MIN)).toEqual({ total: 10, succeeded: 9, failed: 1, latency_sum: 200, latency_n: 10 })
     expect((await store.getCounters(agent.address_id, T0)).cost_day).toBeCloseTo(0.25)
-    expect((await store.instanceCounts(T0)).get(agent.address_id)).toEqual({ total: 2, fresh: 2 })
+    expect((await store.instanceCounts(T0, [agent.address_id])).get(agent.address_id)).toEqual({ total: 2, fresh: 2 })
     const swept = await store.sweepHealth({
       now: T0 + 2 * MIN,
       stale_before: T0 + MIN,

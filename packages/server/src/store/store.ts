@@ -542,7 +542,7 @@ export interface Store {
   sweepHealth(input: HealthSweepInput): Promise<number>
   listInstances(addressId: string): Promise<InstanceRow[]>
   /** Instance counts per agent: total and fresh (seen at or after `freshSince`). */
-  instanceCounts(freshSince: number): Promise<Map<string, { total: number; fresh: number }>>
+  instanceCounts(freshSince: number, addressIds: readonly string[]): Promise<Map<string, { total: number; fresh: number }>>
   metricsWindow(addressId: string, windowStart: number): Promise<MetricsWindow>
   countAgentsByHealth(): Promise<Record<string, number>>
 
@@ -557,8 +557,12 @@ export interface Store {
     result: { now: number; status: number | null; error: string | null; delivered: boolean; next_attempt_at: number | null },
   ): Promise<void>
   listAlerts(limit: number, webhookId: string | null): Promise<AlertRow[]>
-  /** Counter rows summed over [fromDay, toDay] (inclusive, `YYYY-MM-DD`), per agent. */
-  sumCounters(fromDay: string, toDay: string): Promise<Map<string, { sent: number; received: number; cost_usd: number }>>
+  /** Counter rows summed over [fromDay, toDay] (inclusive, `YYYY-MM-DD`), for the given agents. */
+  sumCounters(
+    fromDay: string,
+    toDay: string,
+    addressIds: readonly string[],
+  ): Promise<Map<string, { sent: number; received: number; cost_usd: number }>>
 }
 
 export interface PolicyWrite {

@@ -98,13 +98,14 @@ export class AgentService {
     return this.#store.listAgents(limit, health)
   }
 
-  /** Per-agent stats for a window: accepted intents sent or received, reported cost, instances. */
-  async stats(window: StatsWindow, staleAfterMs: number): Promise<(agent: AgentRow) => AgentStats> {
+  /** Stats of the given agents for a window: accepted intents sent or received, reported cost, instances. */
+  async stats(agents: readonly AgentRow[], window: StatsWindow, staleAfterMs: number): Promise<(agent: AgentRow) => AgentStats> {
     const now = this.#clock.now()
     const [from, to] = windowDays(window, now)
+    const ids = agents.map((a) => a.address_id)
     const [sums, instances] = await Promise.all([
-      this.#store.sumCounters(from, to),
-      this.#store.instanceCounts(now - staleAfterMs),
+      this.#store.sumCounters(from, to, ids),
+      this.#store.instanceCounts(now - staleAfterMs, ids),
     ])
     return (agent) => {
       const sum = sums.get(agent.address_id)

@@ -30,11 +30,11 @@ export function meshRoutes(s: Services): Route[] {
       summary: 'Agents with health, instances, intents and cost for the window, and a summary by health',
       query: MeshAgentsQuery,
       handler: async ({ query }) => {
-        const [rows, stats, counts] = await Promise.all([
+        const [rows, counts] = await Promise.all([
           s.agents.list(query.limit ?? 100, query.health ?? null),
-          s.agents.stats(query.window ?? 'day', s.heartbeats.options.staleAfterMs),
           s.store.countAgentsByHealth(),
         ])
+        const stats = await s.agents.stats(rows, query.window ?? 'day', s.heartbeats.options.staleAfterMs)
         const summary = { total: 0, healthy: 0, degraded: 0, unreachable: 0, killed: 0, unknown: 0 }
         for (const [health, n] of Object.entries(counts)) {
           if (health in summary) summary[health as keyof typeof summary] += n
@@ -55,7 +55,7 @@ export function meshRoutes(s: Services): Route[] {
           s.store.listMeshEvents({ limit: 20, event_type: null, address: agent.address, before_seqno: null }),
           s.policies.list(agent.address_id),
           s.heartbeats.instances(agent),
-          s.agents.stats('day', s.heartbeats.options.staleAfterMs),
+          s.agents.stats([agent], 'day', s.heartbeats.options.staleAfterMs),
         ])
         return {
           agent: { ...agentView(agent, stats(agent)), instances, policies: policies.map(policyView) },

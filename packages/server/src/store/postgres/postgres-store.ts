@@ -1435,11 +1435,11 @@ export class PostgresStore implements Store {
     return counters.get(addressId) as AgentCounters
   }
 
-  async sumCounters(fromDay: string, toDay: string) {
+  async sumCounters(fromDay: string, toDay: string, addressIds: readonly string[]) {
     const rows = await this.#read<{ address_id: string; sent: number; received: number; cost_usd: number }>(
       `SELECT address_id, sum(sent)::bigint AS sent, sum(received)::bigint AS received, sum(cost_usd) AS cost_usd
-       FROM counters_day WHERE day >= $1 AND day <= $2 GROUP BY address_id`,
-      [fromDay, toDay],
+       FROM counters_day WHERE address_id = ANY($3::text[]) AND day >= $1 AND day <= $2 GROUP BY address_id`,
+      [fromDay, toDay, addressIds],
     )
     return new Map(rows.map((r) => [r.address_id, { sent: r.sent, received: r.received, cost_usd: r.cost_usd }]))
   }
@@ -1573,11 +1573,11 @@ export class PostgresStore implements Store {
     return this.#read<InstanceRow>('SELECT * FROM agent_instances WHERE address_id = $1 ORDER BY instance_id', [addressId])
   }
 
-  async instanceCounts(freshSince: number) {
+  async instanceCounts(freshSince: number, addressIds: readonly string[]) {
     const rows = await this.#read<{ address_id: string; total: number; fresh: number }>(
       `SELECT address_id, count(*) AS total, sum(CASE WHEN last_heartbeat_at >= $1 THEN 1 ELSE 0 END)::bigint AS fresh
-       FROM agent_instances GROUP BY address_id`,
-      [freshSince],
+       FROM agent_instances WHERE address_id = ANY($2::text[]) GROUP BY address_id`,
+      [freshSince, addressIds],
     )
     return new Map(rows.map((r) => [r.address_id, { total: r.total, fresh: r.fresh }]))
   }

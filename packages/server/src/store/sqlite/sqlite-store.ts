@@ -153,7 +153,7 @@ function prepare(db: Db) {
     ),
     sumCounters: s(
       `SELECT address_id, sum(sent) AS sent, sum(received) AS received, sum(cost_usd) AS cost_usd
-       FROM counters_day WHERE day >= ? AND day <= ? GROUP BY address_id`,
+       FROM counters_day WHERE address_id IN (SELECT value FROM json_each(?)) AND day >= ? AND day <= ? GROUP BY address_id`,
     ),
     budgetAlert: s('INSERT INTO budget_alerts (policy_id, day, percent, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING'),
     markAutoKill: s('UPDATE agents SET auto_kill_policy_id = ? WHERE address_id = ?'),
@@ -166,7 +166,7 @@ function prepare(db: Db) {
     forgetInstances: s('DELETE FROM agent_instances WHERE last_heartbeat_at < ?'),
     instanceCounts: s(
       `SELECT address_id, count(*) AS total, sum(CASE WHEN last_heartbeat_at >= ? THEN 1 ELSE 0 END) AS fresh
-       FROM agent_instances GROUP BY address_id`,
+       FROM agent_instances WHERE address_id IN (SELECT value FROM json_each(?)) GROUP BY address_id`,
     ),
     setHeartbeat: s('UPDATE agents SET last_heartbeat_at = ? WHERE address_id = ?'),
     setHealth: s('UPDATE agents SET health_status = ? WHERE address_id = ?'),
@@ -1070,8 +1070,8 @@ export class SqliteStore implements Store {
     return this.#counters(addressId, now)
   }
 
-  async sumCounters(fromDay: string, toDay: string) {
-    const rows = this.#q.sumCounters.all(fromDay, toDay) as { address_id: string; sent: number; received: number; cost_usd: number }[]
+  async sumCounters(fromDay: string, toDay: string, addressIds: readonly string[]) {
+    const rows = this.#q.sumCounters.all(JSON.stringify(addressIds), fromDay, toDay) as { address_id: string; sent: number; received: number; cost_usd: number }[]
     return new Map(rows.map((r) => [r.address_id, { sent: r.sent, received: r.received, cost_usd: r.cost_usd }]))
   }
 
@@ -1152,8 +1152,8 @@ export class SqliteStore implements Store {
     return this.#q.instancesOf.all(addressId) as InstanceRow[]
   }
 
-  async instanceCounts(freshSince: number) {
-    const rows = this.#q.instanceCounts.all(freshSince) as { address_id: string; total: number; fresh: number }[]
+  async instanceCounts(freshSince: number, addressIds: readonly string[]) {
+    const rows = this.#q.instanceCounts.all(freshSince, JSON.stringify(addressIds)) as { address_id: string; total: number; fresh: number }[]
     return new Map(rows.map((r) => [r.address_id, { total: r.total, fresh: r.fresh }]))
   }
 
