@@ -14,6 +14,8 @@ export interface GatewayConfig {
   readonly maxDeliveryAttempts: number
   readonly sweepIntervalMs: number
   readonly retentionDays: number
+  /** Keep-alive comment interval on open streams (DESIGN §5b: 15 s). */
+  readonly pingIntervalMs: number
   readonly staleAfterSeconds: number
   readonly heartbeatIntervalSeconds: number
   readonly instanceTtlSeconds: number
@@ -89,6 +91,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     maxDeliveryAttempts: int('CHOKEPOINT_MAX_DELIVERY_ATTEMPTS', env['CHOKEPOINT_MAX_DELIVERY_ATTEMPTS'], 10, 1, 100),
     sweepIntervalMs: int('CHOKEPOINT_SWEEP_INTERVAL_MS', env['CHOKEPOINT_SWEEP_INTERVAL_MS'], 500, 10, 60_000),
     retentionDays: int('CHOKEPOINT_RETENTION_DAYS', env['CHOKEPOINT_RETENTION_DAYS'], 7, 1, 3650),
+    pingIntervalMs: int('CHOKEPOINT_PING_INTERVAL_MS', env['CHOKEPOINT_PING_INTERVAL_MS'], 15_000, 100, 300_000),
     staleAfterSeconds: int('CHOKEPOINT_STALE_AFTER_SECONDS', env['CHOKEPOINT_STALE_AFTER_SECONDS'], 90, 1, 86_400),
     heartbeatIntervalSeconds: int('CHOKEPOINT_HEARTBEAT_INTERVAL_SECONDS', env['CHOKEPOINT_HEARTBEAT_INTERVAL_SECONDS'], 30, 1, 3600),
     instanceTtlSeconds: int('CHOKEPOINT_INSTANCE_TTL_SECONDS', env['CHOKEPOINT_INSTANCE_TTL_SECONDS'], 600, 1, 30 * 86_400),

@@ -72,7 +72,7 @@ export async function startGateway(
     unlock()
     throw error
   }
-  const streams = new StreamRegistry(store.feed)
+  const streams = new StreamRegistry(store.feed, config.pingIntervalMs)
   const metrics = new Metrics({ store, openStreams: () => streams.openStreams })
   store = instrumentStore(store, metrics)
   const keys = new KeyService(store, clock)
