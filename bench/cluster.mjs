@@ -31,6 +31,7 @@ import { httpRequest, runFlow } from './lib/load.mjs'
 import { findPostgresBin, startPostgres } from './lib/postgres.mjs'
 import { cpuPressureUs, procCpuUs } from './lib/procstat.mjs'
 import { fmt, summarize } from './lib/stats.mjs'
+import { now, sleep, bump, num, waitUntil } from './lib/util.mjs'
 
 export const description =
   'PostgreSQL cluster: 3 replicas vs single-node SQLite vs pg-boss 10, same run: intents/s end to end, kill → 403 / streams closed p50/p99'
@@ -49,25 +50,6 @@ const HOLD_TIMEOUT_MS = 3_000
 const KILLED_MIN_MS = 100
 const QUEUE = 'bench-cluster'
 
-const now = () => performance.now()
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-const bump = (tally, key) => {
-  tally[key] = (tally[key] ?? 0) + 1
-}
-const num = (value, fallback, name) => {
-  if (value === undefined) return fallback
-  const n = Number(value)
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got "${value}"`)
-  return n
-}
-async function waitUntil(predicate, timeoutMs, stepMs = 2) {
-  const deadline = now() + timeoutMs
-  while (!predicate()) {
-    if (now() >= deadline) return false
-    await sleep(stepMs)
-  }
-  return true
-}
 const ratio = (a, b) => (a === null || b === null || a === undefined || b === undefined || !b ? null : Math.round((a / b) * 1000) / 1000)
 
 // ---- gateways ------------------------------------------------------------------------------------

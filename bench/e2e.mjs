@@ -20,6 +20,7 @@ import { cpuPressureUs } from './lib/procstat.mjs'
 import { runFlow } from './lib/load.mjs'
 import { summarize, fmt } from './lib/stats.mjs'
 import { summarizeProfile } from './lib/cpuprofile.mjs'
+import { num } from './lib/util.mjs'
 
 const HERE = fileURLToPath(new URL('.', import.meta.url))
 const TARGET_INTENTS_PER_S = 5000
@@ -44,12 +45,6 @@ export const options = {
   server: { type: 'string', help: 'server entry to benchmark, for A/B runs (default packages/server/dist/index.js)' },
 }
 
-const num = (value, fallback, name) => {
-  if (value === undefined) return fallback
-  const n = Number(value)
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got "${value}"`)
-  return n
-}
 
 function dirBytes(dir) {
   let total = 0

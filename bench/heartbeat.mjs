@@ -29,6 +29,7 @@ import { httpRequest } from './lib/load.mjs'
 import { cpuWindow } from './lib/procstat.mjs'
 import { summarize, fmt } from './lib/stats.mjs'
 import { summarizeProfile } from './lib/cpuprofile.mjs'
+import { now, sleep, bump, num } from './lib/util.mjs'
 
 export const description = 'gateway CPU for 10,000 agents heartbeating every 30 s (333 beats/s) vs the same rate of GET /health; latency p50/p99'
 
@@ -46,18 +47,7 @@ const TARGET_CPU_PCT = 5
 /** Above this share of a phase with a task waiting for a CPU, the numbers are flagged. */
 const BUSY_PRESSURE_PCT = 40
 const WARMUP_MS = 2_000
-const now = () => performance.now()
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-const bump = (tally, key) => {
-  tally[key] = (tally[key] ?? 0) + 1
-}
 
-const num = (value, fallback, name) => {
-  if (value === undefined) return fallback
-  const n = Number(value)
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got "${value}"`)
-  return n
-}
 
 const addressOf = (i) => `agent://bench/hb/agent-${String(i).padStart(5, '0')}`
 

@@ -32,6 +32,7 @@ import { startGateway, api } from './lib/gateway.mjs'
 import { httpRequest } from './lib/load.mjs'
 import { cpuWindow } from './lib/procstat.mjs'
 import { summarize, fmt } from './lib/stats.mjs'
+import { now, sleep, bump, num, waitUntil } from './lib/util.mjs'
 
 export const description =
   'kill switch under load: kill call, first 403, all 4 streams cut, first delivery after resume (100 cycles) vs a Redis flag polled every 1 s'
@@ -58,28 +59,9 @@ const KILLED_MIN_MS = 100
 /** Above this share of the run with a task waiting for a CPU, the numbers are flagged. */
 const BUSY_PRESSURE_PCT = 40
 
-const now = () => performance.now()
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-const bump = (tally, key) => {
-  tally[key] = (tally[key] ?? 0) + 1
-}
 const round3 = (v) => (v === null ? null : Math.round(v * 1000) / 1000)
 
-async function waitUntil(predicate, timeoutMs, stepMs = 2) {
-  const deadline = now() + timeoutMs
-  while (!predicate()) {
-    if (now() >= deadline) return false
-    await sleep(stepMs)
-  }
-  return true
-}
 
-const num = (value, fallback, name) => {
-  if (value === undefined) return fallback
-  const n = Number(value)
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got "${value}"`)
-  return n
-}
 
 // ---- inbox streams ------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { startChild, stopAll, trackTempDir, removeTempDir } from './lib/children.mjs'
 import { renderTable, summarize, fmt } from './lib/stats.mjs'
+import { num } from './lib/util.mjs'
 
 const HERE = fileURLToPath(new URL('.', import.meta.url))
 const SERVER_DIST = fileURLToPath(new URL('../packages/server/dist/', import.meta.url))
@@ -39,12 +40,6 @@ export const options = {
   'no-http': { type: 'boolean', help: 'skip the HTTP part' },
 }
 
-const num = (value, fallback, name) => {
-  if (value === undefined) return fallback
-  const n = Number(value)
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got "${value}"`)
-  return n
-}
 
 // ---- the policy set ---------------------------------------------------------------------------
 

@@ -8,9 +8,8 @@
 // (create sent → resolve answered) needs no lookup and works even when the delivery frame
 // overtakes the create response.
 import http from 'node:http'
+import { now, sleep, bump } from './util.mjs'
 
-const now = () => performance.now()
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 function request(agent, base, method, path, headers, body) {
   return new Promise((resolve, reject) => {
@@ -38,9 +37,6 @@ function request(agent, base, method, path, headers, body) {
   })
 }
 
-const bump = (tally, key) => {
-  tally[key] = (tally[key] ?? 0) + 1
-}
 
 /**
  * Runs the flow against `url` and returns counters, latency samples and timings.
