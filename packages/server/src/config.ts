@@ -24,6 +24,8 @@ export interface GatewayConfig {
   readonly metricsKey: string | undefined
   /** Held intents released per second per agent on resume (DESIGN §2.4). */
   readonly resumeRatePerSecond: number
+  /** How long a valid API key is remembered between store reads (0: read on every request). */
+  readonly keyCacheSeconds: number
   readonly quiet: boolean
 }
 
@@ -98,6 +100,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     alertRetryBaseMs: int('CHOKEPOINT_ALERT_RETRY_BASE_MS', env['CHOKEPOINT_ALERT_RETRY_BASE_MS'], 1000, 10, 3_600_000),
     metricsKey: metricsKeyOf(flags, env),
     resumeRatePerSecond: int('CHOKEPOINT_RESUME_RATE', env['CHOKEPOINT_RESUME_RATE'], 50, 1, 100_000),
+    keyCacheSeconds: int('CHOKEPOINT_KEY_CACHE_SECONDS', env['CHOKEPOINT_KEY_CACHE_SECONDS'], 300, 0, 86_400),
     quiet: env['CHOKEPOINT_QUIET'] === '1',
   })
 }

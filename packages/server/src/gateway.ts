@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { AgentService } from './core/agents/agent-service.js'
-import { KeyService } from './core/auth/key-service.js'
+import { DEFAULT_KEY_CACHE, KeyService } from './core/auth/key-service.js'
 import { systemClock, type Clock } from './core/clock.js'
 import { StreamRegistry } from './core/delivery/stream-registry.js'
 import { IntentService } from './core/intents/intent-service.js'
@@ -75,7 +75,7 @@ export async function startGateway(
   const streams = new StreamRegistry(store.feed, config.pingIntervalMs)
   const metrics = new Metrics({ store, openStreams: () => streams.openStreams })
   store = instrumentStore(store, metrics)
-  const keys = new KeyService(store, clock)
+  const keys = new KeyService(store, clock, { ...DEFAULT_KEY_CACHE, ttlMs: config.keyCacheSeconds * 1000 })
   const { printedKey } = await keys.bootstrap(config.adminKey)
   const leaseMs = config.leaseSeconds * 1000
   const agents = new AgentService(store, clock)

@@ -18,11 +18,19 @@ export type ChangeListener = (change: Change) => void
 
 export interface ChangeFeed {
   subscribe(listener: ChangeListener): () => void
+  /**
+   * Which unbroken run of the feed this is: the same number means no change since it was read
+   * can have been missed. `null` while changes may be being missed (PostgreSQL's LISTEN
+   * connection is down). Caches that rely on the feed to hear of invalidations check it.
+   */
+  readonly epoch: number | null
 }
 
 /** The in-process feed (the SQLite engine's whole feed; PostgreSQL feeds it from LISTEN). */
 export class LocalFeed implements ChangeFeed {
   readonly #listeners = new Set<ChangeListener>()
+  /** In-process: nothing can be missed. */
+  readonly epoch: number | null = 0
 
   subscribe(listener: ChangeListener): () => void {
     this.#listeners.add(listener)

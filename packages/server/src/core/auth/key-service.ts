@@ -26,14 +26,60 @@ export const keyView = (row: KeyRow): KeyView => ({
 
 const KEY_SHAPE = /^cp_[0-9A-Za-z]{20,128}$/
 
-/** API keys: creation, lookup (hashed, constant-time), revocation, bootstrap. */
+export interface KeyCacheOptions {
+  /** How long a looked-up key is trusted without reading it again (0: no cache). */
+  ttlMs: number
+  /** At most this many keys are remembered (the oldest are dropped first). */
+  maxEntries: number
+}
+
+export const DEFAULT_KEY_CACHE: KeyCacheOptions = { ttlMs: 300_000, maxEntries: 100_000 }
+
+interface CachedKey {
+  principal: Principal
+  hash: string
+  expiresAt: number
+}
+
+/**
+ * API keys: creation, lookup (hashed, constant-time), revocation, bootstrap.
+ *
+ * Valid keys are remembered by hash so that a request does not read the key table: a
+ * revocation reaches every replica's cache through the change feed (`key.revoked`), and the
+ * cache is only trusted for as long as the feed has run unbroken (its epoch): while the feed
+ * may be missing changes every request reads the store, and after a reconnect the cache starts
+ * empty. The TTL only bounds what a change made behind the gateway's back (SQL by hand) costs.
+ */
 export class KeyService {
   readonly #store: Store
   readonly #clock: Clock
+  readonly #cache = new Map<string, CachedKey>()
+  readonly #cacheOptions: KeyCacheOptions
+  #cacheEpoch: number | null = null
+  /** Bumped on every invalidation: a lookup that raced one does not fill the cache. */
+  #generation = 0
 
-  constructor(store: Store, clock: Clock) {
+  constructor(store: Store, clock: Clock, cache: KeyCacheOptions = DEFAULT_KEY_CACHE) {
     this.#store = store
     this.#clock = clock
+    this.#cacheOptions = cache
+    store.feed.subscribe((change) => {
+      if (change.type !== 'key.revoked') return
+      this.#generation += 1
+      for (const [hash, entry] of this.#cache) if (entry.principal.key_id === change.key_id) this.#cache.delete(hash)
+    })
+  }
+
+  /** The cache, if the feed has run unbroken since it was filled; otherwise emptied (or unusable: null). */
+  #usableCache(): Map<string, CachedKey> | null {
+    if (this.#cacheOptions.ttlMs <= 0) return null
+    const epoch = this.#store.feed.epoch
+    if (epoch !== this.#cacheEpoch) {
+      this.#cache.clear()
+      this.#generation += 1
+      this.#cacheEpoch = epoch
+    }
+    return epoch === null ? null : this.#cache
   }
 
   /** Resolves a raw key to its principal; any failure is the same 401. */
@@ -42,12 +88,27 @@ export class KeyService {
       throw new GatewayError('unauthorized', 'missing API key: send it as x-api-key or Authorization: Bearer')
     }
     const hash = sha256Hex(raw)
+    const cache = this.#usableCache()
+    const now = this.#clock.now()
+    const hit = cache?.get(hash)
+    // The map finds the entry by hash; the comparison itself is constant-time, as for the store.
+    if (hit && hit.expiresAt > now && digestsEqual(hit.hash, hash)) return hit.principal
+    const generation = this.#generation
     const row = KEY_SHAPE.test(raw) ? await this.#store.findKeyByHash(hash) : undefined
     // The index lookup finds the row by hash; the comparison itself is constant-time.
     if (!row || !digestsEqual(row.key_hash, hash) || row.revoked_at !== null) {
       throw new GatewayError('unauthorized', 'invalid or revoked API key')
     }
-    return { key_id: row.key_id, role: row.role, address_id: row.address_id, address: row.address }
+    const principal: Principal = Object.freeze({ key_id: row.key_id, role: row.role, address_id: row.address_id, address: row.address })
+    if (cache && generation === this.#generation && this.#usableCache() === cache) {
+      cache.delete(hash)
+      if (cache.size >= this.#cacheOptions.maxEntries) {
+        const oldest = cache.keys().next()
+        if (!oldest.done) cache.delete(oldest.value)
+      }
+      cache.set(hash, { principal, hash: row.key_hash, expiresAt: now + this.#cacheOptions.ttlMs })
+    }
+    return principal
   }
 
   async create(

@@ -11,6 +11,7 @@ const BACKOFF_MIN_MS = 100
 const BACKOFF_MAX_MS = 5_000
 /** The LISTEN connection is probed this often, so a silently dead socket is noticed. */
 const PROBE_INTERVAL_MS = 10_000
+const PROBE_TIMEOUT_MS = 5_000
 
 /** One NOTIFY payload: the committing replica (`o`) and the changes of one transaction (`c`). */
 interface Envelope {
@@ -96,6 +97,12 @@ export class PostgresFeed implements ChangeFeed {
     return this.#listening
   }
 
+  /** Counts LISTEN connections made: a new number after every reconnect; null while down. */
+  #connections = 0
+  get epoch(): number | null {
+    return this.#listening ? this.#connections : null
+  }
+
   subscribe(listener: ChangeListener): () => void {
     return this.#local.subscribe(listener)
   }
@@ -156,6 +163,7 @@ export class PostgresFeed implements ChangeFeed {
     ready = true
     const wasDown = this.#attempt > 0 || this.#pollTimer !== null
     this.#client = client
+    this.#connections += 1
     this.#listening = true
     this.#attempt = 0
     if (this.#pollTimer) clearTimeout(this.#pollTimer)
@@ -203,9 +211,20 @@ export class PostgresFeed implements ChangeFeed {
       this.#probeTimer = null
       const client = this.#client
       if (!client || this.#closed) return
+      // A connection that hangs without an error (a silent network partition) counts as down
+      // once the probe goes unanswered: the kill-state poll takes over and caches stop trusting
+      // the feed (epoch null) within PROBE_INTERVAL_MS + PROBE_TIMEOUT_MS.
+      const timeout = setTimeout(() => this.#down(new Error('LISTEN connection probe unanswered'), client), PROBE_TIMEOUT_MS)
+      timeout.unref()
       client.query('SELECT 1').then(
-        () => this.#scheduleProbe(),
-        (error: unknown) => this.#down(error, client),
+        () => {
+          clearTimeout(timeout)
+          if (client === this.#client) this.#scheduleProbe()
+        },
+        (error: unknown) => {
+          clearTimeout(timeout)
+          this.#down(error, client)
+        },
       )
     }, PROBE_INTERVAL_MS)
     this.#probeTimer.unref()
