@@ -26,6 +26,8 @@ export interface GatewayConfig {
   readonly resumeRatePerSecond: number
   /** How long a valid API key is remembered between store reads (0: read on every request). */
   readonly keyCacheSeconds: number
+  /** SQLite: a heartbeat may wait this long for other writes to share its commit (0: at once). */
+  readonly heartbeatBatchMs: number
   readonly quiet: boolean
 }
 
@@ -101,6 +103,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     metricsKey: metricsKeyOf(flags, env),
     resumeRatePerSecond: int('CHOKEPOINT_RESUME_RATE', env['CHOKEPOINT_RESUME_RATE'], 50, 1, 100_000),
     keyCacheSeconds: int('CHOKEPOINT_KEY_CACHE_SECONDS', env['CHOKEPOINT_KEY_CACHE_SECONDS'], 300, 0, 86_400),
+    heartbeatBatchMs: int('CHOKEPOINT_HEARTBEAT_BATCH_MS', env['CHOKEPOINT_HEARTBEAT_BATCH_MS'], 20, 0, 10_000),
     quiet: env['CHOKEPOINT_QUIET'] === '1',
   })
 }

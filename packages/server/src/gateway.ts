@@ -67,7 +67,13 @@ export async function startGateway(
     store =
       config.databaseUrl !== null
         ? await PostgresStore.open({ url: config.databaseUrl, hashAudit: auditHash, alertFor, log })
-        : new SqliteStore({ dataDir: config.dataDir, durability: config.durability, hashAudit: auditHash, alertFor })
+        : new SqliteStore({
+            dataDir: config.dataDir,
+            durability: config.durability,
+            hashAudit: auditHash,
+            alertFor,
+            heartbeatBatchMs: config.heartbeatBatchMs,
+          })
   } catch (error) {
     unlock()
     throw error

@@ -727,3 +727,58 @@ describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id
     expect(all.summary.total).toBe(6)
   })
 })
+
+describe('heartbeats share commits on SQLite (CHOKEPOINT_HEARTBEAT_BATCH_MS)', () => {
+  const WINDOW_MS = 2_000
+  let gw: TestGateway
+  beforeAll(async () => {
+    // The sweeper's own writes are due at once and would take lingering beats along: slow it down.
+    gw = await startTestGateway({ engine: 'sqlite', env: { ...SLOW_SWEEPER, CHOKEPOINT_HEARTBEAT_BATCH_MS: String(WINDOW_MS) } })
+  })
+  afterAll(() => gw.close())
+
+  it('a lone beat waits for company up to the window; beats within it are answered together, after one commit', async () => {
+    const keys = await Promise.all([1, 2, 3].map((i) => agentKey(gw, `agent://batch/prod/beat-${i}`)))
+    const started = performance.now()
+    const answers = await Promise.all(
+      keys.map(async (key) => {
+        const res = await api(gw.url, key, 'POST', '/v1/mesh/heartbeat', {}, { 'x-instance-id': 'i-1' })
+        return { status: res.status, health: res.body.health_status, at: performance.now() - started }
+      }),
+    )
+    expect(answers.map((a) => [a.status, a.health])).toEqual([
+      [200, 'healthy'],
+      [200, 'healthy'],
+      [200, 'healthy'],
+    ])
+    // Not before the window (timers never fire early), and all three within a few ms of each other.
+    for (const a of answers) expect(a.at).toBeGreaterThanOrEqual(WINDOW_MS - 5)
+    const spread = Math.max(...answers.map((a) => a.at)) - Math.min(...answers.map((a) => a.at))
+    expect(spread).toBeLessThan(WINDOW_MS / 2)
+    // Committed when answered: the views show every instance.
+    for (let i = 1; i <= 3; i += 1) {
+      const agent = await api(gw.url, gw.adminKey, 'GET', `/v1/mesh/agents/${encodeURIComponent(`agent://batch/prod/beat-${i}`)}`)
+      expect(agent.body.agent.instances.map((x: { instance_id: string }) => x.instance_id)).toEqual(['i-1'])
+    }
+  })
+
+  it('a write that is due now (a kill) does not wait for lingering beats, and takes them along', async () => {
+    const beater = await agentKey(gw, 'agent://batch/prod/beater')
+    await agentKey(gw, 'agent://batch/prod/target')
+    const started = performance.now()
+    const beat = api(gw.url, beater, 'POST', '/v1/mesh/heartbeat', {}, { 'x-instance-id': 'i-1' }).then((res) => ({
+      res,
+      at: performance.now() - started,
+    }))
+    // Let the beat reach the store and start lingering, then kill another agent.
+    await new Promise((r) => setTimeout(r, 200))
+    const kill = await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${encodeURIComponent('agent://batch/prod/target')}/kill`, { reason: 'test' })
+    const killedAt = performance.now() - started
+    expect(kill.status).toBe(200)
+    const { res, at } = await beat
+    expect(res.status).toBe(200)
+    // Both long before the beat's window would have closed.
+    expect(killedAt).toBeLessThan(WINDOW_MS / 2)
+    expect(at).toBeLessThan(WINDOW_MS / 2)
+  })
+})

@@ -594,18 +594,27 @@ describe.each(ENGINES)('store contract, direct (%s)', (engine: Engine) => {
     expect(await store.metricsWindow(agent.address_id, T0 - MIN)).toEqual({ total: 10, succeeded: 9, failed: 1, latency_sum: 200, latency_n: 10 })
     expect((await store.getCounters(agent.address_id, T0)).cost_day).toBeCloseTo(0.25)
     expect((await store.instanceCounts(T0, [agent.address_id])).get(agent.address_id)).toEqual({ total: 2, fresh: 2 })
-    const swept = await store.sweepHealth({
-      now: T0 + 2 * MIN,
-      stale_before: T0 + MIN,
-      forget_before: T0 - MIN,
-      window_start: T0 - 5 * MIN,
-      health: base.health,
-      transition: base.transition,
-      limit: 10_000,
-    })
-    expect(swept).toBeGreaterThanOrEqual(1)
+    // Both instances are past the forget time too (the gateway was down long): the pass still
+    // sees them, so the agent becomes unreachable (not unknown); the next pass forgets them.
+    const sweep = (purge: number | null) =>
+      store.sweepHealth({
+        now: T0 + 2 * MIN,
+        stale_before: T0 + MIN,
+        forget_before: T0 + MIN,
+        window_start: T0 - 5 * MIN,
+        health: base.health,
+        transition: base.transition,
+        limit: 10_000,
+        purge_metrics_before: purge,
+      })
+    expect(await sweep(null)).toBeGreaterThanOrEqual(1)
     expect(transitions).toEqual(['unknown→healthy', 'healthy→unreachable'])
     expect((await store.getAgentById(agent.address_id))?.health_status).toBe('unreachable')
+    expect(await store.listInstances(agent.address_id)).toHaveLength(2)
+    expect(await sweep(Math.floor(T0 / MIN) + 1)).toBe(0)
+    expect(await store.listInstances(agent.address_id)).toHaveLength(0)
+    expect((await store.getAgentById(agent.address_id))?.health_status).toBe('unreachable')
+    expect(await store.metricsWindow(agent.address_id, T0 - MIN)).toEqual({ total: 0, succeeded: 0, failed: 0, latency_sum: 0, latency_n: 0 })
   })
 
   it('webhooks: mesh events queue alerts in the same transaction; claims lease them; attempts are recorded', async () => {

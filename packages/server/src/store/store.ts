@@ -99,6 +99,8 @@ export interface HealthSweepInput {
   health: HealthRule
   transition: (agent: AgentRow, from: HealthStatus, to: HealthStatus) => MeshEventDraft
   limit: number
+  /** Drop reported metrics of minutes before this one (null: not this pass). */
+  purge_metrics_before: number | null
 }
 
 export interface WebhookRow {

@@ -71,10 +71,17 @@ export class HeartbeatService {
     return { agent, health_status: k ? ('killed' as const) : health_status }
   }
 
+  /** The minute before which reported metrics were last dropped (they are kept by the minute). */
+  #purgedBefore = -1
+
   /** Marks agents whose instances went silent, without anyone asking (sweeper). */
   async sweep(): Promise<number> {
     const now = this.#clock.now()
-    return this.#store.sweepHealth({
+    // Metrics older than the error-rate window, plus an hour for the views, are dropped once
+    // a minute: the purge reads the whole table, the staleness pass only what is going stale.
+    const purgeBefore = Math.floor((now - ERROR_RATE_WINDOW_MS) / 60_000) - 60
+    const purge = purgeBefore > this.#purgedBefore ? purgeBefore : null
+    const transitions = await this.#store.sweepHealth({
       now,
       stale_before: now - this.options.staleAfterMs,
       forget_before: now - this.options.forgetAfterMs,
@@ -82,7 +89,10 @@ export class HeartbeatService {
       health: this.#health,
       transition: transition(now),
       limit: 500,
+      purge_metrics_before: purge,
     })
+    if (purge !== null) this.#purgedBefore = purge
+    return transitions
   }
 
   /** Instances with their health, for the agent detail view. */

@@ -1548,14 +1548,21 @@ export class PostgresStore implements Store {
   async sweepHealth(input: HealthSweepInput): Promise<number> {
     return this.#tx(async (tx) => {
       // Forget long-silent instances first, so the health computed below sees the same list the views show.
-      await tx.run('DELETE FROM agent_instances WHERE last_heartbeat_at < $1', [input.forget_before])
-      // Live agents shown healthy/degraded whose last beat, or one of whose instances, went
-      // quiet. Every replica sweeps; SKIP LOCKED gives each stale agent to one of them.
+      // Except those of an agent still shown live whose last beat is stale: the staleness pass
+      // must see them first (it then marks the agent unreachable).
+      await tx.run(
+        `DELETE FROM agent_instances i WHERE i.last_heartbeat_at < $1
+           AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.address_id = i.address_id AND a.killed_at IS NULL
+             AND a.health_status IN ('healthy', 'degraded') AND a.last_heartbeat_at < $2)`,
+        [input.forget_before, input.stale_before],
+      )
+      // Live agents shown healthy/degraded with an instance that went quiet (an agent whose last
+      // beat is stale has only such instances), found through the instances' time index. Every
+      // replica sweeps; SKIP LOCKED gives each stale agent to one of them.
       const candidates = await tx.rows<AgentRow>(
         `SELECT a.* FROM agents a
-         WHERE a.killed_at IS NULL AND a.health_status IN ('healthy', 'degraded')
-           AND (a.last_heartbeat_at < $1
-                OR EXISTS (SELECT 1 FROM agent_instances i WHERE i.address_id = a.address_id AND i.last_heartbeat_at < $1))
+         WHERE a.address_id IN (SELECT i.address_id FROM agent_instances i WHERE i.last_heartbeat_at < $1)
+           AND a.killed_at IS NULL AND a.health_status IN ('healthy', 'degraded')
          ORDER BY a.address_id LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED`,
         [input.stale_before, input.limit],
       )
@@ -1564,7 +1571,9 @@ export class PostgresStore implements Store {
         const next = await this.#reassess(tx, agent, input.now, input.window_start, input.health, input.transition)
         if (next !== agent.health_status) transitions += 1
       }
-      await tx.run('DELETE FROM heartbeat_metrics WHERE minute < $1', [Math.floor(input.window_start / 60_000) - 60])
+      if (input.purge_metrics_before !== null) {
+        await tx.run('DELETE FROM heartbeat_metrics WHERE minute < $1', [input.purge_metrics_before])
+      }
       return transitions
     })
   }

@@ -59,6 +59,8 @@ export interface SqliteStoreConfig {
   hashAudit: AuditHasher
   /** Which mesh events become webhook alerts (core's rule). */
   alertFor: AlertMapper
+  /** A heartbeat may wait this long for other writes to share its commit (0: commit at once). */
+  heartbeatBatchMs?: number
 }
 
 type Stmts = ReturnType<typeof prepare>
@@ -163,7 +165,13 @@ function prepare(db: Db) {
        ON CONFLICT (address_id, instance_id) DO UPDATE SET last_heartbeat_at = excluded.last_heartbeat_at`,
     ),
     instancesOf: s('SELECT * FROM agent_instances WHERE address_id = ? ORDER BY instance_id'),
-    forgetInstances: s('DELETE FROM agent_instances WHERE last_heartbeat_at < ?'),
+    // Long-silent instances leave the list, except those of an agent still shown live whose last
+    // beat is stale: the staleness pass must see them first (it then marks the agent unreachable).
+    forgetInstances: s(
+      `DELETE FROM agent_instances WHERE last_heartbeat_at < @forget
+         AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.address_id = agent_instances.address_id AND a.killed_at IS NULL
+           AND a.health_status IN ('healthy', 'degraded') AND a.last_heartbeat_at < @stale)`,
+    ),
     instanceCounts: s(
       `SELECT address_id, count(*) AS total, sum(CASE WHEN last_heartbeat_at >= ? THEN 1 ELSE 0 END) AS fresh
        FROM agent_instances WHERE address_id IN (SELECT value FROM json_each(?)) GROUP BY address_id`,
@@ -176,10 +184,12 @@ function prepare(db: Db) {
        ON CONFLICT (address_id, minute) DO UPDATE SET total = total + excluded.total, succeeded = succeeded + excluded.succeeded,
          failed = failed + excluded.failed, latency_sum = latency_sum + excluded.latency_sum, latency_n = latency_n + excluded.latency_n`,
     ),
+    // Reported intents and, for an agent without policies, its reported cost: one upsert.
     reportDay: s(
-      `INSERT INTO counters_day (address_id, day, reported_total, reported_succeeded, reported_failed) VALUES (?, ?, ?, ?, ?)
+      `INSERT INTO counters_day (address_id, day, reported_total, reported_succeeded, reported_failed, cost_usd) VALUES (?, ?, ?, ?, ?, ?)
        ON CONFLICT (address_id, day) DO UPDATE SET reported_total = reported_total + excluded.reported_total,
-         reported_succeeded = reported_succeeded + excluded.reported_succeeded, reported_failed = reported_failed + excluded.reported_failed`,
+         reported_succeeded = reported_succeeded + excluded.reported_succeeded, reported_failed = reported_failed + excluded.reported_failed,
+         cost_usd = cost_usd + excluded.cost_usd`,
     ),
     metricsWindow: s(
       `SELECT coalesce(sum(total), 0) AS total, coalesce(sum(succeeded), 0) AS succeeded, coalesce(sum(failed), 0) AS failed,
@@ -187,12 +197,14 @@ function prepare(db: Db) {
        FROM heartbeat_metrics WHERE address_id = ? AND minute >= ?`,
     ),
     purgeMetrics: s('DELETE FROM heartbeat_metrics WHERE minute < ?'),
-    // Live agents shown healthy/degraded whose last beat, or one of whose instances, went quiet.
+    // Live agents shown healthy/degraded with an instance that went quiet (an agent whose last
+    // beat is stale has only such instances). Driven by the instances' time index, so a pass
+    // reads what is going stale, not every live agent of the fleet (the unary + keeps the planner
+    // off the health index, which would visit them all).
     staleCandidates: s(
       `SELECT a.* FROM agents a
-       WHERE a.killed_at IS NULL AND a.health_status IN ('healthy', 'degraded')
-         AND (a.last_heartbeat_at < @before
-              OR EXISTS (SELECT 1 FROM agent_instances i WHERE i.address_id = a.address_id AND i.last_heartbeat_at < @before))
+       WHERE a.address_id IN (SELECT i.address_id FROM agent_instances i WHERE i.last_heartbeat_at < @before)
+         AND a.killed_at IS NULL AND +a.health_status IN ('healthy', 'degraded')
        LIMIT @limit`,
     ),
     countByHealth: s(
@@ -364,13 +376,20 @@ export class SqliteStore implements Store {
     this.#db.pragma(`synchronous = ${config.durability === 'full' ? 'FULL' : 'NORMAL'}`)
     this.#db.pragma('foreign_keys = ON')
     this.#db.pragma('busy_timeout = 5000')
+    // Keep a fleet's hot rows in memory (up to 64 MiB) instead of re-reading evicted pages, and
+    // checkpoint every ~40 MB of WAL instead of ~4 MB: a checkpoint writes each page once however
+    // often it changed, so rows updated again and again (heartbeats, counters) cost fewer writes.
+    this.#db.pragma('cache_size = -65536')
+    this.#db.pragma('wal_autocheckpoint = 10000')
     migrate(this.#db)
     this.#q = prepare(this.#db)
     this.#hashAudit = config.hashAudit
     this.#alertFor = config.alertFor
+    this.#heartbeatBatchMs = config.heartbeatBatchMs ?? 0
   }
 
-  /** Runs `fn` in one write transaction and publishes `changes` after it commits. */
+  readonly #heartbeatBatchMs: number
+
   /**
    * Runs `fn` as one write transaction and publishes its `changes` after the commit.
    *
@@ -378,18 +397,35 @@ export class SqliteStore implements Store {
    * each inside its own savepoint, so one failing (rejected) write rolls back alone. Every
    * caller is answered only after the shared COMMIT, so nothing is acknowledged before it is
    * durable, and writes apply in arrival order (a kill ahead of an accept is seen by it).
+   * A write given `lingerMs` (heartbeats) may wait that long for others to share its commit;
+   * any write that is due now takes the waiting ones along.
    */
-  #write<T>(fn: (changes: Change[]) => T): Promise<T> {
+  #write<T>(fn: (changes: Change[]) => T, lingerMs = 0): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.#pending.push({ fn, resolve: resolve as (value: unknown) => void, reject })
-      if (this.#pending.length === 1) setImmediate(() => this.#flush())
+      if (lingerMs <= 0) {
+        // Due now: at the end of this event-loop turn, with whatever is waiting.
+        if (!this.#flushSoon) {
+          this.#flushSoon = true
+          setImmediate(() => this.#flush())
+        }
+      } else if (!this.#flushSoon && this.#lingerTimer === null) {
+        // May wait for company (heartbeats): more writes share the commit.
+        this.#lingerTimer = setTimeout(() => this.#flush(), lingerMs)
+      }
     })
   }
+
+  #flushSoon = false
+  #lingerTimer: NodeJS.Timeout | null = null
 
   readonly #pending: { fn: (changes: Change[]) => unknown; resolve: (value: unknown) => void; reject: (error: unknown) => void }[] =
     []
 
   #flush(): void {
+    this.#flushSoon = false
+    if (this.#lingerTimer !== null) clearTimeout(this.#lingerTimer)
+    this.#lingerTimer = null
     const batch = this.#pending.splice(0)
     if (batch.length === 0) return
     const outcomes: ({ ok: true; value: unknown; changes: Change[] } | { ok: false; error: unknown })[] = []
@@ -1104,15 +1140,20 @@ export class SqliteStore implements Store {
           latency_n: latencyN,
         })
         const day = new Date(input.now).toISOString().slice(0, 10)
-        this.#q.reportDay.run(input.address_id, day, m.intents_total, m.intents_succeeded, m.intents_failed)
-        if (m.cost_usd > 0) this.#applyCost(agent, m.cost_usd, input.now, input.cost_rule, changes)
+        // Cost under a policy goes through core's budget rule (thresholds, auto-kill); without
+        // policies there is nothing to decide and it is counted with the reported intents.
+        const ruled = m.cost_usd > 0 && agent.policy_version !== 0
+        this.#q.reportDay.run(input.address_id, day, m.intents_total, m.intents_succeeded, m.intents_failed, ruled ? 0 : m.cost_usd)
+        if (ruled) this.#applyCost(agent, m.cost_usd, input.now, input.cost_rule, changes)
       }
-      const current = this.#q.agentById.get(input.address_id) as AgentRow
+      // Only the budget rule can have changed the agent row (an auto-kill).
+      const current =
+        agent.policy_version === 0 ? { ...agent, last_heartbeat_at: input.now } : (this.#q.agentById.get(input.address_id) as AgentRow)
       const status = input.keeps_health(current, m)
         ? current.health_status
         : this.#reassess(current, input.now, input.window_start, input.health, input.transition, changes)
       return { agent: { ...current, health_status: status, last_heartbeat_at: input.now }, health_status: status }
-    })
+    }, this.#heartbeatBatchMs)
   }
 
   /** Recomputes an agent's health with core's rule and records a transition. */
@@ -1136,14 +1177,14 @@ export class SqliteStore implements Store {
   async sweepHealth(input: HealthSweepInput): Promise<number> {
     return this.#write((changes) => {
       // Forget long-silent instances first, so the health computed below sees the same list the views show.
-      this.#q.forgetInstances.run(input.forget_before)
+      this.#q.forgetInstances.run({ forget: input.forget_before, stale: input.stale_before })
       const candidates = this.#q.staleCandidates.all({ before: input.stale_before, limit: input.limit }) as AgentRow[]
       let transitions = 0
       for (const agent of candidates) {
         const next = this.#reassess(agent, input.now, input.window_start, input.health, input.transition, changes)
         if (next !== agent.health_status) transitions += 1
       }
-      this.#q.purgeMetrics.run(Math.floor(input.window_start / 60_000) - 60)
+      if (input.purge_metrics_before !== null) this.#q.purgeMetrics.run(input.purge_metrics_before)
       return transitions
     })
   }
