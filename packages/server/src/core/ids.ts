@@ -2,15 +2,30 @@ import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypt
 
 const BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'
 
+/** CSPRNG bytes drawn in blocks: one call to the generator serves many ids (as randomUUID does). */
+const POOL_BYTES = 4096
+let pool = randomBytes(POOL_BYTES)
+let poolAt = 0
+
+function nextRandomByte(): number {
+  if (poolAt === POOL_BYTES) {
+    pool = randomBytes(POOL_BYTES)
+    poolAt = 0
+  }
+  const byte = pool[poolAt] as number
+  // Each byte is used once: wipe it so that no value lingers in memory after use.
+  pool[poolAt] = 0
+  poolAt += 1
+  return byte
+}
+
 /** Unbiased base62 string from the CSPRNG. */
 export function randomBase62(length: number): string {
   let out = ''
   while (out.length < length) {
-    for (const byte of randomBytes(length * 2)) {
-      // 248 = 62 * 4: reject the top values so every symbol is equally likely.
-      if (byte < 248) out += BASE62[byte % 62]
-      if (out.length === length) break
-    }
+    const byte = nextRandomByte()
+    // 248 = 62 * 4: reject the top values so every symbol is equally likely.
+    if (byte < 248) out += BASE62[byte % 62]
   }
   return out
 }
