@@ -38,6 +38,7 @@ export const options = {
   rate: { type: 'string', help: 'requests per second in the paced phases (default 333)' },
   'beat-seconds': { type: 'string', help: 'measured seconds per paced phase (default 30; --quick: 10)' },
   slices: { type: 'string', help: 'run the no-op and heartbeat phases as N alternating slices (default 3; --quick: 2)' },
+  'stale-after': { type: 'string', help: 'the gateway\'s CHOKEPOINT_STALE_AFTER_SECONDS (default 90; raise it when agents/rate exceeds it, or agents go stale during the run)' },
   profile: { type: 'boolean', help: 'add a run with the V8 CPU profiler in the gateway and summarise it' },
   'prof-dir': { type: 'string', help: 'where to write the .cpuprofile (default bench/results)' },
 }
@@ -219,7 +220,7 @@ export async function run(opts) {
   }
   const log = opts.log ?? (() => {})
   const profDir = opts['prof-dir'] ?? opts.resultsDir
-  const gw = await startGateway()
+  const gw = await startGateway(opts['stale-after'] ? { env: { CHOKEPOINT_STALE_AFTER_SECONDS: String(num(opts['stale-after'], 90, 'stale-after')) } } : {})
   const base = new URL(gw.url)
   const pool = new http.Agent({ keepAlive: true, maxSockets: 32 })
   let plain = null
@@ -247,10 +248,11 @@ export async function run(opts) {
       beats[i] += 1
       return httpRequest(pool, base, 'POST', '/v1/mesh/heartbeat', { 'content-type': 'application/json', 'x-api-key': keys[i], 'x-instance-id': `i-${i % 4}` }, body)
     }
-    log(`heartbeat: first beat of each agent (registers its instance)…`)
+    // 64 at a time: a beat may wait up to CHOKEPOINT_HEARTBEAT_BATCH_MS to share its commit.
+    log(`heartbeat: first beat of each agent (registers its instance), 64 at a time…`)
     const firstBeatMs = await forEachConcurrent(
       cfg.agents,
-      16,
+      64,
       async (i) => {
         const res = await beat(i)
         if (res.status !== 200) throw new Error(`first heartbeat: HTTP ${res.status} ${res.text.slice(0, 300)}`)
