@@ -100,7 +100,9 @@ export class KeyService {
       throw new GatewayError('unauthorized', 'invalid or revoked API key')
     }
     const principal: Principal = Object.freeze({ key_id: row.key_id, role: row.role, address_id: row.address_id, address: row.address })
-    if (cache && generation === this.#generation && this.#usableCache() === cache) {
+    // Re-checking the feed first: a reconnect during the read bumps the generation, so a row
+    // read while a revocation may have been missed is not remembered.
+    if (cache && this.#usableCache() === cache && generation === this.#generation) {
       cache.delete(hash)
       if (cache.size >= this.#cacheOptions.maxEntries) {
         const oldest = cache.keys().next()
