@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { AgentService } from './core/agents/agent-service.js'
 import { DEFAULT_KEY_CACHE, KeyService } from './core/auth/key-service.js'
@@ -59,9 +59,35 @@ export async function startGateway(
 ): Promise<Gateway> {
   const clock = options.clock ?? systemClock
   const log = options.log ?? stderrLogger
+  // The port is bound before any state exists: a start that cannot listen (EADDRINUSE, EACCES)
+  // must not leave behind a database with a bootstrap admin key nobody saw. Until the gateway
+  // is ready, requests get 503 `store_unavailable`.
+  let ready: ((req: IncomingMessage, res: ServerResponse) => void) | null = null
+  const server: Server = createServer({ keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => {
+    if (ready !== null) return ready(req, res)
+    req.resume()
+    res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' })
+    res.end(JSON.stringify({ ok: false, error: { code: 'store_unavailable', message: 'the gateway is starting' } }))
+  })
+  server.on('clientError', (_error, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(config.port, config.host, () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  const closeServer = () => new Promise<void>((resolve) => server.close(() => resolve()))
   // PostgreSQL serves any number of replicas; the SQLite data directory takes one (its feed is in-process).
-  const unlock =
-    config.databaseUrl !== null || config.dataDir === ':memory:' ? () => undefined : lockDataDir(config.dataDir)
+  let unlock: () => void
+  try {
+    unlock = config.databaseUrl !== null || config.dataDir === ':memory:' ? () => undefined : lockDataDir(config.dataDir)
+  } catch (error) {
+    await closeServer()
+    throw error
+  }
   let store: Store
   try {
     store =
@@ -76,13 +102,22 @@ export async function startGateway(
           })
   } catch (error) {
     unlock()
+    await closeServer()
     throw error
   }
   const streams = new StreamRegistry(store.feed, config.pingIntervalMs)
   const metrics = new Metrics({ store, openStreams: () => streams.openStreams })
   store = instrumentStore(store, metrics)
   const keys = new KeyService(store, clock, { ...DEFAULT_KEY_CACHE, ttlMs: config.keyCacheSeconds * 1000 })
-  const { printedKey } = await keys.bootstrap(config.adminKey)
+  let printedKey: string | null
+  try {
+    ;({ printedKey } = await keys.bootstrap(config.adminKey))
+  } catch (error) {
+    await store.close()
+    unlock()
+    await closeServer()
+    throw error
+  }
   const leaseMs = config.leaseSeconds * 1000
   const agents = new AgentService(store, clock)
   const audit = new AuditService(store, clock)
@@ -130,13 +165,6 @@ export async function startGateway(
     ...policyRoutes(services),
     ...alertRoutes(services),
   )
-  const server: Server = createServer(
-    { keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 30_000 },
-    createRequestHandler({ router, keys, audit, bodyLimitBytes: config.bodyLimitBytes, log }),
-  )
-  server.on('clientError', (_error, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
-  })
   const onDispatchError = (error: unknown) => log('error', 'alert delivery pass failed', { error: String(error) })
   const dispatcher = new AlertDispatcher(store, clock, {
     retryBaseMs: config.alertRetryBaseMs,
@@ -152,16 +180,7 @@ export async function startGateway(
     // Alert sends run beside the sweep, never inside it: a slow receiver must not delay lease expiry.
     tasks: [() => services.heartbeats.sweep(), async () => void dispatcher.tick().catch(onDispatchError)],
   })
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(config.port, config.host, () => resolve())
-    })
-  } catch (error) {
-    await store.close()
-    unlock()
-    throw error
-  }
+  ready = createRequestHandler({ router, keys, audit, bodyLimitBytes: config.bodyLimitBytes, log })
   sweeper.start()
   const port = (server.address() as AddressInfo).port
   const shownHost = config.host.includes(':') ? `[${config.host}]` : config.host
