@@ -187,7 +187,7 @@ export async function runFlow(opts) {
       }
     }
     if (event !== 'intent.delivered') {
-      if (event !== 'stream.timeout') bump(c.stream_errors, `frame ${event}`)
+      if (event !== 'stream.timeout' && event !== 'stream.end') bump(c.stream_errors, `frame ${event}`)
       return
     }
     const frame = JSON.parse(data)

@@ -109,6 +109,7 @@ export async function* listenInbox(ctx: InboxContext, options: ListenOptions): A
             break
           }
           case 'stream.timeout':
+          case 'stream.end':
             windowClosed = true
             break
           case 'agent.killed':

@@ -149,7 +149,7 @@ describe('crash safety (DESIGN §2.3)', () => {
         }
         const toResolve: string[] = []
         for (const frame of frames) {
-          if (frame.event === 'stream.timeout') lastSeq = Math.max(lastSeq, Number(frame.data.next_seq) - 1)
+          if (frame.event === 'stream.timeout' || frame.event === 'stream.end') lastSeq = Math.max(lastSeq, Number(frame.data.next_seq) - 1)
           if (frame.event !== 'intent.delivered') continue
           lastSeq = Math.max(lastSeq, Number(frame.id))
           const id = frame.data.intent_id as string

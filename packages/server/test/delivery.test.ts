@@ -294,7 +294,7 @@ describe.each(ENGINES)('delivery (%s)', (engine) => {
     for (let k = 1; k < N; k += 1) expect(seqs[k]).toBeGreaterThan(seqs[k - 1]!)
     const leaseById = new Map(f1.map((f) => [f.data.intent_id as string, f.data.lease_expires_at as string]))
     const seqById = new Map(f1.map((f) => [f.data.intent_id as string, f.data.seq as number]))
-    expect(first.frames[first.frames.length - 1]).toMatchObject({ event: 'stream.timeout', data: { ok: true, next_seq: seqs[N - 1]! + 1 } })
+    expect(first.frames[first.frames.length - 1]).toMatchObject({ event: 'stream.end', data: { ok: true, next_seq: seqs[N - 1]! + 1, reason: 'delivered' } })
 
     // The client "crashed" without resolving. Let time pass so an extension would be visible.
     await new Promise((resolve) => setTimeout(resolve, 50))
@@ -310,7 +310,7 @@ describe.each(ENGINES)('delivery (%s)', (engine) => {
       expect(f.data.lease_expires_at).toBe(leaseById.get(f.data.intent_id))
       expect(f.data.delivery_attempt).toBe(1)
     }
-    expect(again.frames[again.frames.length - 1]).toMatchObject({ event: 'stream.timeout', data: { next_seq: seqs[N - 1]! + 1 } })
+    expect(again.frames[again.frames.length - 1]).toMatchObject({ event: 'stream.end', data: { next_seq: seqs[N - 1]! + 1, reason: 'delivered' } })
     for (const id of ids) {
       const i = await intent(id)
       expect(i).toMatchObject({ delivery_state: 'leased', delivery_attempt: 1 })
@@ -334,7 +334,7 @@ describe.each(ENGINES)('delivery (%s)', (engine) => {
     // A different instance gets none of them while they are leased.
     const otherInstance = await readSse(gw.url, keyD, streamPath(D, 'wait_seconds=1&since=0'), { 'x-instance-id': 'since-2' })
     expect(deliveries(otherInstance.frames)).toEqual([])
-    expect(otherInstance.frames).toEqual([{ event: 'stream.timeout', data: { ok: true, next_seq: 1 } }])
+    expect(otherInstance.frames).toEqual([{ event: 'stream.timeout', data: { ok: true, next_seq: 1, reason: 'timeout' } }])
 
     // Acknowledged deliveries are re-sent too; resolved ones are not.
     const acked = ids[0]!
@@ -437,14 +437,14 @@ describe.each(ENGINES)('delivery (%s)', (engine) => {
     expect(res.status).toBe(200)
     expect(elapsed).toBeGreaterThanOrEqual(950)
     expect(elapsed).toBeLessThan(2_500)
-    expect(res.frames).toEqual([{ event: 'stream.timeout', data: { ok: true, next_seq: 1 } }])
+    expect(res.frames).toEqual([{ event: 'stream.timeout', data: { ok: true, next_seq: 1, reason: 'timeout' } }])
 
     const t1 = performance.now()
     const withSince = await readSse(gw.url, keyG, streamPath(G, 'wait_seconds=1&since=7'), { 'x-instance-id': 'idle-1' })
     const elapsed1 = performance.now() - t1
     expect(elapsed1).toBeGreaterThanOrEqual(950)
     expect(elapsed1).toBeLessThan(2_500)
-    expect(withSince.frames).toEqual([{ event: 'stream.timeout', data: { ok: true, next_seq: 8 } }])
+    expect(withSince.frames).toEqual([{ event: 'stream.timeout', data: { ok: true, next_seq: 8, reason: 'timeout' } }])
   })
 
   it('(g2) a window that is waiting ends shortly after an intent arrives', async () => {
@@ -457,7 +457,8 @@ describe.each(ENGINES)('delivery (%s)', (engine) => {
     const res = await pending
     const elapsed = performance.now() - t0
     expect(deliveries(res.frames).map((f) => f.data.intent_id)).toEqual([id])
-    expect(res.frames[res.frames.length - 1]!.event).toBe('stream.timeout')
+    // The last frame says the window ended because work arrived, not because time ran out.
+    expect(res.frames[res.frames.length - 1]).toMatchObject({ event: 'stream.end', data: { reason: 'delivered' } })
     expect(elapsed).toBeLessThan(1_500)
   })
 

@@ -94,13 +94,13 @@ describe.each(testEngines('lifecycle.test.ts'))('intent lifecycle (%s)', (engine
       expect(e).toHaveProperty('details')
     }
 
-    // B's inbox stream (window mode) delivers it with seq 1, then ends with stream.timeout.
+    // B's inbox stream (window mode) delivers it with seq 1, then ends with stream.end (reason: delivered).
     const t0 = performance.now()
     const inbox = await readSse(gw.url, keyB, streamPath(B, 'wait_seconds=5'), { 'x-instance-id': 'worker-1' })
     const elapsed = performance.now() - t0
     expect(inbox.status).toBe(200)
     expect(elapsed).toBeLessThan(2_500) // ends shortly after a delivery, not after the whole 5 s window
-    expect(inbox.frames.map((f) => f.event)).toEqual(['intent.delivered', 'stream.timeout'])
+    expect(inbox.frames.map((f) => f.event)).toEqual(['intent.delivered', 'stream.end'])
     const [delivered, timeout] = inbox.frames as [any, any]
     expect(delivered.id).toBe('1')
     expect(delivered.data).toMatchObject({
@@ -116,7 +116,7 @@ describe.each(testEngines('lifecycle.test.ts'))('intent lifecycle (%s)', (engine
     })
     const leaseAtDelivery = Date.parse(delivered.data.lease_expires_at)
     expect(leaseAtDelivery).toBeGreaterThan(Date.now())
-    expect(timeout.data).toEqual({ ok: true, next_seq: 2 })
+    expect(timeout.data).toEqual({ ok: true, next_seq: 2, reason: 'delivered' })
 
     const afterDelivery = await api(gw.url, keyB, 'GET', `/v1/intents/${id}`)
     expect(afterDelivery.body.intent).toMatchObject({ status: 'DELIVERED', delivery_state: 'leased', delivery_attempt: 1 })
@@ -171,19 +171,19 @@ describe.each(testEngines('lifecycle.test.ts'))('intent lifecycle (%s)', (engine
     const since5 = await api(gw.url, keyA, 'GET', `/v1/intents/${id}/events?since=5`)
     expect(since5.body.events).toEqual([])
 
-    // The events stream gives the same events, as SSE frames with ids, then stream.timeout.
+    // The events stream gives the same events, as SSE frames with ids, then a stream.end that says why.
     const es = await readSse(gw.url, keyA, `/v1/intents/${id}/events/stream?wait_seconds=2&since=0`)
     expect(es.status).toBe(200)
-    const eventFrames = es.frames.filter((f) => f.event !== 'stream.timeout')
+    const eventFrames = es.frames.filter((f) => !f.event.startsWith('stream.'))
     expect(eventFrames.map((f) => f.data)).toEqual(all.body.events)
     expect(eventFrames.map((f) => f.event)).toEqual(all.body.events.map((e: any) => e.event_type))
     expect(eventFrames.map((f) => f.id)).toEqual(['1', '2', '3', '4', '5'])
     const esTimeout = es.frames[es.frames.length - 1]
-    expect(esTimeout?.event).toBe('stream.timeout')
-    expect(esTimeout?.data).toEqual({ ok: true, next_seq: 6 })
+    expect(esTimeout?.event).toBe('stream.end')
+    expect(esTimeout?.data).toEqual({ ok: true, next_seq: 6, reason: 'terminal' })
 
     const esSince = await readSse(gw.url, keyA, `/v1/intents/${id}/events/stream?wait_seconds=2&since=3`)
-    expect(esSince.frames.filter((f) => f.event !== 'stream.timeout').map((f) => f.data.seq)).toEqual([4, 5])
+    expect(esSince.frames.filter((f) => !f.event.startsWith('stream.')).map((f) => f.data.seq)).toEqual([4, 5])
   })
 
   it('reply_to: resolving sends an intent.completion.v1 intent to the reply_to agent', async () => {

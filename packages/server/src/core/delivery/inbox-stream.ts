@@ -158,7 +158,9 @@ export class InboxStream {
         if (!this.#wakePending) await this.#sleep(Math.min(remaining, due, IDLE_RECHECK_MS))
       }
       if (!this.#sink.closed && windowMs !== null) {
-        this.#sink.send('stream.timeout', { ok: true, next_seq: this.#lastSeq + 1 })
+        // The frame says why the window ended: work was delivered, or the time ran out.
+        const [event, reason] = sent > 0 ? ['stream.end', 'delivered'] : ['stream.timeout', 'timeout']
+        this.#sink.send(event, { ok: true, next_seq: this.#lastSeq + 1, reason })
       }
     } catch (error) {
       if (isGatewayError(error) && error.code === 'agent_killed') {

@@ -28,6 +28,7 @@ export async function streamIntentEvents(
   })
   sink.onClose(() => wake?.())
   const deadline = options.windowMs === null ? Infinity : Date.now() + options.windowMs
+  let reason: 'terminal' | 'events' | 'timeout' = 'timeout'
   try {
     while (!sink.closed) {
       pending = false
@@ -37,8 +38,14 @@ export async function streamIntentEvents(
         since = event.seq
       }
       const last = events[events.length - 1]
-      if (last && isTerminal(last.status) && last.event_type !== 'intent.redelivered') break
-      if (options.windowMs !== null && events.length > 0) break
+      if (last && isTerminal(last.status) && last.event_type !== 'intent.redelivered') {
+        reason = 'terminal'
+        break
+      }
+      if (options.windowMs !== null && events.length > 0) {
+        reason = 'events'
+        break
+      }
       const remaining = deadline - Date.now()
       if (remaining <= 0) break
       if (pending) continue
@@ -51,7 +58,8 @@ export async function streamIntentEvents(
       })
       wake = null
     }
-    if (!sink.closed) sink.send('stream.timeout', { ok: true, next_seq: since + 1 })
+    // The last frame says why the stream ended: the intent finished, events came, or time ran out.
+    if (!sink.closed) sink.send(reason === 'timeout' ? 'stream.timeout' : 'stream.end', { ok: true, next_seq: since + 1, reason })
   } finally {
     unsubscribe()
     sink.end()
