@@ -99,12 +99,32 @@ describe('chokepoint CLI against a real gateway', () => {
     expect(set.code).toBe(0)
     const policy = JSON.parse(set.stdout).policy
     expect(policy).toMatchObject({ kind: 'rate', max_per_hour: 500, on_breach: 'kill', direction: 'send', version: 1 })
+    // "set" again replaces that policy in place (same id, next version) instead of adding a second.
+    const again = await cli(['policy', 'set', 'agent://acme/prod/deployer', '--rate', '300/h', '--on-breach', 'kill', '--json'], env)
+    expect(again.code).toBe(0)
+    expect(JSON.parse(again.stdout).policy).toMatchObject({ policy_id: policy.policy_id, max_per_hour: 300, version: 2 })
+    const rates = async () =>
+      (await api(gw.url, gw.adminKey, 'GET', `/v1/mesh/agents/${encodeURIComponent('agent://acme/prod/deployer')}/policies`)).body.policies.filter(
+        (p: { kind: string }) => p.kind === 'rate',
+      )
+    expect(await rates()).toHaveLength(1)
+    // A receive-direction rate is another slot; --add makes a second send-direction one.
+    expect((await cli(['policy', 'set', 'agent://acme/prod/deployer', '--rate', '900/h', '--direction', 'receive'], env)).code).toBe(0)
+    const added = await cli(['policy', 'set', 'agent://acme/prod/deployer', '--rate', '5000/day', '--add', '--json'], env)
+    expect(added.code).toBe(0)
+    expect(JSON.parse(added.stdout).policy.policy_id).not.toBe(policy.policy_id)
+    expect(await rates()).toHaveLength(3)
+    // With two send-direction rates, "set" will not guess which one to replace.
+    const ambiguous = await cli(['policy', 'set', 'agent://acme/prod/deployer', '--rate', '100/h'], env)
+    expect(ambiguous.code).toBe(1)
+    expect(ambiguous.stderr).toMatch(/has 2 rate \(send\) policies/)
+    expect((await cli(['policy', 'rm', JSON.parse(added.stdout).policy.policy_id], env)).code).toBe(0)
     const cost = await cli(['policy', 'set', 'agent://acme/prod/deployer', '--cost', '50/day', '--on-breach', 'kill'], env)
     expect(cost.code).toBe(0)
     const allow = await cli(['policy', 'set', 'agent://acme/prod/deployer', '--allow', 'deploy.*.v1'], env)
     expect(allow.code).toBe(0)
     const list = await cli(['policy', 'list', 'agent://acme/prod/deployer'], env)
-    expect(list.stdout).toMatch(/send ≤ 500\/h, on breach kill/)
+    expect(list.stdout).toMatch(/send ≤ 300\/h, on breach kill/)
     const evaluation = await cli(
       ['policy', 'evaluate', '--from', 'agent://acme/prod/deployer', '--to', BOT, '--type', 'rm.rf', '--json'],
       env,

@@ -8,10 +8,13 @@ export const POLICY_HELP = `Usage: chokepoint policy list <agent>
        chokepoint policy set <agent> --rate <n>/h|<n>/day [--direction send|receive] [--on-breach block|kill]
        chokepoint policy set <agent> --cost <usd>/day [--on-breach block|kill] [--alert-at 50,80,100]
        chokepoint policy set <agent> --allow <glob,…> | --deny <glob,…> [--direction send|receive]
+       chokepoint policy set … --add
        chokepoint policy rm <policy_id>
        chokepoint policy evaluate --from <agent> --to <agent> --type <intent_type>
 
 Policies stop an agent before anyone is paged. Globs: "*" is one dotted segment, "**" one or more.
+"set" creates the policy, or replaces the agent's existing policy of that kind (and direction)
+in place; --add creates a second one beside it instead.
 
 Examples:
   chokepoint policy set agent://acme/prod/deployer --rate 500/h --on-breach kill
@@ -33,6 +36,7 @@ export async function policy(argv: string[]): Promise<CommandResult> {
     from: { type: 'string' },
     to: { type: 'string' },
     type: { type: 'string' },
+    add: { type: 'boolean' },
   })
   if (values.help) {
     process.stdout.write(POLICY_HELP)
@@ -57,9 +61,26 @@ export async function policy(argv: string[]): Promise<CommandResult> {
     }
     case 'set': {
       if (!target) throw new UsageError('policy set needs an agent')
-      const res = await op.policies.create(target, policyBody(values))
+      const body = policyBody(values)
+      // "set" is create-or-replace: the policy of the same kind (and direction) is replaced in
+      // place, guarded by its version; --add creates another one beside it.
+      const same = values.add ? [] : (await op.policies.list(target)).policies.filter((p) => sameSlot(p, body))
+      if (same.length > 1) {
+        process.stderr.write(
+          `chokepoint policy: ${target} has ${same.length} ${slotName(body)} policies (${same.map((p) => p.policy_id).join(', ')}); ` +
+            `remove the extra ones with "chokepoint policy rm <policy_id>", or pass --add to create another\n`,
+        )
+        return EXIT.failure
+      }
+      const existing = same[0]
+      const res = existing
+        ? await op.policies.update(existing.policy_id, body, { version: existing.version })
+        : await op.policies.create(target, body)
       if (values.json) printJson(res)
-      else process.stdout.write(`created ${res.policy.policy_id} on ${target}: ${describePolicy(res.policy as never)}\n`)
+      else {
+        const verb = existing ? 'replaced' : 'created'
+        process.stdout.write(`${verb} ${res.policy.policy_id} on ${target}: ${describePolicy(res.policy as never)}\n`)
+      }
       return EXIT.ok
     }
     case 'rm': {
@@ -114,4 +135,15 @@ function policyBody(v: Record<string, string | boolean | undefined>): PolicyBody
   const allow = v['allow'] !== undefined
   const patterns = String(allow ? v['allow'] : v['deny']).split(',').map((p) => p.trim()).filter(Boolean)
   return { kind: 'action', direction, mode: allow ? 'allowlist' : 'denylist', patterns } as PolicyBody
+}
+
+/** The policy "slot" set replaces: same kind, and for rate and action policies the same direction. */
+function sameSlot(existing: { kind: string; direction?: string | undefined }, body: PolicyBody): boolean {
+  if (existing.kind !== body.kind) return false
+  if (body.kind === 'cost') return true
+  return (existing.direction ?? 'send') === ((body as { direction?: string }).direction ?? 'send')
+}
+
+function slotName(body: PolicyBody): string {
+  return body.kind === 'cost' ? 'cost' : `${body.kind} (${(body as { direction?: string }).direction ?? 'send'})`
 }
