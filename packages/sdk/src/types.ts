@@ -107,6 +107,12 @@ export interface IntentCreateResponse {
   intent_id: string
   status: IntentStatus
   created_at: string
+  /**
+   * Present when the intent was accepted but something looks wrong, e.g.
+   * `recipient_unregistered`: the address was never registered, bound to a key or seen sending
+   * (a typo?). The intent is queued all the same.
+   */
+  warnings?: { code: 'recipient_unregistered' | (string & {}); message: string }[]
 }
 
 export interface IntentResponse {

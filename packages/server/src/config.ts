@@ -28,6 +28,8 @@ export interface GatewayConfig {
   readonly keyCacheSeconds: number
   /** SQLite: a heartbeat may wait this long for other writes to share its commit (0: at once). */
   readonly heartbeatBatchMs: number
+  /** Strict mode: an intent to an address never registered is 404 instead of a warning. */
+  readonly requireRegisteredRecipients: boolean
   readonly quiet: boolean
 }
 
@@ -47,6 +49,14 @@ function int(setting: string, raw: string | undefined, fallback: number, min: nu
   const n = Number(raw.trim())
   if (n < min || n > max) throw new ConfigError(setting, `must be between ${min} and ${max}, got ${n}`)
   return n
+}
+
+function bool(setting: string, raw: string | undefined, fallback: boolean): boolean {
+  const v = raw?.trim().toLowerCase()
+  if (v === undefined || v === '') return fallback
+  if (v === '1' || v === 'true' || v === 'yes' || v === 'on') return true
+  if (v === '0' || v === 'false' || v === 'no' || v === 'off') return false
+  throw new ConfigError(setting, `expected 1 or 0 (true or false), got "${raw}"`)
 }
 
 /** Reads flags > environment > defaults; throws ConfigError naming the bad setting. */
@@ -104,6 +114,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     resumeRatePerSecond: int('CHOKEPOINT_RESUME_RATE', env['CHOKEPOINT_RESUME_RATE'], 50, 1, 100_000),
     keyCacheSeconds: int('CHOKEPOINT_KEY_CACHE_SECONDS', env['CHOKEPOINT_KEY_CACHE_SECONDS'], 300, 0, 86_400),
     heartbeatBatchMs: int('CHOKEPOINT_HEARTBEAT_BATCH_MS', env['CHOKEPOINT_HEARTBEAT_BATCH_MS'], 20, 0, 10_000),
+    requireRegisteredRecipients: bool('CHOKEPOINT_REQUIRE_REGISTERED_RECIPIENTS', env['CHOKEPOINT_REQUIRE_REGISTERED_RECIPIENTS'], false),
     quiet: env['CHOKEPOINT_QUIET'] === '1',
   })
 }

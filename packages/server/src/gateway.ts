@@ -138,7 +138,7 @@ export async function startGateway(
     policies: new PolicyService(store, clock, agents, policyEngine),
     intents: new IntentService(
       { store, clock, policies: policyEngine, killSwitch, metrics },
-      { maxDeliveryAttempts: config.maxDeliveryAttempts, leaseMs },
+      { maxDeliveryAttempts: config.maxDeliveryAttempts, leaseMs, requireRegisteredRecipients: config.requireRegisteredRecipients },
     ),
     streams,
     metrics,

@@ -43,6 +43,11 @@ export interface AgentRow {
   /** The last health core computed (heartbeat or sweeper); `killed` is derived from killed_at. */
   health_status: HealthStatus
   last_heartbeat_at: number | null
+  /**
+   * When the agent was first registered, bound to a key or seen sending; null while it exists only
+   * because intents were sent to it (a possibly mistyped recipient).
+   */
+  registered_at: number | null
 }
 
 export type HealthStatus = 'unknown' | 'healthy' | 'degraded' | 'unreachable' | 'killed'

@@ -17,5 +17,6 @@ export function blankAgent(address: string, addressId: string, now: number): Age
     enforcement_baseline: null,
     health_status: 'unknown',
     last_heartbeat_at: null,
+    registered_at: now,
   }
 }

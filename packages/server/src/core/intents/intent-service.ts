@@ -32,6 +32,8 @@ export interface ResolveInput {
 export interface IntentDefaults {
   maxDeliveryAttempts: number
   leaseMs: number
+  /** Sending to an address that was never registered is 404 instead of a warning. */
+  requireRegisteredRecipients?: boolean
 }
 
 const TERMINAL = new Set<IntentStatus>(['COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT'])
@@ -63,9 +65,23 @@ export class IntentService {
     this.#defaults = defaults
   }
 
-  /** The accept decision, run inside the accepting transaction: the kill rule, then policies. */
-  #acceptDecision(intentType: string, now: number): (parties: Parties) => void {
+  /**
+   * The accept decision, run inside the accepting transaction: the recipient rule, the kill rule,
+   * then policies. `seen` learns whether the recipient was ever registered; without it (the
+   * reply_to completion of a resolve) the recipient rule does not apply: the sender chose it.
+   */
+  #acceptDecision(intentType: string, now: number, seen?: (registered: boolean) => void): (parties: Parties) => void {
     return (parties) => {
+      const registered = parties.to.registered_at !== null
+      if (seen && !registered && this.#defaults.requireRegisteredRecipients) {
+        // Rolled back with the transaction: a refused send does not create the address either.
+        throw new GatewayError(
+          'not_found',
+          `recipient ${parties.to.address} is not a registered agent (CHOKEPOINT_REQUIRE_REGISTERED_RECIPIENTS is on); register it or bind a key to it first`,
+          { details: { field: 'to_agent', to_agent: parties.to.address } },
+        )
+      }
+      seen?.(registered)
       acceptRule(parties)
       this.#policies.enforce(parties, intentType, now)
     }
@@ -126,7 +142,7 @@ export class IntentService {
     principal: Principal,
     input: CreateIntentInput,
     meta: { idempotencyKey?: string | undefined; traceId?: string | undefined },
-  ): Promise<{ intent: IntentRow; replayed: boolean }> {
+  ): Promise<{ intent: IntentRow; replayed: boolean; recipientRegistered: boolean }> {
     const from = this.#sender(principal, input.from_agent)
     const now = this.#clock.now()
     const intent: NewIntent = {
@@ -145,13 +161,14 @@ export class IntentService {
       meta.idempotencyKey === undefined
         ? null
         : { key: meta.idempotencyKey, request_hash: sha256Hex(canonicalJson({ ...input, from_agent: from })) }
-    return this.#autoKillOn(
+    let recipientRegistered = true
+    const accepted = await this.#autoKillOn(
       this.#store.acceptIntent({
         intent,
         actor: actorOf(principal),
         now,
         idempotency,
-        decide: this.#acceptDecision(intent.intent_type, now),
+        decide: this.#acceptDecision(intent.intent_type, now, (registered) => (recipientRegistered = registered)),
         onIdempotencyMismatch: () => {
           throw conflict('this Idempotency-Key was already used with a different request body', {
             idempotency_key: meta.idempotencyKey,
@@ -160,6 +177,7 @@ export class IntentService {
       }),
       now,
     )
+    return { ...accepted, recipientRegistered }
   }
 
   /** The sending agent: derived from an agent key; named explicitly by staff keys. */

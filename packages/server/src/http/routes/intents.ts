@@ -24,10 +24,16 @@ export function intentRoutes(s: Services): Route[] {
       summary: 'Send an intent (durable before the 200); Idempotency-Key makes retries safe',
       body: CreateIntentBody,
       headers: ['idempotency-key'],
-      handler: async ({ req, principal, body, traceId }) => {
+      handler: async ({ req, res, principal, body, traceId }) => {
         const key = req.headers['idempotency-key'] as string | undefined
-        const { intent } = await s.intents.create(principal, body, { idempotencyKey: key, traceId })
-        return { intent_id: intent.intent_id, status: intent.status, created_at: new Date(intent.created_at).toISOString() }
+        const { intent, recipientRegistered } = await s.intents.create(principal, body, { idempotencyKey: key, traceId })
+        const answer = { intent_id: intent.intent_id, status: intent.status, created_at: new Date(intent.created_at).toISOString() }
+        if (recipientRegistered) return answer
+        // Accepted and kept, but the address was never registered, bound to a key or seen sending:
+        // most likely a typo. Said in the body and in a header a proxy or SDK can log.
+        const warning = `recipient ${intent.to_agent} is not a registered agent; the intent is queued until an agent with that address connects`
+        res.setHeader('x-chokepoint-warning', 'recipient_unregistered')
+        return { ...answer, warnings: [{ code: 'recipient_unregistered', message: warning }] }
       },
     }),
     route<undefined, z.output<typeof ListIntentsQuery>>({

@@ -220,4 +220,8 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (policy_id, window_key)
   );
   `,
+  `
+  ALTER TABLE agents ADD COLUMN registered_at bigint;
+  UPDATE agents SET registered_at = created_at;
+  `,
 ]

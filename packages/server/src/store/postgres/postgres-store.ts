@@ -125,8 +125,8 @@ class Tx {
 
 type Holdable = { intent_id: string; delivery_state: string; lease_instance: string | null; status: string }
 
-const AGENT_INSERT = `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason, kill_actor, resumed_at)
-  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (address) DO NOTHING`
+const AGENT_INSERT = `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason, kill_actor, resumed_at, registered_at)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (address) DO NOTHING`
 const KEY_SELECT = 'SELECT k.*, a.address FROM api_keys k LEFT JOIN agents a ON a.address_id = k.address_id'
 const INSERT_EVENTS = `INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
   SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[])`
@@ -338,7 +338,7 @@ export class PostgresStore implements Store {
   // ---- keys ----
   async insertKey(key: Omit<KeyRow, 'address_id'>, now: number, audit: (row: KeyRow) => AuditDraft): Promise<KeyRow> {
     return this.#tx(async (tx) => {
-      const agent = key.address === null ? null : (await this.#ensureAgents(tx, [key.address], now, false)).get(key.address)
+      const agent = key.address === null ? null : (await this.#ensureAgents(tx, [key.address], now, false, [key.address])).get(key.address)
       const row: KeyRow = { ...key, address_id: agent?.address_id ?? null }
       await tx.run(
         `INSERT INTO api_keys (key_id, role, name, key_hash, address_id, created_at, revoked_at)
@@ -445,10 +445,20 @@ export class PostgresStore implements Store {
         agent.kill_reason,
         agent.kill_actor,
         agent.resumed_at,
+        agent.registered_at,
       ])
-      if (inserted !== 1) return undefined
-      this.#meshEvent(tx, event)
-      return agent
+      // A row that exists only as a recipient of intents is registered now (keeping its id).
+      const row =
+        inserted === 1
+          ? agent
+          : await tx.one<AgentRow>(
+              `UPDATE agents SET registered_at = $2, display_name = $3, metadata = $4
+               WHERE address = $1 AND registered_at IS NULL RETURNING *`,
+              [agent.address, agent.registered_at, agent.display_name, agent.metadata],
+            )
+      if (row === undefined) return undefined
+      this.#meshEvent(tx, { ...event, address_id: row.address_id })
+      return row
     })
   }
 
@@ -496,20 +506,38 @@ export class PostgresStore implements Store {
    * order when `share` is set: a concurrent kill's UPDATE waits for this transaction, and a
    * kill that committed first is seen.
    */
-  async #ensureAgents(tx: Tx, addresses: string[], now: number, share: boolean): Promise<Map<string, AgentRow>> {
+  async #ensureAgents(
+    tx: Tx,
+    addresses: string[],
+    now: number,
+    share: boolean,
+    register: readonly string[] = [],
+  ): Promise<Map<string, AgentRow>> {
     const unique = [...new Set(addresses)].sort()
     const select = `SELECT * FROM agents WHERE address = ANY($1::text[]) ORDER BY address_id${share ? ' FOR SHARE' : ''}`
     const found = new Map((await tx.rows<AgentRow>(select, [unique])).map((r) => [r.address, r]))
+    // A recipient alone is not registered; a sender or a key's agent is (once).
+    const unmarked = register.filter((a) => found.get(a)?.registered_at === null)
+    if (unmarked.length > 0) {
+      await tx.run('UPDATE agents SET registered_at = $2 WHERE address = ANY($1::text[]) AND registered_at IS NULL', [unmarked, now])
+      for (const a of unmarked) found.set(a, { ...(found.get(a) as AgentRow), registered_at: now })
+    }
     const missing = unique.filter((a) => !found.has(a))
     if (missing.length === 0) return found
     // New rows are invisible to others until commit; a concurrent insert of the same address
     // waits for this transaction and then does nothing.
     await tx.run(
-      `INSERT INTO agents (address_id, address, created_at)
-       SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT (address) DO NOTHING`,
-      [missing.map(() => newAddressId()), missing, missing.map(() => now)],
+      `INSERT INTO agents (address_id, address, created_at, registered_at)
+       SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) ON CONFLICT (address) DO NOTHING`,
+      [missing.map(() => newAddressId()), missing, missing.map(() => now), missing.map((a) => (register.includes(a) ? now : null))],
     )
     for (const row of await tx.rows<AgentRow>(select, [missing])) found.set(row.address, row)
+    // A concurrent send inserted one of them first, as a mere recipient.
+    const late = register.filter((a) => found.get(a)?.registered_at === null)
+    if (late.length > 0) {
+      await tx.run('UPDATE agents SET registered_at = $2 WHERE address = ANY($1::text[]) AND registered_at IS NULL', [late, now])
+      for (const a of late) found.set(a, { ...(found.get(a) as AgentRow), registered_at: now })
+    }
     return found
   }
 
@@ -518,7 +546,7 @@ export class PostgresStore implements Store {
     return this.#tx(async (tx) => {
       const { intent, now } = input
       await this.#gate(tx, [intent.from_agent, intent.to_agent])
-      const agents = await this.#ensureAgents(tx, [intent.from_agent, intent.to_agent], now, true)
+      const agents = await this.#ensureAgents(tx, [intent.from_agent, intent.to_agent], now, true, [intent.from_agent])
       const from = agents.get(intent.from_agent) as AgentRow
       const to = agents.get(intent.to_agent) as AgentRow
       if (input.idempotency) {

@@ -202,4 +202,10 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (policy_id, window_key)
   ) WITHOUT ROWID;
   `,
+  // Agents that exist only as the recipient of intents (never registered, bound to a key or seen
+  // sending) have no registered_at: sends to them carry a warning, or 404 in strict mode.
+  `
+  ALTER TABLE agents ADD COLUMN registered_at INTEGER;
+  UPDATE agents SET registered_at = created_at;
+  `,
 ]

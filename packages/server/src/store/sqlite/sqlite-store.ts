@@ -71,9 +71,14 @@ function prepare(db: Db) {
     agentById: s('SELECT * FROM agents WHERE address_id = ?'),
     agentByAddress: s('SELECT * FROM agents WHERE address = ?'),
     insertAgent: s(
-      `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason, kill_actor, resumed_at)
-       VALUES (@address_id, @address, @display_name, @metadata, @created_at, @killed_at, @kill_reason, @kill_actor, @resumed_at)
+      `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason, kill_actor, resumed_at, registered_at)
+       VALUES (@address_id, @address, @display_name, @metadata, @created_at, @killed_at, @kill_reason, @kill_actor, @resumed_at, @registered_at)
        ON CONFLICT (address) DO NOTHING`,
+    ),
+    markRegistered: s('UPDATE agents SET registered_at = ? WHERE address_id = ? AND registered_at IS NULL'),
+    claimUnregistered: s(
+      `UPDATE agents SET registered_at = @registered_at, display_name = @display_name, metadata = @metadata
+       WHERE address = @address AND registered_at IS NULL RETURNING *`,
     ),
     killAgent: s(
       `UPDATE agents SET killed_at = @now, kill_reason = @reason, kill_actor = @actor
@@ -473,7 +478,7 @@ export class SqliteStore implements Store {
   // ---- keys ----
   async insertKey(key: Omit<KeyRow, 'address_id'>, now: number, audit: (row: KeyRow) => AuditDraft): Promise<KeyRow> {
     return this.#write(() => {
-      const agent = key.address === null ? null : this.#ensureAgent(key.address, now)
+      const agent = key.address === null ? null : this.#ensureAgent(key.address, now, true)
       const row: KeyRow = { ...key, address_id: agent?.address_id ?? null }
       this.#q.insertKey.run(stripAddress(row))
       this.#audit(audit(row))
@@ -548,9 +553,11 @@ export class SqliteStore implements Store {
 
   async registerAgent(agent: AgentRow, event: MeshEventDraft): Promise<AgentRow | undefined> {
     return this.#write((changes) => {
-      if (this.#q.insertAgent.run(agent).changes !== 1) return undefined
-      this.#meshEvent(event, changes)
-      return agent
+      // A row that exists only as a recipient of intents is registered now (keeping its id).
+      const row = this.#q.insertAgent.run(agent).changes === 1 ? agent : (this.#q.claimUnregistered.get(agent) as AgentRow | undefined)
+      if (row === undefined) return undefined
+      this.#meshEvent({ ...event, address_id: row.address_id }, changes)
+      return row
     })
   }
 
@@ -560,10 +567,15 @@ export class SqliteStore implements Store {
     return this.#q.listAgentsByHealth.all(health, limit) as AgentRow[]
   }
 
-  #ensureAgent(address: string, now: number): AgentRow {
+  /** The agent row, created if missing; `register` marks it registered (a recipient alone is not). */
+  #ensureAgent(address: string, now: number, register: boolean): AgentRow {
     const existing = this.#q.agentByAddress.get(address) as AgentRow | undefined
-    if (existing) return existing
-    const row = blankAgent(address, newAddressId(), now)
+    if (existing) {
+      if (!register || existing.registered_at !== null) return existing
+      this.#q.markRegistered.run(now, existing.address_id)
+      return { ...existing, registered_at: now }
+    }
+    const row = { ...blankAgent(address, newAddressId(), now), registered_at: register ? now : null }
     this.#q.insertAgent.run(row)
     return row
   }
@@ -601,8 +613,8 @@ export class SqliteStore implements Store {
     decide: (parties: Parties) => void,
     changes: Change[],
   ): IntentRow {
-    const from = this.#ensureAgent(intent.from_agent, now)
-    const to = this.#ensureAgent(intent.to_agent, now)
+    const from = this.#ensureAgent(intent.from_agent, now, true)
+    const to = this.#ensureAgent(intent.to_agent, now, false)
     const parties: Parties = {
       from,
       to,
