@@ -1,4 +1,5 @@
 import { isWellFormedKey } from './core/auth/key-service.js'
+import { parseAddressClasses, type AddressClass } from './core/alerts/address-guard.js'
 
 /** Validated, frozen gateway configuration (DESIGN §5e). */
 export interface GatewayConfig {
@@ -30,6 +31,8 @@ export interface GatewayConfig {
   readonly heartbeatBatchMs: number
   /** Strict mode: an intent to an address never registered is 404 instead of a warning. */
   readonly requireRegisteredRecipients: boolean
+  /** Address classes alert webhooks may not reach (default: link-local, i.e. cloud metadata). */
+  readonly webhookBlock: ReadonlySet<AddressClass>
   readonly quiet: boolean
 }
 
@@ -115,8 +118,18 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     keyCacheSeconds: int('CHOKEPOINT_KEY_CACHE_SECONDS', env['CHOKEPOINT_KEY_CACHE_SECONDS'], 300, 0, 86_400),
     heartbeatBatchMs: int('CHOKEPOINT_HEARTBEAT_BATCH_MS', env['CHOKEPOINT_HEARTBEAT_BATCH_MS'], 20, 0, 10_000),
     requireRegisteredRecipients: bool('CHOKEPOINT_REQUIRE_REGISTERED_RECIPIENTS', env['CHOKEPOINT_REQUIRE_REGISTERED_RECIPIENTS'], false),
+    webhookBlock: webhookBlockOf(env['CHOKEPOINT_WEBHOOK_BLOCK']),
     quiet: env['CHOKEPOINT_QUIET'] === '1',
   })
+}
+
+function webhookBlockOf(raw: string | undefined): ReadonlySet<AddressClass> {
+  if (raw === undefined || raw.trim() === '') return new Set(['link-local'])
+  try {
+    return parseAddressClasses(raw)
+  } catch (error) {
+    throw new ConfigError('CHOKEPOINT_WEBHOOK_BLOCK', (error as Error).message)
+  }
 }
 
 function metricsKeyOf(flags: ConfigFlags, env: NodeJS.ProcessEnv): string | undefined {

@@ -151,7 +151,7 @@ export async function startGateway(
         forgetAfterMs: config.instanceTtlSeconds * 1000,
       },
     ),
-    webhooks: new WebhookService(store, clock),
+    webhooks: new WebhookService(store, clock, { blocked: config.webhookBlock }),
     defaults: { leaseMs, maxInFlight: config.maxInFlight },
   }
   const router = new Router()
@@ -170,6 +170,7 @@ export async function startGateway(
     retryBaseMs: config.alertRetryBaseMs,
     giveUpAfterMs: 86_400_000,
     timeoutMs: 10_000,
+    blocked: config.webhookBlock,
     onResult: (result) => metrics.alertDeliveries.inc({ result }),
   })
   const sweeper = new Sweeper(store, clock, {

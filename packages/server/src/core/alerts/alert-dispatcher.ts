@@ -1,4 +1,7 @@
 import { createHmac } from 'node:crypto'
+import { request as httpRequest } from 'node:http'
+import { request as httpsRequest } from 'node:https'
+import { assertHostAllowed, guardedLookup, type AddressClass } from './address-guard.js'
 import type { Store } from '../../store/store.js'
 import type { Clock } from '../clock.js'
 
@@ -8,6 +11,8 @@ export interface AlertDispatcherOptions {
   /** Give up this long after the alert was created (default 24 h). */
   giveUpAfterMs: number
   timeoutMs: number
+  /** Address classes alerts may not be sent to (checked on the resolved address). */
+  blocked?: ReadonlySet<AddressClass>
   onResult?: (result: 'delivered' | 'failed' | 'gave_up') => void
 }
 
@@ -51,22 +56,16 @@ export class AlertDispatcher {
     let status: number | null = null
     let error: string | null = null
     try {
-      const res = await fetch(alert.url, {
-        method: 'POST',
-        headers: {
-          'content-type': 'application/json',
-          'user-agent': 'chokepoint-alerts',
-          'x-chokepoint-signature': signBody(alert.secret, alert.body),
-          'x-chokepoint-delivery': alert.alert_id,
-          'x-chokepoint-event': alert.type,
-        },
-        body: alert.body,
-        redirect: 'manual',
-        signal: AbortSignal.timeout(this.#options.timeoutMs),
-      })
-      status = res.status
-      await res.body?.cancel().catch(() => undefined)
-      if (!res.ok) error = `HTTP ${res.status}`
+      status = await postOnce(alert.url, alert.body, {
+        'content-type': 'application/json',
+        'user-agent': 'chokepoint-alerts',
+        'x-chokepoint-signature': signBody(alert.secret, alert.body),
+        'x-chokepoint-delivery': alert.alert_id,
+        'x-chokepoint-event': alert.type,
+      }, this.#options.timeoutMs, this.#options.blocked ?? new Set())
+      // Redirects are never followed (a 3xx is a failed attempt): a receiver cannot bounce an
+      // alert to an address the block list forbids.
+      if (status < 200 || status >= 300) error = `HTTP ${status}`
     } catch (e) {
       error = e instanceof Error ? `${e.name}: ${e.message}`.slice(0, 500) : 'request failed'
     }
@@ -84,4 +83,31 @@ export class AlertDispatcher {
     })
     this.#options.onResult?.(delivered ? 'delivered' : giveUp ? 'gave_up' : 'failed')
   }
+}
+
+/** One POST; resolves with the status. The connection goes only to an allowed address. */
+function postOnce(url: string, body: string, headers: Record<string, string>, timeoutMs: number, blocked: ReadonlySet<AddressClass>): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const target = new URL(url)
+    // IP literals are not resolved, so they are checked here; names are checked after lookup.
+    assertHostAllowed(target.hostname, blocked)
+    const send = target.protocol === 'https:' ? httpsRequest : httpRequest
+    const req = send(
+      target,
+      { method: 'POST', headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) }, lookup: guardedLookup(blocked) },
+      (res) => {
+        clearTimeout(timer)
+        res.resume()
+        res.on('error', () => undefined)
+        resolve(res.statusCode ?? 0)
+      },
+    )
+    // A bound on the whole attempt, not only on silence: a receiver that drips cannot stall it.
+    const timer = setTimeout(() => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { name: 'TimeoutError' })), timeoutMs)
+    req.on('error', (error) => {
+      clearTimeout(timer)
+      reject(error)
+    })
+    req.end(body)
+  })
 }

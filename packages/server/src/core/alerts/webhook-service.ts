@@ -1,6 +1,8 @@
 import type { AlertRow, Store, WebhookRow } from '../../store/store.js'
 import { iso, type Clock } from '../clock.js'
 import { randomBase62 } from '../ids.js'
+import { GatewayError } from '../errors.js'
+import { BlockedAddressError, assertHostAllowed, type AddressClass } from './address-guard.js'
 
 export const webhookView = (row: WebhookRow) => ({
   webhook_id: row.webhook_id,
@@ -27,13 +29,29 @@ export const alertView = (row: AlertRow) => ({
 export class WebhookService {
   readonly #store: Store
   readonly #clock: Clock
+  readonly #blocked: ReadonlySet<AddressClass>
 
-  constructor(store: Store, clock: Clock) {
+  constructor(store: Store, clock: Clock, options: { blocked?: ReadonlySet<AddressClass> } = {}) {
     this.#store = store
     this.#clock = clock
+    this.#blocked = options.blocked ?? new Set()
   }
 
   async create(actor: string, input: { url: string; event_types?: string[] | undefined; secret?: string | undefined }) {
+    // An address literal in a blocked range is refused now; names are checked at every send,
+    // on the address they resolve to then.
+    let host: string
+    try {
+      host = new URL(input.url).hostname
+    } catch {
+      throw new GatewayError('schema_invalid', 'url: must be an http:// or https:// URL', { details: { field: 'url' } })
+    }
+    try {
+      assertHostAllowed(host, this.#blocked)
+    } catch (error) {
+      if (!(error instanceof BlockedAddressError)) throw error
+      throw new GatewayError('schema_invalid', `url: ${error.message}`, { details: { field: 'url' } })
+    }
     const now = this.#clock.now()
     const secret = input.secret ?? `whsec_${randomBase62(32)}`
     const row: WebhookRow = {
