@@ -6,7 +6,7 @@
  *    a loopback block never connects, and the delivery records why;
  *  - redirects are never followed, so a receiver cannot bounce an alert elsewhere.
  */
-import { createServer, type Server } from 'node:http'
+import { createServer, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { classifyAddress } from '../src/core/alerts/address-guard.js'
@@ -18,7 +18,7 @@ interface Receiver {
   hits: number
 }
 
-async function receiver(handler: (res: import('node:http').ServerResponse) => void): Promise<Receiver> {
+async function receiver(handler: (res: ServerResponse) => void): Promise<Receiver> {
   const r: Receiver = { server: createServer(), port: 0, hits: 0 }
   r.server.on('request', (req, res) => {
     r.hits += 1
