@@ -8,7 +8,7 @@ import { IntentService } from './core/intents/intent-service.js'
 import { Sweeper } from './core/sweeper.js'
 import type { GatewayConfig } from './config.js'
 import { lockDataDir } from './data-dir-lock.js'
-import { createRequestHandler } from './http/app.js'
+import { createRequestHandler, refuseConnect } from './http/app.js'
 import { Router } from './http/router.js'
 import { inboxRoutes } from './http/routes/inbox.js'
 import { intentRoutes } from './http/routes/intents.js'
@@ -72,6 +72,10 @@ export async function startGateway(
   server.on('clientError', (_error, socket) => {
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
   })
+  server.on('connect', refuseConnect)
+  // A client that half-closes (FIN) after its request still reads the answer; by default Node
+  // aborts the request instead, so the answer (maybe to an accepted intent) is lost.
+  Object.assign(server, { httpAllowHalfOpen: true })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(config.port, config.host, () => {

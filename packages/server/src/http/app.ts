@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
 import type { ZodError } from 'zod'
 import type { Principal } from '../core/auth/principal.js'
 import { assertAccess } from '../core/auth/principal.js'
@@ -31,9 +32,65 @@ export function createRequestHandler(deps: HttpDeps) {
     const traceparent = req.headers['traceparent']
     if (typeof traceparent === 'string' && traceparent.length <= 256) res.setHeader('traceparent', traceparent)
     handle(deps, req, res, requestId, traceId ?? (typeof traceparent === 'string' ? traceparent : undefined)).catch(
-      (error: unknown) => fail(deps, res, requestId, error),
+      (error: unknown) =>
+        void drainBody(req, 4 * deps.bodyLimitBytes).then((drained) => {
+          // The rest of the body stays unread: the connection cannot carry another request.
+          if (!drained && !res.headersSent) res.setHeader('connection', 'close')
+          fail(deps, res, requestId, error)
+        }),
     )
   }
+}
+
+/** How long an error answer waits for the rest of an unread request body (see `drainBody`). */
+const DRAIN_MS = 500
+
+/**
+ * Reads and discards what is left of the request body before an error is answered (a 401 or
+ * 413 comes before the body is read), at most `maxBytes` more and for at most DRAIN_MS.
+ * Closing a socket with unread data resets the connection, and the client then loses the
+ * answer it has not read yet (RFC 9112 §9.6): the 401 or 413 looks like a dropped connection.
+ * True when the body was read to its end (or there was none).
+ */
+function drainBody(req: IncomingMessage, maxBytes: number): Promise<boolean> {
+  if (req.complete) return Promise.resolve(true)
+  const declared = Number(req.headers['content-length'])
+  if (req.destroyed || (Number.isFinite(declared) && declared > maxBytes)) return Promise.resolve(false)
+  return new Promise((resolve) => {
+    let seen = 0
+    const finish = (drained: boolean): void => {
+      clearTimeout(timer)
+      req.off('data', onData).off('end', onEnd).off('close', onClose)
+      resolve(drained)
+    }
+    const onData = (chunk: Buffer): void => {
+      seen += chunk.length
+      if (seen > maxBytes) finish(false)
+    }
+    const onEnd = (): void => finish(true)
+    const onClose = (): void => finish(req.complete)
+    const timer = setTimeout(() => finish(false), DRAIN_MS)
+    req.on('data', onData).on('end', onEnd).on('close', onClose)
+    req.resume()
+  })
+}
+
+/**
+ * `CONNECT` (a proxy tunnel) is no route of the gateway. Node hands it to a 'connect' listener
+ * instead of the request handler and, when there is none, drops the connection unanswered:
+ * this answers it like any unknown route (404 `not_found`, DESIGN §4 shape, `x-request-id`).
+ */
+export function refuseConnect(req: IncomingMessage, socket: Duplex): void {
+  const requestId = `req_${randomBase62(20)}`
+  const body = JSON.stringify({
+    ok: false,
+    error: { code: 'not_found', message: `no route for CONNECT ${(req.url ?? '').slice(0, 200)}`, request_id: requestId },
+  })
+  socket.on('error', () => socket.destroy())
+  socket.end(
+    'HTTP/1.1 404 Not Found\r\ncontent-type: application/json; charset=utf-8\r\n' +
+      `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${requestId}\r\nconnection: close\r\n\r\n${body}`,
+  )
 }
 
 async function handle(

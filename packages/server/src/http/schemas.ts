@@ -20,7 +20,15 @@ export const IntentType = z
   .max(128)
   .regex(/^[a-z0-9_]+(\.[a-z0-9_]+)*$/, 'must be a lowercase dotted name like deploy.service.v1')
 
-const shortText = (max: number) => z.string().max(max)
+/**
+ * Text stored as given (reasons, names, ids, URLs). JSON may carry lone UTF-16 surrogates
+ * (`"\ud800"`), which UTF-8 text columns cannot hold: the store would keep U+FFFD instead, so
+ * the value read back would differ from the one accepted, and from the one an audit entry was
+ * hashed with (its chain would no longer verify).
+ */
+const text = () => z.string().refine((value) => !/\p{Cs}/u.test(value), 'must be valid Unicode (no lone surrogates)')
+
+const shortText = (max: number) => text().max(max)
 
 /** A non-negative integer query parameter (query values arrive as strings). */
 export const intParam = (min: number, max: number) =>
@@ -177,14 +185,16 @@ export const EvaluateBody = z.strictObject({
 })
 
 const metric = z.number().finite().min(0).max(1e12).nullable().optional()
+/** Intent counts are whole numbers (PostgreSQL keeps them in bigint columns, which refuse 1.5). */
+const count = z.number().int().min(0).max(1e12).nullable().optional()
 
 /** Heartbeat metrics are deltas since the previous beat; fields may be null (DESIGN §11). */
 export const HeartbeatBody = z.object({
   metrics: z
     .object({
-      intents_total: metric,
-      intents_succeeded: metric,
-      intents_failed: metric,
+      intents_total: count,
+      intents_succeeded: count,
+      intents_failed: count,
       avg_latency_ms: metric,
       cost_usd: z.number().finite().min(0).max(1_000_000).nullable().optional(),
     })
@@ -199,8 +209,7 @@ export const MeshAgentsQuery = z.object({
 })
 
 export const CreateWebhookBody = z.strictObject({
-  url: z
-    .string()
+  url: text()
     .max(2048)
     .regex(/^https?:\/\/[^\s]+$/, 'must be an http:// or https:// URL'),
   event_types: z
@@ -208,7 +217,7 @@ export const CreateWebhookBody = z.strictObject({
     .min(1)
     .max(7)
     .optional(),
-  secret: z.string().min(16).max(256).optional(),
+  secret: text().min(16).max(256).optional(),
 })
 
 export const DeliveriesQuery = z.object({

@@ -19,6 +19,15 @@ export class SseSink implements EventSink {
     res.flushHeaders()
     res.socket?.setNoDelay(true)
     res.on('close', () => this.#markClosed())
+    // The gateway keeps half-open connections (a request followed by a FIN still gets its
+    // answer), but a stream whose client half-closed has nobody left to stream to.
+    const socket = res.socket
+    if (socket?.readableEnded) res.destroy()
+    else if (socket) {
+      const gone = (): void => void res.destroy()
+      socket.once('end', gone)
+      res.once('close', () => socket.off('end', gone))
+    }
   }
 
   get closed(): boolean {
