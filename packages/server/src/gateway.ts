@@ -57,7 +57,6 @@ export async function startGateway(
   config: GatewayConfig,
   options: { clock?: Clock; log?: Logger } = {},
 ): Promise<Gateway> {
-  const clock = options.clock ?? systemClock
   const log = options.log ?? stderrLogger
   // The port is bound before any state exists: a start that cannot listen (EADDRINUSE, EACCES)
   // must not leave behind a database with a bootstrap admin key nobody saw. Until the gateway
@@ -109,6 +108,8 @@ export async function startGateway(
     await closeServer()
     throw error
   }
+  // Replicas on one database decide with its clock (leases, windows, staleness), not their own.
+  const clock = options.clock ?? store.clock ?? systemClock
   const streams = new StreamRegistry(store.feed, config.pingIntervalMs)
   const metrics = new Metrics({ store, openStreams: () => streams.openStreams })
   store = instrumentStore(store, metrics)

@@ -12,78 +12,13 @@
  *    connections come back, and new intents reach streams on other replicas promptly.
  * Skipped (with a message) when PostgreSQL is not installed.
  */
-import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ChildGateway } from './child-gateway.js'
 import { api, openSseStream, pollUntil, sharedPostgres, testEngines, type SseConnection } from './harness.js'
 import type { PostgresCluster } from './postgres.js'
-import { createKey, enc, feedListeners, sleep, startFleet, storedIntents, streamPath, summary, type Fleet } from './replica-fleet.js'
+import { createKey, enc, feedListeners, reportReplicasOnFailure, sendLoops, sleep, startFleet, storedIntents, streamPath, summary, type Fleet } from './replica-fleet.js'
 
 const HAVE_POSTGRES = testEngines('faults.test.ts').includes('postgres')
-
-interface SendRecord {
-  replica: number
-  start: number
-  end: number
-  /** 0 when no HTTP answer came back (the replica died with the request in flight). */
-  status: number
-  code: string | null
-  intent_id: string | null
-}
-
-/** On failure, says which replica process exited and what it logged. */
-function reportReplicasOnFailure(replicas: () => ChildGateway[]): void {
-  onTestFailed(() => {
-    for (const [i, replica] of replicas().entries()) {
-      const state = replica.proc.exitCode !== null || replica.proc.signalCode !== null ? `exited (${replica.proc.exitCode ?? replica.proc.signalCode})` : 'running'
-      console.error(`replica ${i + 1} (${replica.url}) ${state}; stderr tail:\n${replica.stderr().split('\n').filter((l) => !l.includes('sweeper pass failed')).slice(-30).join('\n')}`)
-    }
-  })
-}
-
-/** Sender loops that keep sending through the replicas `pick()` returns until stopped. */
-function sendLoops(options: { loops: number; pick: (turn: number) => number | null; url: (replica: number) => string; key: (loop: number) => string; to: string }) {
-  const sends: SendRecord[] = []
-  let stopped = false
-  let turn = 0
-  const run = async (loop: number): Promise<void> => {
-    while (!stopped) {
-      const replica = options.pick(turn++)
-      if (replica === null) {
-        await sleep(5)
-        continue
-      }
-      const start = performance.now()
-      let record: SendRecord
-      try {
-        const res = await api(options.url(replica), options.key(loop), 'POST', '/v1/intents', {
-          intent_type: 'fault.test.v1',
-          to_agent: options.to,
-          payload: { loop, n: sends.length },
-        })
-        record = {
-          replica,
-          start,
-          end: performance.now(),
-          status: res.status,
-          code: res.status === 200 ? null : (res.body?.error?.code ?? String(res.body).slice(0, 200)),
-          intent_id: res.status === 200 ? res.body.intent_id : null,
-        }
-      } catch (error) {
-        record = { replica, start, end: performance.now(), status: 0, code: String((error as Error).cause ?? error).slice(0, 200), intent_id: null }
-        await sleep(5) // a dead replica refuses at once: do not spin
-      }
-      sends.push(record)
-    }
-  }
-  const all = Promise.all(Array.from({ length: options.loops }, (_, i) => run(i)))
-  return {
-    sends,
-    async stop(): Promise<void> {
-      stopped = true
-      await all
-    },
-  }
-}
 
 describe.skipIf(!HAVE_POSTGRES)('faults with three gateway processes on one PostgreSQL database', () => {
   let cluster: PostgresCluster

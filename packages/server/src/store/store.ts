@@ -6,6 +6,7 @@
  * all in one transaction. Stores persist; they never decide.
  */
 import type { ChangeFeed } from './change-feed.js'
+import type { Clock } from '../core/clock.js'
 
 export type Role = 'admin' | 'operator' | 'viewer' | 'agent'
 
@@ -464,6 +465,11 @@ export interface Store {
   readonly engine: 'sqlite' | 'postgres'
   /** Change notifications, delivered to every replica on the same store. */
   readonly feed: ChangeFeed
+  /**
+   * The time every replica on this store agrees on (PostgreSQL: the database's clock, see
+   * DatabaseClock); absent for a store only one process serves, which uses the system clock.
+   */
+  readonly clock?: Clock
   close(): Promise<void>
   /** Throws GatewayError('store_unavailable') if the store cannot be reached. */
   ping(): Promise<void>

@@ -20,6 +20,7 @@ const SERVER_UNAVAILABLE_STATES = new Set([
   '57P02', // crash_shutdown
   '57P03', // cannot_connect_now (starting up, shutting down, recovery)
   '57014', // query_canceled (statement_timeout)
+  '25P03', // idle_in_transaction_session_timeout (this replica stalled mid-transaction)
   '53300', // too_many_connections
   '53000', // insufficient_resources
   '58000', // system_error
@@ -55,10 +56,13 @@ export function isConnectionError(error: unknown): boolean {
   return CONNECTION_MESSAGES.some((m) => error.message.includes(m))
 }
 
-/** Serialization failures and deadlocks: the transaction may simply be run again. */
+/** lock_timeout: a row lock stayed taken too long (a replica frozen mid-transaction holds it). */
+const LOCK_NOT_AVAILABLE = '55P03'
+
+/** Serialization failures, deadlocks and lock timeouts: the transaction may simply be run again. */
 export function isRetryableConflict(error: unknown): boolean {
   const code = codeOf(error)
-  return code === '40001' || code === '40P01'
+  return code === '40001' || code === '40P01' || code === LOCK_NOT_AVAILABLE
 }
 
 /**
@@ -77,7 +81,7 @@ function isUnstorableValue(error: unknown): boolean {
  */
 export function toStoreError(error: unknown): unknown {
   if (error instanceof GatewayError) return error
-  if (isConnectionError(error)) {
+  if (isConnectionError(error) || codeOf(error) === LOCK_NOT_AVAILABLE) {
     return new GatewayError('store_unavailable', 'the store (PostgreSQL) cannot be reached; nothing was accepted', {
       cause: error,
     })

@@ -6,12 +6,19 @@ export const FEED_CHANNEL = 'chokepoint'
 
 /** NOTIFY payloads must stay below 8000 bytes; leave room for the envelope. */
 const MAX_PAYLOAD_BYTES = 7_500
+/** The kill state is polled this often while LISTEN is down… */
 const POLL_INTERVAL_MS = 250
+/**
+ * …and this often while it is up. A LISTEN connection can stall without an error (its backend
+ * or its network path frozen); until the probe notices, NOTIFYs do not arrive, and this poll
+ * still cuts a killed agent's streams on this replica within DESIGN §2.1's 1 s bound.
+ */
+const LISTENING_POLL_INTERVAL_MS = 500
 const BACKOFF_MIN_MS = 100
 const BACKOFF_MAX_MS = 5_000
 /** The LISTEN connection is probed this often, so a silently dead socket is noticed. */
-const PROBE_INTERVAL_MS = 10_000
-const PROBE_TIMEOUT_MS = 5_000
+const PROBE_INTERVAL_MS = 1_000
+const PROBE_TIMEOUT_MS = 2_000
 
 /** One NOTIFY payload: the committing replica (`o`) and the changes of one transaction (`c`). */
 interface Envelope {
@@ -61,7 +68,7 @@ export interface PostgresFeedOptions {
   origin: string
   /** A new, unconnected client for the dedicated LISTEN connection. */
   newClient: () => pg.Client
-  /** Runs a read on the pool (resync and the kill-state poll while LISTEN is down). */
+  /** Runs a read on the pool (the resync and the kill-state poll). */
   query: <R>(sql: string, params?: unknown[]) => Promise<R[]>
   log?: ((level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void) | undefined
 }
@@ -72,7 +79,9 @@ export interface PostgresFeedOptions {
  * republishes other replicas' changes. The feed only speeds things up, but a kill must still
  * cut streams on every replica: when the LISTEN connection fails it reconnects with backoff,
  * re-LISTENs and republishes the current state (every killed agent, every agent with queued
- * work, the newest mesh event), and while it is down it polls the kill state every 250 ms.
+ * work, the newest mesh event). It polls the kill state every 250 ms while LISTEN is down and
+ * every 500 ms while it is up, so that a LISTEN connection that stalls silently cannot keep a
+ * killed agent's streams open past the 1 s bound before the probe notices.
  */
 export class PostgresFeed implements ChangeFeed {
   readonly #local = new LocalFeed()
@@ -161,15 +170,13 @@ export class PostgresFeed implements ChangeFeed {
       return
     }
     ready = true
-    const wasDown = this.#attempt > 0 || this.#pollTimer !== null
+    const wasDown = this.#attempt > 0
     this.#client = client
     this.#connections += 1
     this.#listening = true
     this.#attempt = 0
-    if (this.#pollTimer) clearTimeout(this.#pollTimer)
-    this.#pollTimer = null
-    this.#killedSeen = null
     this.#scheduleProbe()
+    if (this.#pollTimer === null) this.#schedulePoll(LISTENING_POLL_INTERVAL_MS)
     if (wasDown) {
       this.#options.log?.('info', 'change feed: LISTEN restored')
       await this.#resync()
@@ -192,7 +199,9 @@ export class PostgresFeed implements ChangeFeed {
     if (this.#probeTimer) clearTimeout(this.#probeTimer)
     this.#probeTimer = null
     if (wasListening) this.#options.log?.('warn', 'change feed: LISTEN connection lost; polling kill state', { error: String(error) })
-    if (this.#pollTimer === null) this.#schedulePoll(0)
+    // Poll at once, then at the faster pace: a kill may have committed unnoticed.
+    if (this.#pollTimer) clearTimeout(this.#pollTimer)
+    this.#schedulePoll(0)
     if (this.#reconnectTimer === null) {
       const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.#attempt)
       const delay = Math.round(base / 2 + Math.random() * (base / 2))
@@ -211,9 +220,9 @@ export class PostgresFeed implements ChangeFeed {
       this.#probeTimer = null
       const client = this.#client
       if (!client || this.#closed) return
-      // A connection that hangs without an error (a silent network partition) counts as down
-      // once the probe goes unanswered: the kill-state poll takes over and caches stop trusting
-      // the feed (epoch null) within PROBE_INTERVAL_MS + PROBE_TIMEOUT_MS.
+      // A connection that hangs without an error (a silent network partition, a frozen backend)
+      // counts as down once the probe goes unanswered: the feed reconnects and caches stop
+      // trusting it (epoch null) within PROBE_INTERVAL_MS + PROBE_TIMEOUT_MS.
       const timeout = setTimeout(() => this.#down(new Error('LISTEN connection probe unanswered'), client), PROBE_TIMEOUT_MS)
       timeout.unref()
       client.query('SELECT 1').then(
@@ -231,16 +240,17 @@ export class PostgresFeed implements ChangeFeed {
   }
 
   #schedulePoll(delay: number): void {
+    if (this.#pollTimer) clearTimeout(this.#pollTimer)
     this.#pollTimer = setTimeout(() => {
       void this.#pollKillState().finally(() => {
-        if (!this.#closed && !this.#listening) this.#schedulePoll(POLL_INTERVAL_MS)
-        else this.#pollTimer = null
+        if (this.#closed) this.#pollTimer = null
+        else this.#schedulePoll(this.#listening ? LISTENING_POLL_INTERVAL_MS : POLL_INTERVAL_MS)
       })
     }, delay)
     this.#pollTimer.unref()
   }
 
-  /** While LISTEN is down: publish `agent.killed` for agents killed since the previous poll. */
+  /** Publishes `agent.killed` for agents killed since the previous poll (all of them on the first). */
   async #pollKillState(): Promise<void> {
     if (this.#polling) return
     this.#polling = true

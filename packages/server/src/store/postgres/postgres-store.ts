@@ -46,6 +46,7 @@ import type {
   Store,
   WebhookRow,
 } from '../store.js'
+import { DatabaseClock } from './postgres-clock.js'
 import { FEED_CHANNEL, PostgresFeed, encodeChanges } from './postgres-feed.js'
 import { isConnectionError, isRetryableConflict, toStoreError } from './postgres-errors.js'
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js'
@@ -73,6 +74,30 @@ const LOCK_KEYS = 2
 const LOCK_CLAIM = 3
 /** Second key: hashtext(address). */
 const LOCK_AGENT = LOCK_CLASS + 16
+
+/**
+ * PostgreSQL ends a transaction of ours that sits idle this long (`idle_in_transaction_session_timeout`,
+ * set per transaction so that poolers see no session state). A replica frozen between two
+ * statements — SIGSTOP, a paused VM or container, a CPU throttled between requests — would
+ * otherwise keep its row locks for as long as it is frozen, and a kill, which must update the
+ * agent row those locks share, would wait on every other replica with it (DESIGN §2.1). Our
+ * transactions are idle for milliseconds; the frozen one fails (its client gets 503, nothing
+ * was acknowledged) and the kill goes through.
+ */
+export const IDLE_IN_TRANSACTION_MS = 2_000
+/**
+ * A statement of a data transaction (accept, claim, resolve, heartbeat) gives up waiting for a
+ * row lock after this long, and the transaction is run again. A frozen replica's transactions
+ * queue on each other's counter rows; without this, each one in the queue would start its own
+ * IDLE_IN_TRANSACTION_MS only when the one before it had been ended, and a kill would wait for
+ * the whole queue. With it they all give up at once, and a kill waits at most about
+ * LOCK_TIMEOUT_MS + IDLE_IN_TRANSACTION_MS. It is far above healthy waits: 300 concurrent sends
+ * to one recipient queue for up to ~2 s on its counter rows on a busy 2-core machine.
+ * Kills and resumes (the control pool) wait as long as it takes: they are what must get through.
+ */
+export const LOCK_TIMEOUT_MS = 5_000
+const BEGIN_CONTROL = `BEGIN; SET LOCAL idle_in_transaction_session_timeout = ${IDLE_IN_TRANSACTION_MS}`
+const BEGIN = `${BEGIN_CONTROL}; SET LOCAL lock_timeout = ${LOCK_TIMEOUT_MS}`
 
 /** Transactions that fail on a serialization conflict or deadlock are run again, this often. */
 const MAX_ATTEMPTS = 5
@@ -181,6 +206,7 @@ const windowOf = (now: number): { day: string; hour: string } => {
 export class PostgresStore implements Store {
   readonly engine = 'postgres' as const
   readonly feed: PostgresFeed
+  readonly clock: DatabaseClock
   readonly #pool: pg.Pool
   /** Kills and resumes get their own connections: a pool saturated by sends must not delay them. */
   readonly #controlPool: pg.Pool
@@ -210,6 +236,11 @@ export class PostgresStore implements Store {
         client.on('error', (error) => config.log?.('warn', 'postgres: connection failed', { error: String(error) }))
       })
     }
+    this.clock = new DatabaseClock({
+      readDatabaseMs: async () =>
+        (await this.#readOne<{ ms: number }>('SELECT extract(epoch FROM clock_timestamp())::float8 * 1000 AS ms'))?.ms ?? Date.now(),
+      log: config.log,
+    })
     this.feed = new PostgresFeed({
       origin: this.#origin,
       newClient: () => new pg.Client({ ...clientConfig, application_name: 'chokepoint-feed' }),
@@ -223,6 +254,7 @@ export class PostgresStore implements Store {
     const store = new PostgresStore(config)
     try {
       await store.#migrate()
+      await store.clock.start()
       await store.feed.start()
     } catch (error) {
       await store.close()
@@ -234,7 +266,7 @@ export class PostgresStore implements Store {
   async #migrate(): Promise<void> {
     const client = await this.#pool.connect()
     try {
-      await client.query('BEGIN')
+      await client.query(BEGIN_CONTROL)
       await client.query('SELECT pg_advisory_xact_lock($1::int, $2::int)', [LOCK_CLASS, LOCK_MIGRATIONS])
       await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_at bigint NOT NULL)')
       const { rows } = await client.query<{ v: number }>('SELECT coalesce(max(version), 0) AS v FROM schema_migrations')
@@ -274,7 +306,7 @@ export class PostgresStore implements Store {
       }
       const tx = new Tx(client, lockForCost)
       try {
-        await client.query('BEGIN')
+        await client.query(pool === this.#controlPool ? BEGIN_CONTROL : BEGIN)
         const result = await fn(tx)
         await this.#writeControl(tx)
         const changes = dedupe(tx.changes)
@@ -325,6 +357,7 @@ export class PostgresStore implements Store {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    this.clock.stop()
     await this.feed.close()
     await this.#pool.end().catch(() => undefined)
     await this.#controlPool.end().catch(() => undefined)
