@@ -4,6 +4,8 @@ import type { Clock } from '../../core/clock.js'
 const SYNC_INTERVAL_MS = 10_000
 /** A sample whose round trip took longer than this says too little about the offset. */
 const MAX_SAMPLE_RTT_MS = 200
+/** Timer and clock resolution on both sides of a sample. */
+const NOISE_MS = 5
 /** An offset this large is worth a line in the log (once per change of that size). */
 const WARN_OFFSET_MS = 1_000
 
@@ -31,6 +33,7 @@ export class DatabaseClock implements Clock {
   #last = 0
   #warnedOffset = 0
   #timer: NodeJS.Timeout | null = null
+  #bestRtt = Infinity
 
   constructor(options: DatabaseClockOptions) {
     this.#options = options
@@ -49,6 +52,8 @@ export class DatabaseClock implements Clock {
 
   /** Measures the offset now (best of three samples), then every SYNC_INTERVAL_MS. */
   async start(): Promise<void> {
+    this.stop()
+    this.#bestRtt = Infinity
     for (let i = 0; i < 3; i += 1) await this.#sample()
     this.#schedule()
   }
@@ -67,8 +72,6 @@ export class DatabaseClock implements Clock {
     this.#timer.unref()
   }
 
-  #bestRtt = Infinity
-
   async #sample(): Promise<void> {
     let databaseMs: number
     const sent = Date.now()
@@ -83,7 +86,11 @@ export class DatabaseClock implements Clock {
     // system clock may be stepped by NTP at any time, so an old best must not stick).
     if (rtt > MAX_SAMPLE_RTT_MS || (this.#timer === null && rtt > this.#bestRtt)) return
     this.#bestRtt = Math.min(this.#bestRtt, rtt)
-    this.#offsetMs = Math.round(databaseMs - (sent + received) / 2)
+    // The midpoint estimate is only good to half the round trip (plus the timers' resolution):
+    // an offset inside that band is no evidence of skew, and applying it would shift every
+    // timestamp by noise — a replica on the database's own host would run a few ms off.
+    const measured = databaseMs - (sent + received) / 2
+    this.#offsetMs = Math.abs(measured) <= rtt / 2 + NOISE_MS ? 0 : Math.round(measured)
     const size = Math.abs(this.#offsetMs)
     if (size >= WARN_OFFSET_MS && Math.abs(size - this.#warnedOffset) >= WARN_OFFSET_MS) {
       this.#warnedOffset = size
