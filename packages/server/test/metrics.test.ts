@@ -278,6 +278,16 @@ describe('GET /metrics after a known scenario', () => {
     expect(value(exp, 'chokepoint_alert_deliveries_total', { result: 'delivered' })).toBe(1)
   })
 
+  it("reports the process's memory, heap and open descriptors", () => {
+    expect(exp.types.get('chokepoint_process_resident_memory_bytes')).toBe('gauge')
+    expect(value(exp, 'chokepoint_process_resident_memory_bytes')).toBeGreaterThan(10 * 1024 * 1024)
+    expect(exp.types.get('chokepoint_nodejs_heap_size_used_bytes')).toBe('gauge')
+    expect(value(exp, 'chokepoint_nodejs_heap_size_used_bytes')).toBeGreaterThan(1024 * 1024)
+    expect(exp.types.get('chokepoint_process_open_fds')).toBe('gauge')
+    expect(value(exp, 'chokepoint_process_open_fds')).toBeGreaterThan(3)
+    expect(exp.types.get('chokepoint_nodejs_eventloop_lag_seconds')).toBe('gauge')
+  })
+
   it('reports open inbox streams', async () => {
     expect(exp.types.get('chokepoint_open_streams')).toBe('gauge')
     expect(value(exp, 'chokepoint_open_streams')).toBe(0)

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Store } from '../store/store.js'
 
 /**
@@ -49,7 +49,18 @@ export class Metrics {
     registers: [this.registry],
   })
 
+  /**
+   * The exposition text. prom-client writes a value that is not a number as `Nan` (the event-loop
+   * lag before its first sample); the text format's spelling is `NaN`.
+   */
+  async exposition(): Promise<string> {
+    return (await this.registry.metrics()).replace(/ Nan$/gm, ' NaN')
+  }
+
   constructor(sources: { store: Store; openStreams: () => number }) {
+    // The process's own health, for the same scrape: resident memory, heap, open descriptors,
+    // event-loop lag, GC (`chokepoint_process_*`, `chokepoint_nodejs_*`).
+    collectDefaultMetrics({ register: this.registry, prefix: 'chokepoint_' })
     new Gauge({
       name: 'chokepoint_open_streams',
       help: 'Open inbox streams on this replica',

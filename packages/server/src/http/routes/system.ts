@@ -39,7 +39,7 @@ export function systemRoutes(deps: {
             throw new GatewayError('unauthorized', 'GET /metrics needs the metrics key')
           }
         }
-        const text = await deps.metrics.registry.metrics()
+        const text = await deps.metrics.exposition()
         res.statusCode = 200
         res.setHeader('content-type', deps.metrics.registry.contentType)
         res.end(text)
