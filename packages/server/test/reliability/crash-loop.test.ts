@@ -42,7 +42,7 @@ interface Ledger {
   deliveredAfterResolve: string[]
   sendsCut: number
   sendsRefused: Map<number, number>
-  /** Control calls (kill, resume) answered 200: each wrote one audit entry. */
+  /** Control calls (kill, resume) answered 200 (a no-op one writes no audit entry). */
   controlsAnswered: number
 }
 
@@ -159,7 +159,7 @@ for (const engine of testEngines('reliability/crash-loop.test.ts')) {
         // Crash at a varying point once the load is flowing — judged by what this process has
         // answered, not by a fixed time, which a slow machine may spend warming up.
         const flowing = Date.now() + 60_000
-        while ((ledger.acked.size - before < 5 || ledger.controlsAnswered - controlsBefore < 2) && Date.now() < flowing) await sleep(20)
+        while ((ledger.acked.size - before < 5 || ledger.controlsAnswered - controlsBefore < 3) && Date.now() < flowing) await sleep(20)
         await sleep((crash * 137) % 500)
         gw.proc.kill('SIGKILL')
         await gw.exited
@@ -222,9 +222,10 @@ for (const engine of testEngines('reliability/crash-loop.test.ts')) {
       expect([...ledger.sendsRefused.keys()].filter((s) => s >= 500)).toEqual([])
       const verify = await api(gw.url, adminKey, 'GET', '/v1/audit/verify')
       expect(verify.body).toMatchObject({ ok: true, valid: true, first_broken_seq: null })
-      // Every answered control call left its entry (3 key creations, then the kills and resumes).
-      expect(verify.body.entries).toBeGreaterThanOrEqual(3 + ledger.controlsAnswered)
-      expect(ledger.controlsAnswered).toBeGreaterThanOrEqual(2 * CRASHES)
+      // 3 key creations, then kills and resumes: each run had at least kill, resume, kill
+      // answered, of which at most the first was a no-op (the agent was left killed by a crash
+      // between a kill and its resume), so at least two entries per run.
+      expect(verify.body.entries).toBeGreaterThanOrEqual(3 + 2 * CRASHES)
     }, 240_000)
   })
 }
