@@ -42,14 +42,18 @@ export function createRequestHandler(deps: HttpDeps) {
   }
 }
 
-/** How long an error answer waits for the rest of an unread request body (see `drainBody`). */
-const DRAIN_MS = 500
+/** An error answer waits for the rest of an unread request body while it keeps arriving:
+ * until no byte came for DRAIN_IDLE_MS, and never longer than DRAIN_MAX_MS in all. */
+const DRAIN_IDLE_MS = 500
+const DRAIN_MAX_MS = 10_000
 
 /**
  * Reads and discards what is left of the request body before an error is answered (a 401 or
- * 413 comes before the body is read), at most `maxBytes` more and for at most DRAIN_MS.
- * Closing a socket with unread data resets the connection, and the client then loses the
- * answer it has not read yet (RFC 9112 §9.6): the 401 or 413 looks like a dropped connection.
+ * 413 comes before the body is read), at most `maxBytes` more. Closing a socket with unread
+ * data resets the connection, and the client then loses the answer it has not read yet
+ * (RFC 9112 §9.6): the 401 or 413 looks like a dropped connection. A body that is still
+ * arriving — a megabyte over a busy link takes more than a second — is waited for; one that
+ * stalls (truncated, or a client that stopped) is given up after DRAIN_IDLE_MS.
  * True when the body was read to its end (or there was none).
  */
 function drainBody(req: IncomingMessage, maxBytes: number): Promise<boolean> {
@@ -59,17 +63,20 @@ function drainBody(req: IncomingMessage, maxBytes: number): Promise<boolean> {
   return new Promise((resolve) => {
     let seen = 0
     const finish = (drained: boolean): void => {
-      clearTimeout(timer)
+      clearTimeout(idle)
+      clearTimeout(cap)
       req.off('data', onData).off('end', onEnd).off('close', onClose)
       resolve(drained)
     }
     const onData = (chunk: Buffer): void => {
       seen += chunk.length
-      if (seen > maxBytes) finish(false)
+      if (seen > maxBytes) return finish(false)
+      idle.refresh()
     }
     const onEnd = (): void => finish(true)
     const onClose = (): void => finish(req.complete)
-    const timer = setTimeout(() => finish(false), DRAIN_MS)
+    const idle = setTimeout(() => finish(false), DRAIN_IDLE_MS)
+    const cap = setTimeout(() => finish(false), DRAIN_MAX_MS)
     req.on('data', onData).on('end', onEnd).on('close', onClose)
     req.resume()
   })
