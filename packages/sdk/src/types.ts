@@ -165,7 +165,8 @@ export interface AgentInstance {
 export interface MeshAgent {
   address_id: string
   address: string
-  display_name: string | null
+  /** The registered name, else the address's last segment: always a string. */
+  display_name: string
   health_status: HealthStatus
   last_heartbeat_at: string | null
   created_at: string

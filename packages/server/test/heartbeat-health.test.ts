@@ -577,6 +577,8 @@ describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id
       expect(a.created_at).toMatch(ISO_MS)
       expect(typeof a.intents_period).toBe('number')
       expect(typeof a.cost_period).toBe('number')
+      // Always a string (typed clients declare it so): the address's last segment by default.
+      expect(typeof a.display_name).toBe('string')
     }
     const byAddress = new Map(agents.map((a) => [a.address, a]))
     expect(byAddress.get(M)).toEqual({
@@ -592,7 +594,7 @@ describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id
       instances_total: 1,
       instances_healthy: 1,
     })
-    expect(byAddress.get(N)).toMatchObject({ display_name: null, metadata: null, health_status: 'unknown', last_heartbeat_at: null, intents_period: 3, cost_period: 0 })
+    expect(byAddress.get(N)).toMatchObject({ display_name: N.slice(N.lastIndexOf('/') + 1), metadata: null, health_status: 'unknown', last_heartbeat_at: null, intents_period: 3, cost_period: 0 })
     expect(byAddress.get(O)).toMatchObject({ health_status: 'unknown', intents_period: 2, cost_period: 0, instances_total: 0 })
     expect(byAddress.get(Z)).toMatchObject({ health_status: 'killed', kill_reason: 'zombie', killed_at: iso(MAR_15), intents_period: 0 })
     expect(res.body.summary).toEqual({ total: 4, healthy: 1, degraded: 0, unreachable: 0, killed: 1, unknown: 2 })
@@ -707,10 +709,10 @@ describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id
     })
     const shown = await c.show(R)
     expect(shown.agent).toMatchObject({ address_id: res.body.agent.address_id, display_name: 'Registered', metadata: { owner: 'ops', nested: { x: 1 } } })
-    // Address only: display_name and metadata are null.
+    // Address only: metadata is null, display_name the address's last segment.
     const bare = await api(gw.url, gw.adminKey, 'POST', '/v1/mesh/agents', { address: 'agent://views/prod/bare' })
     expect(bare.status).toBe(200)
-    expect(bare.body.agent).toMatchObject({ display_name: null, metadata: null, health_status: 'unknown' })
+    expect(bare.body.agent).toMatchObject({ display_name: 'bare', metadata: null, health_status: 'unknown' })
 
     expectError(await api(gw.url, operator, 'POST', '/v1/mesh/agents', { address: R }), 409, 'conflict')
     expectError(await api(gw.url, operator, 'POST', '/v1/mesh/agents', { address: M, display_name: 'again' }), 409, 'conflict')

@@ -19,7 +19,8 @@ export function agentView(agent: AgentRow, stats: AgentStats = NO_STATS): Record
   const view: Record<string, unknown> = {
     address_id: agent.address_id,
     address: agent.address,
-    display_name: agent.display_name,
+    // Always a string: typed clients declare it so; unnamed agents show their last segment.
+    display_name: agent.display_name ?? agent.address.slice(agent.address.lastIndexOf('/') + 1),
     health_status: agent.killed_at !== null ? 'killed' : agent.health_status,
     last_heartbeat_at: agent.last_heartbeat_at === null ? null : new Date(agent.last_heartbeat_at).toISOString(),
     created_at: new Date(agent.created_at).toISOString(),
