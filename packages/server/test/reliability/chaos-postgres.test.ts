@@ -436,8 +436,11 @@ describe.skipIf(!HAVE_POSTGRES)('chaos on PostgreSQL', () => {
       const duringFreeze = load.sends.filter((s) => s.loop >= 6 && s.start >= frozenAt && s.start < thawedAt)
       expect(duringFreeze.length).toBeGreaterThan(10)
       expect(duringFreeze.filter((s) => s.status !== 200), 'the other replicas kept accepting').toEqual([])
-      // The kill waited for the frozen transactions at most about LOCK_TIMEOUT_MS + IDLE_IN_TRANSACTION_MS.
-      expect(killMs).toBeLessThan(LOCK_TIMEOUT_MS + IDLE_IN_TRANSACTION_MS + 2_000)
+      // The kill waited for the frozen transactions at most about LOCK_TIMEOUT_MS +
+      // IDLE_IN_TRANSACTION_MS: a frozen transaction that was itself waiting for a lock gives up
+      // after the lock timeout, then sits idle (aborted) until PostgreSQL ends it. The margin is
+      // for a 2-core machine that runs other test files meanwhile (measured 10.1 s there).
+      expect(killMs).toBeLessThan(LOCK_TIMEOUT_MS + IDLE_IN_TRANSACTION_MS + 5_000)
       expect(endedByServer, 'the frozen transaction was ended by PostgreSQL').toBe(true)
       // No send of S that started after the kill returned was accepted, on any replica.
       expect(load.sends.filter((s) => s.loop < 6 && s.start > killReturnedAt && s.status === 200)).toEqual([])
