@@ -23,6 +23,7 @@ import { PolicyService } from './core/policies/policy-service.js'
 import { policyRoutes } from './http/routes/policies.js'
 import { alertRoutes } from './http/routes/alerts.js'
 import { alertFor } from './core/alerts/alerts.js'
+import { FleetService } from './core/fleet/fleet-service.js'
 import { AlertDispatcher } from './core/alerts/alert-dispatcher.js'
 import { WebhookService } from './core/alerts/webhook-service.js'
 import { HeartbeatService } from './core/health/heartbeat-service.js'
@@ -133,9 +134,11 @@ export async function startGateway(
     if (change.type === 'policy.changed') policyEngine.invalidate(change.address_id)
   })
   const killSwitch = new KillSwitchService(store, clock, agents, { resumeRatePerSecond: config.resumeRatePerSecond })
+  const fleet = new FleetService(store, clock, killSwitch)
   const services: Services = {
     store,
     clock,
+    fleet,
     keys,
     agents,
     audit,

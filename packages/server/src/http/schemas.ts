@@ -4,6 +4,7 @@
  */
 import { z } from 'zod'
 import { globError } from '../core/policies/glob.js'
+import { addressPatternError, labelsError } from '../core/fleet/selector.js'
 
 const SEGMENT = '[a-z0-9][a-z0-9_-]{0,62}'
 export const ADDRESS_PATTERN = `^agent://${SEGMENT}/${SEGMENT}/${SEGMENT}$`
@@ -102,10 +103,63 @@ export const CreateKeyBody = z.strictObject({
   name: shortText(128).optional(),
 })
 
+function refineError<T>(check: (v: T) => string | null) {
+  return (value: T, ctx: { addIssue: (issue: { code: 'custom'; message: string }) => void }) => {
+    const error = check(value)
+    if (error !== null) ctx.addIssue({ code: 'custom', message: error })
+  }
+}
+
+export const Labels = z
+  .record(z.string(), text())
+  .superRefine(refineError<Record<string, unknown>>(labelsError))
+  .describe('Labels: up to 32 keys (1–63 of a-z A-Z 0-9 . _ / -) with string values (≤ 256)')
+
 export const RegisterAgentBody = z.strictObject({
   address: Address,
   display_name: shortText(256).optional(),
   metadata: z.record(z.string(), z.unknown()).optional(),
+  labels: Labels.optional(),
+})
+
+export const PatchAgentBody = z.strictObject({
+  display_name: shortText(256).nullable().optional(),
+  metadata: z.record(z.string(), z.unknown()).nullable().optional(),
+  labels: z
+    .record(z.string(), text().nullable())
+    .superRefine(refineError<Record<string, unknown>>(labelsError))
+    .optional()
+    .describe('Merged into the labels (a key set to null is removed)'),
+})
+
+export const Selector = z
+  .strictObject({
+    address: text()
+      .superRefine(refineError<string>(addressPatternError))
+      .optional()
+      .describe('Address glob: agent://acme/prod/* (* = one segment, ** = one or more)'),
+    labels: Labels.optional(),
+  })
+  .describe('Agents whose address matches and that carry every label')
+
+export const FleetKillBody = z.strictObject({
+  selector: Selector,
+  reason: shortText(1024).optional(),
+  dry_run: z.boolean().optional(),
+  confirm_all: z.boolean().optional(),
+  cancel_pending: z.boolean().optional(),
+})
+
+export const FleetResumeBody = z.strictObject({
+  selector: Selector,
+  reason: shortText(1024).optional(),
+  dry_run: z.boolean().optional(),
+  confirm_all: z.boolean().optional(),
+})
+
+export const FleetKillsQuery = z.object({
+  standing: z.enum(['true', 'false']).optional(),
+  limit: intParam(1, 500).optional(),
 })
 
 export const ListAgentsQuery = z.object({

@@ -5,6 +5,7 @@ import type { StreamRegistry } from '../core/delivery/stream-registry.js'
 import type { IntentService } from '../core/intents/intent-service.js'
 import type { AuditService } from '../core/audit/audit-service.js'
 import type { KillSwitchService } from '../core/kill-switch/kill-switch-service.js'
+import type { FleetService } from '../core/fleet/fleet-service.js'
 import type { PolicyService } from '../core/policies/policy-service.js'
 import type { HeartbeatService } from '../core/health/heartbeat-service.js'
 import type { WebhookService } from '../core/alerts/webhook-service.js'
@@ -20,6 +21,7 @@ export interface Services {
   intents: IntentService
   streams: StreamRegistry
   killSwitch: KillSwitchService
+  fleet: FleetService
   audit: AuditService
   policies: PolicyService
   heartbeats: HeartbeatService

@@ -50,6 +50,7 @@ export const MIGRATED_TABLES = [
   'heartbeat_metrics',
   'webhooks',
   'alert_outbox',
+  'fleet_kills',
 ] as const
 
 /** Tables whose key is a PostgreSQL identity column, and the SQLite AUTOINCREMENT it continues. */

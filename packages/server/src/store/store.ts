@@ -49,6 +49,91 @@ export interface AgentRow {
    * because intents were sent to it (a possibly mistyped recipient).
    */
   registered_at: number | null
+  /** JSON object of string labels (`{"team": "payments"}`), or null for none. */
+  labels: string | null
+}
+
+/** A kill by selector: stands (kills agents that first appear under it) until resumed. */
+export interface FleetKillRow {
+  fleet_kill_id: string
+  /** Canonical JSON of the selector (`{"address": …, "labels": {…}}`). */
+  selector: string
+  reason: string | null
+  actor: string
+  created_at: number
+  ended_at: number | null
+  ended_by: string | null
+}
+
+/**
+ * Core's rule for an agent row that appears (first send, registration, agent key) or whose
+ * labels change while fleet kills stand: the kill to apply, or null. Stores call it inside the
+ * transaction that writes the row, after reading the standing fleet kills in it.
+ */
+export type StandingKillRule = (agent: AgentRow, standing: readonly FleetKillRow[], now: number) => StandingKill | null
+
+export interface StandingKill {
+  fleet_kill_id: string
+  actor: string
+  reason: string | null
+  record: KillInput['record']
+}
+
+/** Agents by selector: core's matcher, and the literal address prefix every match starts with. */
+export interface AgentSelection {
+  /** Rows whose address does not start with this are not read (`agent://acme/` for `agent://acme/**`). */
+  prefix: string
+  matches: (agent: AgentRow) => boolean
+}
+
+export interface FleetKillInput {
+  selection: AgentSelection
+  fleet_kill: FleetKillRow
+  now: number
+  /** See KillInput.clock. */
+  clock?: () => number
+  /** Sees the matching rows before anything is written (confirm_all); throws to refuse. */
+  guard: (matching: readonly AgentRow[]) => void
+  record: (before: AgentRow, after: AgentRow) => { audit: AuditDraft; event: MeshEventDraft }
+  /** The fleet kill's own audit entry, once the agents are known. */
+  summary: (killed: readonly AgentRow[], alreadyKilled: readonly AgentRow[]) => AuditDraft
+}
+
+export interface FleetKillResult {
+  killed: AgentRow[]
+  already_killed: AgentRow[]
+}
+
+export interface FleetResumeInput {
+  selection: AgentSelection
+  now: number
+  actor: string
+  rate_per_second: number
+  guard: (matching: readonly AgentRow[]) => void
+  /** Standing fleet kills this resume ends. */
+  ends: (fleetKill: FleetKillRow) => boolean
+  record: ResumeInput['record']
+  summary: (resumed: readonly { agent: AgentRow; redelivering: number }[], ended: readonly FleetKillRow[]) => AuditDraft
+}
+
+export interface FleetResumeResult {
+  resumed: { agent: AgentRow; redelivering: number }[]
+  ended: FleetKillRow[]
+}
+
+/** What PATCH /v1/mesh/agents/{id} may change; core builds it from the current row. */
+export interface AgentPatch {
+  display_name: string | null
+  labels: string | null
+  metadata: string | null
+}
+
+export interface AgentUpdateInput {
+  address_id: string
+  now: number
+  /** The new values from the current row; null when nothing changes. */
+  build: (current: AgentRow) => AgentPatch | null
+  record: (before: AgentRow, after: AgentRow) => { audit: AuditDraft; event: MeshEventDraft }
 }
 
 export type HealthStatus = 'unknown' | 'healthy' | 'degraded' | 'unreachable' | 'killed'
@@ -503,6 +588,10 @@ export interface Store {
   registerAgent(agent: AgentRow, event: MeshEventDraft): Promise<AgentRow | undefined>
   /** Agents in registration order; `health` filters on the shown status (killed overrides). */
   listAgents(limit: number, health: HealthStatus | null): Promise<AgentRow[]>
+  /** Every agent the selection matches, in address order (read outside a transaction: dry runs). */
+  selectAgents(selection: AgentSelection): Promise<AgentRow[]>
+  /** Changes an agent's name, labels or metadata, audited; a standing fleet kill may apply. */
+  updateAgent(input: AgentUpdateInput): Promise<{ agent: AgentRow; changed: boolean }>
 
   // ---- intents ----
   acceptIntent(input: AcceptIntentInput): Promise<AcceptIntentResult>
@@ -531,6 +620,16 @@ export interface Store {
   holdBacklog(input: HoldInput): Promise<{ held: number; canceled: number }>
   /** Clears the kill and releases held intents (paced), with audit and mesh event. */
   resumeAgent(input: ResumeInput): Promise<{ agent: AgentRow; changed: boolean; redelivering: number }>
+  /**
+   * Kills every live agent the selection matches and records the standing fleet kill, in one
+   * transaction: from its commit on, each of them is refused on every replica, and agents that
+   * first appear under it start killed. Holding their backlogs follows (holdBacklog).
+   */
+  killFleet(input: FleetKillInput): Promise<FleetKillResult>
+  /** Resumes every killed agent the selection matches and ends the fleet kills `ends` picks. */
+  resumeFleet(input: FleetResumeInput): Promise<FleetResumeResult>
+  /** Fleet kills, newest first; `standing` keeps only those not ended. */
+  listFleetKills(standing: boolean, limit: number): Promise<FleetKillRow[]>
 
   // ---- audit and mesh events ----
   appendAudit(draft: AuditDraft): Promise<AuditRow>

@@ -18,5 +18,6 @@ export function blankAgent(address: string, addressId: string, now: number): Age
     health_status: 'unknown',
     last_heartbeat_at: null,
     registered_at: now,
+    labels: null,
   }
 }

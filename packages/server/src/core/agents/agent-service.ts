@@ -3,6 +3,8 @@ import type { Clock } from '../clock.js'
 import { GatewayError, conflict, notFound } from '../errors.js'
 import { isAddress, isAddressId, newAddressId } from '../ids.js'
 import { blankAgent } from './agent-row.js'
+import { canonicalLabels, parseLabels } from '../fleet/selector.js'
+import { iso } from '../clock.js'
 
 /** What a table row needs beyond the agent row (one list call, no request per row). */
 export interface AgentStats {
@@ -27,6 +29,7 @@ export function agentView(agent: AgentRow, stats: AgentStats = NO_STATS): Record
     intents_period: stats.intents_period,
     cost_period: Math.round(stats.cost_period * 1e6) / 1e6,
     metadata: agent.metadata === null ? null : (JSON.parse(agent.metadata) as unknown),
+    labels: parseLabels(agent.labels),
     instances_total: stats.instances_total,
     instances_healthy: stats.instances_healthy,
   }
@@ -35,6 +38,13 @@ export function agentView(agent: AgentRow, stats: AgentStats = NO_STATS): Record
     view['kill_reason'] = agent.kill_reason
   }
   return view
+}
+
+const MAX_AGENT_LABELS = 32
+
+/** Stored labels: sorted JSON, or null for none. */
+function labelsJson(labels: Record<string, string>): string | null {
+  return Object.keys(labels).length === 0 ? null : JSON.stringify(canonicalLabels(labels))
 }
 
 export type StatsWindow = 'day' | 'week' | 'month'
@@ -77,22 +87,85 @@ export class AgentService {
     address: string
     display_name?: string | undefined
     metadata?: Record<string, unknown> | undefined
+    labels?: Record<string, string> | undefined
   }): Promise<AgentRow> {
     const row: AgentRow = {
       ...blankAgent(input.address, newAddressId(), this.#clock.now()),
       display_name: input.display_name ?? null,
       metadata: input.metadata === undefined ? null : JSON.stringify(input.metadata),
+      labels: labelsJson(input.labels ?? {}),
     }
     const created = await this.#store.registerAgent(row, {
       address_id: row.address_id,
       address: row.address,
       event_type: 'agent.registered',
-      details: { display_name: row.display_name },
+      details: { display_name: row.display_name, labels: input.labels ?? {} },
       actor_id: actor,
       created_at: row.created_at,
     })
     if (!created) throw conflict(`agent ${input.address} is already registered`)
     return created
+  }
+
+  /**
+   * PATCH: `display_name` and `metadata` are replaced (null clears them); `labels` is merged
+   * (RFC 7386: a key set to null is removed). Audited as `agent.update`. An agent relabelled
+   * into the selector of a standing fleet kill is killed in the same transaction.
+   */
+  async update(
+    actor: string,
+    ref: string,
+    patch: {
+      display_name?: string | null | undefined
+      metadata?: Record<string, unknown> | null | undefined
+      labels?: Record<string, string | null> | undefined
+    },
+  ): Promise<AgentRow> {
+    const target = await this.resolve(ref)
+    const now = this.#clock.now()
+    const { agent } = await this.#store.updateAgent({
+      address_id: target.address_id,
+      now,
+      build: (current) => {
+        const next = {
+          display_name: patch.display_name === undefined ? current.display_name : patch.display_name,
+          metadata: patch.metadata === undefined ? current.metadata : patch.metadata === null ? null : JSON.stringify(patch.metadata),
+          labels: current.labels,
+        }
+        if (patch.labels !== undefined) {
+          const merged: Record<string, string> = { ...parseLabels(current.labels) }
+          for (const [k, v] of Object.entries(patch.labels)) {
+            if (v === null) delete merged[k]
+            else merged[k] = v
+          }
+          if (Object.keys(merged).length > MAX_AGENT_LABELS) {
+            throw new GatewayError('schema_invalid', `an agent has at most ${MAX_AGENT_LABELS} labels`, { details: { field: 'labels' } })
+          }
+          next.labels = labelsJson(merged)
+        }
+        const same = next.display_name === current.display_name && next.metadata === current.metadata && next.labels === current.labels
+        return same ? null : next
+      },
+      record: (before, after) => {
+        const state = (a: AgentRow) => ({
+          display_name: a.display_name,
+          labels: parseLabels(a.labels),
+          metadata: a.metadata === null ? null : (JSON.parse(a.metadata) as unknown),
+        })
+        return {
+          audit: { at: iso(now), actor, action: 'agent.update', target: after.address, reason: null, before: state(before), after: state(after) },
+          event: {
+            address_id: after.address_id,
+            address: after.address,
+            event_type: 'agent.updated',
+            details: state(after),
+            actor_id: actor,
+            created_at: now,
+          },
+        }
+      },
+    })
+    return agent
   }
 
   list(limit: number, health: HealthStatus | null = null): Promise<AgentRow[]> {

@@ -1,4 +1,4 @@
-import type { AgentRow, KillInput, Store } from '../../store/store.js'
+import type { AgentRow, KillInput, ResumeInput, Store } from '../../store/store.js'
 import { iso, type Clock } from '../clock.js'
 import type { AgentService } from '../agents/agent-service.js'
 
@@ -13,10 +13,20 @@ export type KillActor = { kind: 'key'; key_id: string } | { kind: 'policy'; poli
 export const actorId = (actor: KillActor): string =>
   actor.kind === 'key' ? `key:${actor.key_id}` : `policy:${actor.policy_id}`
 
+/** The inverse of actorId (stored actors of fleet kills). */
+export const actorOf = (id: string): KillActor =>
+  id.startsWith('policy:') ? { kind: 'policy', policy_id: id.slice(7) } : { kind: 'key', key_id: id.replace(/^key:/, '') }
+
 const HOLD_BATCH = 500
 
 /** The audit entry and mesh event of a kill (operator or policy), built from the agent rows. */
-export function killRecord(actor: KillActor, now: number, reason: string | null, cancelPending: boolean): KillInput['record'] {
+export function killRecord(
+  actor: KillActor,
+  now: number,
+  reason: string | null,
+  cancelPending: boolean,
+  extra: Record<string, unknown> = {},
+): KillInput['record'] {
   const auto = actor.kind === 'policy'
   return (before, after) => ({
     audit: {
@@ -26,13 +36,13 @@ export function killRecord(actor: KillActor, now: number, reason: string | null,
       target: after.address,
       reason,
       before: agentState(before),
-      after: { ...agentState(after), cancel_pending: cancelPending },
+      after: { ...agentState(after), cancel_pending: cancelPending, ...extra },
     },
     event: {
       address_id: after.address_id,
       address: after.address,
       event_type: auto ? 'agent.auto_killed' : 'agent.killed',
-      details: { reason, cancel_pending: cancelPending, ...(auto ? { policy_id: actor.policy_id } : {}) },
+      details: { reason, cancel_pending: cancelPending, ...(auto ? { policy_id: actor.policy_id } : {}), ...extra },
       actor_id: actorId(actor),
       created_at: now,
     },
@@ -127,7 +137,18 @@ export class KillSwitchService {
       actor: actorId(actor),
       reason,
       rate_per_second: this.#resumeRate,
-      record: (before, after, redelivering) => ({
+      record: resumeRecord(actor, now, reason),
+    })
+  }
+
+  get resumeRatePerSecond(): number {
+    return this.#resumeRate
+  }
+}
+
+/** The audit entry and mesh event of a resume. */
+export function resumeRecord(actor: KillActor, now: number, reason: string | null, extra: Record<string, unknown> = {}): ResumeInput['record'] {
+  return (before, after, redelivering) => ({
         audit: {
           at: iso(now),
           actor: actorId(actor),
@@ -135,17 +156,15 @@ export class KillSwitchService {
           target: after.address,
           reason,
           before: agentState(before),
-          after: { ...agentState(after), redelivering },
+          after: { ...agentState(after), redelivering, ...extra },
         },
         event: {
           address_id: after.address_id,
           address: after.address,
           event_type: 'agent.resumed',
-          details: { reason, redelivering },
+          details: { reason, redelivering, ...extra },
           actor_id: actorId(actor),
           created_at: now,
         },
-      }),
-    })
-  }
+      })
 }

@@ -1,7 +1,20 @@
 import type { z } from 'zod'
 import { agentView } from '../../core/agents/agent-service.js'
 import { route, type Route } from '../router.js'
-import { HeartbeatBody, KillBody, MeshAgentsQuery, MeshEventsQuery, MeshEventsStreamQuery, RegisterAgentBody, ResumeBody } from '../schemas.js'
+import {
+  FleetKillBody,
+  FleetKillsQuery,
+  FleetResumeBody,
+  HeartbeatBody,
+  KillBody,
+  MeshAgentsQuery,
+  MeshEventsQuery,
+  MeshEventsStreamQuery,
+  PatchAgentBody,
+  RegisterAgentBody,
+  ResumeBody,
+} from '../schemas.js'
+import { fleetKillView } from '../../core/fleet/fleet-service.js'
 import { meshEventView, parseMeshEventId } from '../../core/mesh/mesh-events.js'
 import { streamMeshEvents } from '../../core/mesh/mesh-event-stream.js'
 import { SseSink } from '../sse.js'
@@ -21,6 +34,54 @@ export function meshRoutes(s: Services): Route[] {
       summary: 'Register an agent by address (409 if it exists)',
       body: RegisterAgentBody,
       handler: async ({ body, principal }) => ({ agent: agentView(await s.agents.register(`key:${principal.key_id}`, body)) }),
+    }),
+    route<z.output<typeof PatchAgentBody>>({
+      method: 'PATCH',
+      path: '/v1/mesh/agents/:address_id',
+      access: 'operator',
+      control: true,
+      tag: 'mesh',
+      summary: 'Change an agent\'s display name, metadata or labels (labels are merged; null removes a key)',
+      body: PatchAgentBody,
+      handler: async ({ params, principal, body }) => ({
+        agent: agentView(await s.agents.update(`key:${principal.key_id}`, params['address_id'] as string, body)),
+      }),
+    }),
+    route<z.output<typeof FleetKillBody>>({
+      method: 'POST',
+      path: '/v1/mesh/kill',
+      access: 'operator',
+      control: true,
+      tag: 'kill-switch',
+      summary: 'Kill every agent a selector matches, in one transaction; the fleet kill stands for agents that appear later',
+      body: FleetKillBody,
+      handler: async ({ principal, body }) => {
+        const stop = body.dry_run === true ? null : s.metrics.killLatency.startTimer()
+        const answer = await s.fleet.kill({ kind: 'key', key_id: principal.key_id }, body)
+        stop?.()
+        return answer
+      },
+    }),
+    route<z.output<typeof FleetResumeBody>>({
+      method: 'POST',
+      path: '/v1/mesh/resume',
+      access: 'operator',
+      control: true,
+      tag: 'kill-switch',
+      summary: 'Resume every killed agent a selector matches and end the fleet kills with that selector',
+      body: FleetResumeBody,
+      handler: async ({ principal, body }) => s.fleet.resume({ kind: 'key', key_id: principal.key_id }, body),
+    }),
+    route<undefined, z.output<typeof FleetKillsQuery>>({
+      method: 'GET',
+      path: '/v1/mesh/fleet-kills',
+      access: 'viewer',
+      tag: 'kill-switch',
+      summary: 'Fleet kills (kills by selector), newest first; standing=true keeps those not resumed',
+      query: FleetKillsQuery,
+      handler: async ({ query }) => ({
+        fleet_kills: (await s.fleet.list(query.standing === 'true', query.limit ?? 100)).map(fleetKillView),
+      }),
     }),
     route<undefined, z.output<typeof MeshAgentsQuery>>({
       method: 'GET',

@@ -224,4 +224,19 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   ALTER TABLE agents ADD COLUMN registered_at bigint;
   UPDATE agents SET registered_at = created_at;
   `,
+  // Fleet controls: agents carry labels (JSON object); a kill by selector stands until resumed
+  // and kills agents that first appear under it.
+  `
+  ALTER TABLE agents ADD COLUMN labels text;
+  CREATE TABLE fleet_kills (
+    fleet_kill_id text PRIMARY KEY,
+    selector      text NOT NULL,
+    reason        text,
+    actor         text NOT NULL,
+    created_at    bigint NOT NULL,
+    ended_at      bigint,
+    ended_by      text
+  );
+  CREATE INDEX fleet_kills_standing ON fleet_kills (created_at) WHERE ended_at IS NULL;
+  `,
 ]

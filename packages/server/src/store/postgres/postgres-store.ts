@@ -3,12 +3,15 @@ import pg from 'pg'
 import type { PoolClient } from 'pg'
 import { GatewayError } from '../../core/errors.js'
 import { newAddressId, randomBase62 } from '../../core/ids.js'
+import { standingKillRule } from '../../core/fleet/fleet-service.js'
 import type { Change } from '../change-feed.js'
 import type {
   AcceptIntentInput,
   AcceptIntentResult,
   AgentCounters,
   AgentRow,
+  AgentSelection,
+  AgentUpdateInput,
   AlertMapper,
   AlertRow,
   AuditDraft,
@@ -20,6 +23,11 @@ import type {
   CostRule,
   Delivery,
   ExpireLeasesResult,
+  FleetKillInput,
+  FleetKillResult,
+  FleetKillRow,
+  FleetResumeInput,
+  FleetResumeResult,
   HealthStatus,
   HealthSweepInput,
   HeartbeatInput,
@@ -72,6 +80,13 @@ const LOCK_CLASS = 0x43504b54 // "CPKT"
 const LOCK_MIGRATIONS = 1
 const LOCK_KEYS = 2
 const LOCK_CLAIM = 3
+/**
+ * Fleet kills against agent creation: a kill by selector takes it exclusively, every
+ * transaction that creates (or relabels) an agent row takes it shared — always before any
+ * agent gate, so the two orders never cross. A new agent therefore either committed before
+ * the fleet kill read the agents (and is killed by it) or sees the fleet kill row.
+ */
+const LOCK_FLEET = 4
 /** Second key: hashtext(address). */
 const LOCK_AGENT = LOCK_CLASS + 16
 
@@ -128,6 +143,8 @@ class Tx {
    */
   readonly audits: AuditDraft[] = []
   readonly meshEvents: MeshEventDraft[] = []
+  /** The fleet lock is held (shared) by this transaction: it may create agent rows. */
+  fleetLocked = false
 
   constructor(
     readonly client: PoolClient,
@@ -150,8 +167,9 @@ class Tx {
 
 type Holdable = { intent_id: string; delivery_state: string; lease_instance: string | null; status: string }
 
-const AGENT_INSERT = `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason, kill_actor, resumed_at, registered_at)
-  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (address) DO NOTHING`
+const AGENT_INSERT = `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason, kill_actor, resumed_at, registered_at, labels)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (address) DO NOTHING`
+const AGENTS_BY_PREFIX = 'SELECT * FROM agents WHERE substr(address, 1, $1) = $2 ORDER BY address'
 const KEY_SELECT = 'SELECT k.*, a.address FROM api_keys k LEFT JOIN agents a ON a.address_id = k.address_id'
 const INSERT_EVENTS = `INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
   SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[])`
@@ -371,6 +389,7 @@ export class PostgresStore implements Store {
   // ---- keys ----
   async insertKey(key: Omit<KeyRow, 'address_id'>, now: number, audit: (row: KeyRow) => AuditDraft): Promise<KeyRow> {
     return this.#tx(async (tx) => {
+      if (key.address !== null) await this.#fleetShared(tx)
       const agent = key.address === null ? null : (await this.#ensureAgents(tx, [key.address], now, false, [key.address])).get(key.address)
       const row: KeyRow = { ...key, address_id: agent?.address_id ?? null }
       await tx.run(
@@ -468,6 +487,8 @@ export class PostgresStore implements Store {
 
   async registerAgent(agent: AgentRow, event: MeshEventDraft): Promise<AgentRow | undefined> {
     return this.#tx(async (tx) => {
+      await this.#fleetShared(tx)
+      await this.#gate(tx, [agent.address], new Set([agent.address]))
       const inserted = await tx.run(AGENT_INSERT, [
         agent.address_id,
         agent.address,
@@ -479,19 +500,69 @@ export class PostgresStore implements Store {
         agent.kill_actor,
         agent.resumed_at,
         agent.registered_at,
+        agent.labels,
       ])
       // A row that exists only as a recipient of intents is registered now (keeping its id).
       const row =
         inserted === 1
           ? agent
           : await tx.one<AgentRow>(
-              `UPDATE agents SET registered_at = $2, display_name = $3, metadata = $4
+              `UPDATE agents SET registered_at = $2, display_name = $3, metadata = $4, labels = $5
                WHERE address = $1 AND registered_at IS NULL RETURNING *`,
-              [agent.address, agent.registered_at, agent.display_name, agent.metadata],
+              [agent.address, agent.registered_at, agent.display_name, agent.metadata, agent.labels],
             )
       if (row === undefined) return undefined
       this.#meshEvent(tx, { ...event, address_id: row.address_id })
-      return row
+      return this.#applyStanding(tx, row, agent.created_at)
+    })
+  }
+
+  /** Addresses known to have a row (rows are never deleted): sends between them skip the fleet lock. */
+  readonly #known = new Set<string>()
+
+  #remember(addresses: readonly string[]): void {
+    if (this.#known.size > 200_000) this.#known.clear()
+    for (const a of addresses) this.#known.add(a)
+  }
+
+  async #fleetShared(tx: Tx): Promise<void> {
+    if (tx.fleetLocked) return
+    await tx.run('SELECT pg_advisory_xact_lock_shared($1::int, $2::int)', [LOCK_CLASS, LOCK_FLEET])
+    tx.fleetLocked = true
+  }
+
+  /** A new or relabelled agent under a standing fleet kill is killed in the same transaction. */
+  async #applyStanding(tx: Tx, row: AgentRow, now: number): Promise<AgentRow> {
+    if (row.killed_at !== null) return row
+    await this.#fleetShared(tx)
+    const standing = await tx.rows<FleetKillRow>('SELECT * FROM fleet_kills WHERE ended_at IS NULL ORDER BY created_at, fleet_kill_id')
+    if (standing.length === 0) return row
+    const kill = standingKillRule(row, standing, now)
+    if (kill === null) return row
+    const after = (await tx.one<AgentRow>(KILL, [row.address_id, now, kill.reason, kill.actor])) as AgentRow
+    return this.#recordKill(tx, row, after, { policy_id: null, record: kill.record })
+  }
+
+  async selectAgents(selection: AgentSelection): Promise<AgentRow[]> {
+    return (await this.#read<AgentRow>(AGENTS_BY_PREFIX, [selection.prefix.length, selection.prefix])).filter(selection.matches)
+  }
+
+  async updateAgent(input: AgentUpdateInput): Promise<{ agent: AgentRow; changed: boolean }> {
+    return this.#tx(async (tx) => {
+      await this.#fleetShared(tx)
+      await this.#gateById(tx, input.address_id, true)
+      const before = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
+      if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      const patch = input.build(before)
+      if (patch === null) return { agent: before, changed: false }
+      const after = (await tx.one<AgentRow>(
+        'UPDATE agents SET display_name = $2, labels = $3, metadata = $4 WHERE address_id = $1 RETURNING *',
+        [before.address_id, patch.display_name, patch.labels, patch.metadata],
+      )) as AgentRow
+      const { audit, event } = input.record(before, after)
+      this.#audit(tx, audit)
+      this.#meshEvent(tx, event)
+      return { agent: after.labels === before.labels ? after : await this.#applyStanding(tx, after, input.now), changed: true }
     })
   }
 
@@ -556,15 +627,26 @@ export class PostgresStore implements Store {
       for (const a of unmarked) found.set(a, { ...(found.get(a) as AgentRow), registered_at: now })
     }
     const missing = unique.filter((a) => !found.has(a))
+    this.#remember([...found.keys()])
     if (missing.length === 0) return found
+    // Callers take the fleet lock before their gates when an address is not known to exist;
+    // this is the safety net for a caller that did not (its order could deadlock, then retry).
+    await this.#fleetShared(tx)
     // New rows are invisible to others until commit; a concurrent insert of the same address
     // waits for this transaction and then does nothing.
-    await tx.run(
-      `INSERT INTO agents (address_id, address, created_at, registered_at)
-       SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) ON CONFLICT (address) DO NOTHING`,
-      [missing.map(() => newAddressId()), missing, missing.map(() => now), missing.map((a) => (register.includes(a) ? now : null))],
+    const inserted = new Set(
+      (
+        await tx.rows<{ address: string }>(
+          `INSERT INTO agents (address_id, address, created_at, registered_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) ON CONFLICT (address) DO NOTHING
+           RETURNING address`,
+          [missing.map(() => newAddressId()), missing, missing.map(() => now), missing.map((a) => (register.includes(a) ? now : null))],
+        )
+      ).map((r) => r.address),
     )
-    for (const row of await tx.rows<AgentRow>(select, [missing])) found.set(row.address, row)
+    for (const row of await tx.rows<AgentRow>(select, [missing])) {
+      found.set(row.address, inserted.has(row.address) ? await this.#applyStanding(tx, row, now) : row)
+    }
     // A concurrent send inserted one of them first, as a mere recipient.
     const late = register.filter((a) => found.get(a)?.registered_at === null)
     if (late.length > 0) {
@@ -578,6 +660,7 @@ export class PostgresStore implements Store {
   async acceptIntent(input: AcceptIntentInput): Promise<AcceptIntentResult> {
     return this.#tx(async (tx) => {
       const { intent, now } = input
+      if (!this.#known.has(intent.from_agent) || !this.#known.has(intent.to_agent)) await this.#fleetShared(tx)
       await this.#gate(tx, [intent.from_agent, intent.to_agent])
       const agents = await this.#ensureAgents(tx, [intent.from_agent, intent.to_agent], now, true, [intent.from_agent])
       const from = agents.get(intent.from_agent) as AgentRow
@@ -883,11 +966,13 @@ export class PostgresStore implements Store {
 
   async updateIntent(input: IntentUpdateInput): Promise<IntentUpdateResult> {
     return this.#tx(async (tx) => {
-      const ids = await tx.one<{ from_address_id: string; to_address_id: string; from_agent: string; to_agent: string }>(
-        'SELECT from_address_id, to_address_id, from_agent, to_agent FROM intents WHERE intent_id = $1',
+      const ids = await tx.one<{ from_address_id: string; to_address_id: string; from_agent: string; to_agent: string; reply_to: string | null }>(
+        'SELECT from_address_id, to_address_id, from_agent, to_agent, reply_to FROM intents WHERE intent_id = $1',
         [input.intent_id],
       )
       if (!ids) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
+      // A completion may send to reply_to, which may be a new agent (fleet lock before gates).
+      if (ids.reply_to !== null && !this.#known.has(ids.reply_to)) await this.#fleetShared(tx)
       await this.#gate(tx, [ids.from_agent, ids.to_agent], new Set(tx.lockForCost ? [ids.to_agent] : []))
       // Agent rows before the intent row (the global lock order). The recipient's row is
       // locked for update only on the rerun after a cost ceiling asked to kill it.
@@ -1103,18 +1188,13 @@ export class PostgresStore implements Store {
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       const after = await tx.one<AgentRow>(KILL, [input.address_id, killedAt, input.reason, input.actor])
       if (!after) return { agent: before, changed: false }
-      // The audit entry and mesh event carry the same effective time as the agent row.
-      const record: KillInput['record'] = (b, a) => {
-        const r = input.record(b, a)
-        if (killedAt === input.now) return r
-        return { audit: { ...r.audit, at: new Date(killedAt).toISOString() }, event: { ...r.event, created_at: killedAt } }
-      }
+      const record = atKillTime(input.record, input.now, killedAt)
       return { agent: await this.#recordKill(tx, before, after, { ...input, record }), changed: true }
     }, this.#controlPool)
   }
 
   /** The rest of a kill's transaction once the agent row flipped: audit, event, notification. */
-  async #recordKill(tx: Tx, before: AgentRow, after: AgentRow, input: KillInput): Promise<AgentRow> {
+  async #recordKill(tx: Tx, before: AgentRow, after: AgentRow, input: Pick<KillInput, 'policy_id' | 'record'>): Promise<AgentRow> {
     if (input.policy_id !== null) {
       await tx.run('UPDATE agents SET auto_kill_policy_id = $1 WHERE address_id = $2', [input.policy_id, after.address_id])
     }
@@ -1194,12 +1274,26 @@ export class PostgresStore implements Store {
       await this.#gateById(tx, input.address_id, true)
       const before = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      const resumed = await this.#resumeOne(tx, before, input)
+      if (resumed === null) return { agent: before, changed: false, redelivering: 0 }
+      this.#audit(tx, resumed.audit)
+      return { agent: resumed.agent, redelivering: resumed.redelivering, changed: true }
+    }, this.#controlPool)
+  }
+
+  /** Clears one gated agent's kill and releases its held work (paced); null when it was not killed. */
+  async #resumeOne(
+    tx: Tx,
+    before: AgentRow,
+    input: Pick<ResumeInput, 'now' | 'rate_per_second' | 'record'>,
+  ): Promise<{ agent: AgentRow; redelivering: number; audit: AuditDraft } | null> {
+    {
       const after = await tx.one<AgentRow>(
         `UPDATE agents SET killed_at = NULL, kill_reason = NULL, kill_actor = NULL, resumed_at = $2, health_status = 'unknown'
          WHERE address_id = $1 AND killed_at IS NOT NULL RETURNING *`,
-        [input.address_id, input.now],
+        [before.address_id, input.now],
       )
-      if (!after) return { agent: before, changed: false, redelivering: 0 }
+      if (!after) return null
       if (before.auto_kill_policy_id !== null) {
         // The policy that fired counts from here on, so the same window does not re-kill at once.
         const counters = (await this.#readCounters((sql, params) => tx.rows(sql, params), [before.address_id], input.now)).get(
@@ -1218,7 +1312,7 @@ export class PostgresStore implements Store {
          WHERE i.delivery_state = 'held' AND (i.to_address_id = $1 OR i.from_address_id = $1)
            AND t.killed_at IS NULL AND (f.killed_at IS NULL OR i.delivery_attempt > 0)
          ORDER BY i.seqno FOR UPDATE OF i`,
-        [input.address_id],
+        [before.address_id],
       )
       // Paced in the store (available_at), so every replica honours the same budget.
       const spacing = 1000 / input.rate_per_second
@@ -1230,12 +1324,84 @@ export class PostgresStore implements Store {
         )
       }
       const { audit, event } = input.record(before, after, rows.length)
-      this.#audit(tx, audit)
       this.#meshEvent(tx, event)
-      tx.changes.push({ type: 'agent.resumed', address_id: input.address_id })
+      tx.changes.push({ type: 'agent.resumed', address_id: before.address_id })
       for (const id of new Set(rows.map((r) => r.to_address_id))) tx.changes.push({ type: 'intent.available', address_id: id })
-      return { agent: after, changed: true, redelivering: rows.length }
+      return { agent: after, redelivering: rows.length, audit }
+    }
+  }
+
+  /**
+   * The selection's agents, gated exclusively in address order and re-read locked, under the
+   * exclusive fleet lock (taken first: no agent appears or is relabelled meanwhile).
+   */
+  async #lockSelection(tx: Tx, selection: AgentSelection): Promise<AgentRow[]> {
+    await tx.run('SELECT pg_advisory_xact_lock($1::int, $2::int)', [LOCK_CLASS, LOCK_FLEET])
+    const candidates = (await tx.rows<AgentRow>(AGENTS_BY_PREFIX, [selection.prefix.length, selection.prefix])).filter(selection.matches)
+    if (candidates.length === 0) return []
+    const addresses = candidates.map((a) => a.address)
+    await tx.run('SELECT pg_advisory_xact_lock($1::int, hashtext(a)) FROM unnest($2::text[]) AS a', [LOCK_AGENT, addresses])
+    return tx.rows<AgentRow>('SELECT * FROM agents WHERE address = ANY($1::text[]) ORDER BY address FOR NO KEY UPDATE', [addresses])
+  }
+
+  async killFleet(input: FleetKillInput): Promise<FleetKillResult> {
+    return this.#tx(async (tx) => {
+      const matching = await this.#lockSelection(tx, input.selection)
+      input.guard(matching)
+      // As for one kill: effective once the in-flight transactions of these agents are done.
+      const killedAt = input.clock === undefined ? input.now : Math.max(input.now, input.clock())
+      const fk = input.fleet_kill
+      const live = matching.filter((a) => a.killed_at === null)
+      const flipped = await tx.rows<AgentRow>(
+        `UPDATE agents SET killed_at = $2, kill_reason = $3, kill_actor = $4
+         WHERE address_id = ANY($1::text[]) AND killed_at IS NULL RETURNING *`,
+        [live.map((a) => a.address_id), killedAt, fk.reason, fk.actor],
+      )
+      const byId = new Map(flipped.map((a) => [a.address_id, a]))
+      await tx.run(
+        `INSERT INTO fleet_kills (fleet_kill_id, selector, reason, actor, created_at, ended_at, ended_by)
+         VALUES ($1, $2, $3, $4, $5, NULL, NULL)`,
+        [fk.fleet_kill_id, fk.selector, fk.reason, fk.actor, killedAt],
+      )
+      const killedRows = live.filter((a) => byId.has(a.address_id)).map((a) => byId.get(a.address_id) as AgentRow)
+      const already = matching.filter((a) => !byId.has(a.address_id))
+      this.#audit(tx, { ...input.summary(killedRows, already), at: new Date(killedAt).toISOString() })
+      const record = atKillTime(input.record, input.now, killedAt)
+      const killed: AgentRow[] = []
+      for (const before of live) {
+        const after = byId.get(before.address_id)
+        if (after) killed.push(await this.#recordKill(tx, before, after, { policy_id: null, record }))
+      }
+      return { killed, already_killed: already }
     }, this.#controlPool)
+  }
+
+  async resumeFleet(input: FleetResumeInput): Promise<FleetResumeResult> {
+    return this.#tx(async (tx) => {
+      const matching = await this.#lockSelection(tx, input.selection)
+      input.guard(matching)
+      const standing = await tx.rows<FleetKillRow>('SELECT * FROM fleet_kills WHERE ended_at IS NULL ORDER BY created_at, fleet_kill_id')
+      const ended = await tx.rows<FleetKillRow>(
+        'UPDATE fleet_kills SET ended_at = $2, ended_by = $3 WHERE fleet_kill_id = ANY($1::text[]) AND ended_at IS NULL RETURNING *',
+        [standing.filter(input.ends).map((fk) => fk.fleet_kill_id), input.now, input.actor],
+      )
+      const resumed: { agent: AgentRow; redelivering: number; audit: AuditDraft }[] = []
+      for (const before of matching) {
+        if (before.killed_at === null) continue
+        const r = await this.#resumeOne(tx, before, input)
+        if (r) resumed.push(r)
+      }
+      this.#audit(tx, input.summary(resumed, ended))
+      for (const r of resumed) this.#audit(tx, r.audit)
+      return { resumed: resumed.map(({ agent, redelivering }) => ({ agent, redelivering })), ended }
+    }, this.#controlPool)
+  }
+
+  async listFleetKills(standing: boolean, limit: number): Promise<FleetKillRow[]> {
+    return this.#read<FleetKillRow>(
+      `SELECT * FROM fleet_kills ${standing ? 'WHERE ended_at IS NULL' : ''} ORDER BY created_at DESC, fleet_kill_id LIMIT $1`,
+      [limit],
+    )
   }
 
   // ---- audit and mesh events ----
@@ -1428,14 +1594,7 @@ export class PostgresStore implements Store {
       const actor = `policy:${outcome.kill.policy_id}`
       const after = await tx.one<AgentRow>(KILL, [agent.address_id, now, outcome.kill.reason, actor])
       if (after) {
-        await this.#recordKill(tx, agent, after, {
-          address_id: agent.address_id,
-          now,
-          actor,
-          reason: outcome.kill.reason,
-          policy_id: outcome.kill.policy_id,
-          record: outcome.kill.record,
-        })
+        await this.#recordKill(tx, agent, after, { policy_id: outcome.kill.policy_id, record: outcome.kill.record })
       }
     }
   }
@@ -1736,6 +1895,15 @@ export class PostgresStore implements Store {
 }
 
 /** A transaction's changes without repeats, in first-seen order. */
+/** The audit entry and mesh event carry the same effective time as the agent row. */
+function atKillTime(record: KillInput['record'], now: number, killedAt: number): KillInput['record'] {
+  if (killedAt === now) return record
+  return (b, a) => {
+    const r = record(b, a)
+    return { audit: { ...r.audit, at: new Date(killedAt).toISOString() }, event: { ...r.event, created_at: killedAt } }
+  }
+}
+
 function dedupe(changes: Change[]): Change[] {
   const seen = new Set<string>()
   const out: Change[] = []

@@ -208,4 +208,19 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   ALTER TABLE agents ADD COLUMN registered_at INTEGER;
   UPDATE agents SET registered_at = created_at;
   `,
+  // Fleet controls: agents carry labels (JSON object); a kill by selector stands until resumed
+  // and kills agents that first appear under it.
+  `
+  ALTER TABLE agents ADD COLUMN labels TEXT;
+  CREATE TABLE fleet_kills (
+    fleet_kill_id TEXT PRIMARY KEY,
+    selector      TEXT NOT NULL,
+    reason        TEXT,
+    actor         TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    ended_at      INTEGER,
+    ended_by      TEXT
+  );
+  CREATE INDEX fleet_kills_standing ON fleet_kills (created_at) WHERE ended_at IS NULL;
+  `,
 ]

@@ -3,9 +3,17 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import type { Database as Db, Statement } from 'better-sqlite3'
 import { GatewayError } from '../../core/errors.js'
+import { standingKillRule } from '../../core/fleet/fleet-service.js'
 import { LocalFeed, type Change } from '../change-feed.js'
 import type {
   AcceptIntentInput,
+  AgentSelection,
+  AgentUpdateInput,
+  FleetKillInput,
+  FleetKillResult,
+  FleetKillRow,
+  FleetResumeInput,
+  FleetResumeResult,
   AlertMapper,
   AlertRow,
   HealthStatus,
@@ -71,13 +79,24 @@ function prepare(db: Db) {
     agentById: s('SELECT * FROM agents WHERE address_id = ?'),
     agentByAddress: s('SELECT * FROM agents WHERE address = ?'),
     insertAgent: s(
-      `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason, kill_actor, resumed_at, registered_at)
-       VALUES (@address_id, @address, @display_name, @metadata, @created_at, @killed_at, @kill_reason, @kill_actor, @resumed_at, @registered_at)
+      `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason, kill_actor, resumed_at, registered_at, labels)
+       VALUES (@address_id, @address, @display_name, @metadata, @created_at, @killed_at, @kill_reason, @kill_actor, @resumed_at, @registered_at, @labels)
        ON CONFLICT (address) DO NOTHING`,
     ),
+    agentsByPrefix: s('SELECT * FROM agents WHERE substr(address, 1, ?) = ? ORDER BY address'),
+    updateAgent: s(
+      'UPDATE agents SET display_name = @display_name, labels = @labels, metadata = @metadata WHERE address_id = @address_id RETURNING *',
+    ),
+    insertFleetKill: s(
+      `INSERT INTO fleet_kills (fleet_kill_id, selector, reason, actor, created_at, ended_at, ended_by)
+       VALUES (@fleet_kill_id, @selector, @reason, @actor, @created_at, @ended_at, @ended_by)`,
+    ),
+    standingFleetKills: s('SELECT * FROM fleet_kills WHERE ended_at IS NULL ORDER BY created_at, fleet_kill_id'),
+    listFleetKills: s('SELECT * FROM fleet_kills ORDER BY created_at DESC, fleet_kill_id LIMIT ?'),
+    endFleetKill: s('UPDATE fleet_kills SET ended_at = ?, ended_by = ? WHERE fleet_kill_id = ? AND ended_at IS NULL RETURNING *'),
     markRegistered: s('UPDATE agents SET registered_at = ? WHERE address_id = ? AND registered_at IS NULL'),
     claimUnregistered: s(
-      `UPDATE agents SET registered_at = @registered_at, display_name = @display_name, metadata = @metadata
+      `UPDATE agents SET registered_at = @registered_at, display_name = @display_name, metadata = @metadata, labels = @labels
        WHERE address = @address AND registered_at IS NULL RETURNING *`,
     ),
     killAgent: s(
@@ -477,8 +496,8 @@ export class SqliteStore implements Store {
 
   // ---- keys ----
   async insertKey(key: Omit<KeyRow, 'address_id'>, now: number, audit: (row: KeyRow) => AuditDraft): Promise<KeyRow> {
-    return this.#write(() => {
-      const agent = key.address === null ? null : this.#ensureAgent(key.address, now, true)
+    return this.#write((changes) => {
+      const agent = key.address === null ? null : this.#ensureAgent(key.address, now, true, changes)
       const row: KeyRow = { ...key, address_id: agent?.address_id ?? null }
       this.#q.insertKey.run(stripAddress(row))
       this.#audit(audit(row))
@@ -557,7 +576,41 @@ export class SqliteStore implements Store {
       const row = this.#q.insertAgent.run(agent).changes === 1 ? agent : (this.#q.claimUnregistered.get(agent) as AgentRow | undefined)
       if (row === undefined) return undefined
       this.#meshEvent({ ...event, address_id: row.address_id }, changes)
-      return row
+      return this.#applyStanding(row, agent.created_at, changes)
+    })
+  }
+
+  async selectAgents(selection: AgentSelection): Promise<AgentRow[]> {
+    return this.#select(selection)
+  }
+
+  #select(selection: AgentSelection): AgentRow[] {
+    const rows = this.#q.agentsByPrefix.all(selection.prefix.length, selection.prefix) as AgentRow[]
+    return rows.filter(selection.matches)
+  }
+
+  /** A new or relabelled agent under a standing fleet kill is killed in the same transaction. */
+  #applyStanding(row: AgentRow, now: number, changes: Change[]): AgentRow {
+    if (row.killed_at !== null) return row
+    const standing = this.#q.standingFleetKills.all() as FleetKillRow[]
+    if (standing.length === 0) return row
+    const kill = standingKillRule(row, standing, now)
+    if (kill === null) return row
+    const after = this.#q.killAgent.get({ address_id: row.address_id, now, reason: kill.reason, actor: kill.actor }) as AgentRow
+    return this.#recordKill(row, after, { policy_id: null, record: kill.record }, changes)
+  }
+
+  async updateAgent(input: AgentUpdateInput): Promise<{ agent: AgentRow; changed: boolean }> {
+    return this.#write((changes) => {
+      const before = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      const patch = input.build(before)
+      if (patch === null) return { agent: before, changed: false }
+      const after = this.#q.updateAgent.get({ ...patch, address_id: before.address_id }) as AgentRow
+      const { audit, event } = input.record(before, after)
+      this.#audit(audit)
+      this.#meshEvent(event, changes)
+      return { agent: after.labels === before.labels ? after : this.#applyStanding(after, input.now, changes), changed: true }
     })
   }
 
@@ -568,7 +621,7 @@ export class SqliteStore implements Store {
   }
 
   /** The agent row, created if missing; `register` marks it registered (a recipient alone is not). */
-  #ensureAgent(address: string, now: number, register: boolean): AgentRow {
+  #ensureAgent(address: string, now: number, register: boolean, changes: Change[]): AgentRow {
     const existing = this.#q.agentByAddress.get(address) as AgentRow | undefined
     if (existing) {
       if (!register || existing.registered_at !== null) return existing
@@ -577,7 +630,7 @@ export class SqliteStore implements Store {
     }
     const row = { ...blankAgent(address, newAddressId(), now), registered_at: register ? now : null }
     this.#q.insertAgent.run(row)
-    return row
+    return this.#applyStanding(row, now, changes)
   }
 
   // ---- intents ----
@@ -613,8 +666,8 @@ export class SqliteStore implements Store {
     decide: (parties: Parties) => void,
     changes: Change[],
   ): IntentRow {
-    const from = this.#ensureAgent(intent.from_agent, now, true)
-    const to = this.#ensureAgent(intent.to_agent, now, false)
+    const from = this.#ensureAgent(intent.from_agent, now, true, changes)
+    const to = this.#ensureAgent(intent.to_agent, now, false, changes)
     const parties: Parties = {
       from,
       to,
@@ -855,7 +908,7 @@ export class SqliteStore implements Store {
   }
 
   /** The rest of a kill's transaction once the agent row flipped: audit, event, notification. */
-  #recordKill(before: AgentRow, after: AgentRow, input: KillInput, changes: Change[]): AgentRow {
+  #recordKill(before: AgentRow, after: AgentRow, input: Pick<KillInput, 'policy_id' | 'record'>, changes: Change[]): AgentRow {
     if (input.policy_id !== null) this.#q.markAutoKill.run(input.policy_id, after.address_id)
     const { audit, event } = input.record(before, after)
     this.#audit(audit)
@@ -902,14 +955,28 @@ export class SqliteStore implements Store {
     return this.#write((changes) => {
       const before = this.#q.agentById.get(input.address_id) as AgentRow | undefined
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
-      const after = this.#q.resumeAgent.get({ address_id: input.address_id, now: input.now }) as AgentRow | undefined
-      if (!after) return { agent: before, changed: false, redelivering: 0 }
+      const resumed = this.#resumeOne(before, input, changes)
+      if (resumed === null) return { agent: before, changed: false, redelivering: 0 }
+      this.#audit(resumed.audit)
+      return { agent: resumed.agent, redelivering: resumed.redelivering, changed: true }
+    })
+  }
+
+  /** Clears one agent's kill and releases its held work (paced); null when it was not killed. */
+  #resumeOne(
+    before: AgentRow,
+    input: Pick<ResumeInput, 'now' | 'rate_per_second' | 'record'>,
+    changes: Change[],
+  ): { agent: AgentRow; redelivering: number; audit: AuditDraft } | null {
+    {
+      const after = this.#q.resumeAgent.get({ address_id: before.address_id, now: input.now }) as AgentRow | undefined
+      if (!after) return null
       if (before.auto_kill_policy_id !== null) {
         // The policy that fired counts from here on, so the same window does not re-kill at once.
         const baseline = { policy_id: before.auto_kill_policy_id, ...this.#counters(before.address_id, input.now) }
         this.#q.setBaseline.run(JSON.stringify(baseline), before.address_id)
       }
-      const rows = this.#q.releasable.all({ id: input.address_id }) as { intent_id: string; to_address_id: string }[]
+      const rows = this.#q.releasable.all({ id: before.address_id }) as { intent_id: string; to_address_id: string }[]
       // Paced in the store (available_at), so every replica honours the same budget.
       const spacing = 1000 / input.rate_per_second
       const recipients = new Set<string>()
@@ -918,12 +985,53 @@ export class SqliteStore implements Store {
         recipients.add(row.to_address_id)
       })
       const { audit, event } = input.record(before, after, rows.length)
-      this.#audit(audit)
       this.#meshEvent(event, changes)
-      changes.push({ type: 'agent.resumed', address_id: input.address_id })
+      changes.push({ type: 'agent.resumed', address_id: before.address_id })
       for (const id of recipients) changes.push({ type: 'intent.available', address_id: id })
-      return { agent: after, changed: true, redelivering: rows.length }
+      return { agent: after, redelivering: rows.length, audit }
+    }
+  }
+
+  async killFleet(input: FleetKillInput): Promise<FleetKillResult> {
+    return this.#write((changes) => {
+      const matching = this.#select(input.selection)
+      input.guard(matching)
+      const fk = input.fleet_kill
+      const flipped: [AgentRow, AgentRow][] = []
+      const already: AgentRow[] = []
+      for (const before of matching) {
+        const after = this.#q.killAgent.get({ address_id: before.address_id, now: input.now, reason: fk.reason, actor: fk.actor }) as
+          | AgentRow
+          | undefined
+        if (after) flipped.push([before, after])
+        else already.push(before)
+      }
+      this.#q.insertFleetKill.run(fk)
+      this.#audit(input.summary(flipped.map(([, a]) => a), already))
+      const killed = flipped.map(([b, a]) => this.#recordKill(b, a, { policy_id: null, record: input.record }, changes))
+      return { killed, already_killed: already }
     })
+  }
+
+  async resumeFleet(input: FleetResumeInput): Promise<FleetResumeResult> {
+    return this.#write((changes) => {
+      const matching = this.#select(input.selection)
+      input.guard(matching)
+      const ended = (this.#q.standingFleetKills.all() as FleetKillRow[])
+        .filter(input.ends)
+        .map((fk) => this.#q.endFleetKill.get(input.now, input.actor, fk.fleet_kill_id) as FleetKillRow)
+      const killed = matching.filter((a) => a.killed_at !== null)
+      // The summary entry first, then one per agent (as a fleet kill writes them).
+      const resumed = killed.flatMap((before) => this.#resumeOne(before, input, changes) ?? [])
+      this.#audit(input.summary(resumed, ended))
+      for (const r of resumed) this.#audit(r.audit)
+      return { resumed: resumed.map(({ agent, redelivering }) => ({ agent, redelivering })), ended }
+    })
+  }
+
+  async listFleetKills(standing: boolean, limit: number): Promise<FleetKillRow[]> {
+    if (standing) return (this.#q.standingFleetKills.all() as FleetKillRow[]).reverse().slice(0, limit)
+    return this.#q.listFleetKills.all(limit) as FleetKillRow[]
   }
 
   // ---- audit and mesh events ----
@@ -1067,14 +1175,7 @@ export class SqliteStore implements Store {
         | AgentRow
         | undefined
       if (after) {
-        this.#recordKill(agent, after, {
-          address_id: agent.address_id,
-          now,
-          actor,
-          reason: outcome.kill.reason,
-          policy_id: outcome.kill.policy_id,
-          record: outcome.kill.record,
-        }, changes)
+        this.#recordKill(agent, after, { policy_id: outcome.kill.policy_id, record: outcome.kill.record }, changes)
       }
     }
   }
