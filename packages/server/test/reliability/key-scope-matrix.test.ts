@@ -297,6 +297,51 @@ const MATRIX: Record<string, MatrixRow> = {
       }
     },
   },
+  'PATCH /v1/mesh/agents/{address_id}': {
+    access: 'operator',
+    cell: async () => {
+      const agent = await newAgent(unique('patch'))
+      return {
+        params: { address_id: agent.address_id },
+        body: { labels: { matrix: 'patched' } },
+        ownKey: agent.key,
+        after: async (allowed, what) => {
+          const row = await agentRow(agent.address_id)
+          expect.soft(row.labels.matrix === 'patched', `${what}: labelled afterwards`).toBe(allowed)
+        },
+      }
+    },
+  },
+  'POST /v1/mesh/kill': {
+    access: 'operator',
+    cell: async () => {
+      const victim = await newAgent(unique('fleetkill'))
+      return {
+        body: { selector: { address: victim.address }, reason: 'key-scope matrix' },
+        ownKey: victim.key,
+        after: async (allowed, what) => {
+          const agent = await agentRow(victim.address_id)
+          expect.soft(agent.health_status === 'killed', `${what}: killed afterwards`).toBe(allowed)
+        },
+      }
+    },
+  },
+  'POST /v1/mesh/resume': {
+    access: 'operator',
+    cell: async () => {
+      const victim = await newAgent(unique('fleetresume'))
+      await must('POST', `/v1/mesh/agents/${victim.address_id}/kill`, { reason: 'matrix fixture' })
+      return {
+        body: { selector: { address: victim.address }, reason: 'key-scope matrix' },
+        ownKey: victim.key,
+        after: async (allowed, what) => {
+          const agent = await agentRow(victim.address_id)
+          expect.soft(agent.health_status === 'killed', `${what}: still killed afterwards`).toBe(!allowed)
+        },
+      }
+    },
+  },
+  'GET /v1/mesh/fleet-kills': { access: 'viewer', cell: () => ({}) },
   'GET /v1/mesh/events': { access: 'viewer', cell: () => ({}) },
   'GET /v1/mesh/events/stream': { access: 'viewer', cell: () => ({}) },
 
