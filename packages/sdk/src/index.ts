@@ -50,7 +50,16 @@ export type {
   AgentResumeParams,
   AgentResumeResponse,
   AgentRetrieveResponse,
+  AgentUpdateParams,
   Agents,
+  FleetAgentRef,
+  FleetKill,
+  FleetKillListResponse,
+  FleetKillParams,
+  FleetKillResponse,
+  FleetResumeParams,
+  FleetResumeResponse,
+  FleetSelector,
 } from './resources/agents.js'
 export type { Audit, AuditListParams, AuditListResponse, AuditVerifyResponse } from './resources/audit.js'
 export type { EventListParams, EventListResponse, EventStreamParams, Events } from './resources/events.js'

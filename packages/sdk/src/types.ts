@@ -167,6 +167,8 @@ export interface MeshAgent {
   address: string
   /** The registered name, else the address's last segment: always a string. */
   display_name: string
+  /** Labels (`{team: "payments"}`); `{}` when none. Selectors of fleet kills match them. */
+  labels: Record<string, string>
   health_status: HealthStatus
   last_heartbeat_at: string | null
   created_at: string

@@ -5,7 +5,8 @@ import { ago, bold, dim, health, printJson, table, usd } from '../output.js'
 
 export const AGENTS_HELP = `Usage: chokepoint agents [list] [--health <status>] [--window day|week|month] [--limit n]
        chokepoint agents show <address|addr_id>
-       chokepoint agents register <address> [--name <display name>] [--metadata <json>]
+       chokepoint agents register <address> [--name <display name>] [--metadata <json>] [--label key=value …]
+       chokepoint agents label <address|addr_id> key=value … key- …
 
 List agents like "kubectl get pods": address, health, instances, last heartbeat, intents and cost.
 
@@ -13,7 +14,8 @@ Examples:
   chokepoint agents
   chokepoint agents --health unreachable
   chokepoint agents show agent://acme/prod/deployer
-  chokepoint agents register agent://acme/prod/deployer --name "Deployer"
+  chokepoint agents register agent://acme/prod/deployer --name "Deployer" --label team=platform
+  chokepoint agents label agent://acme/prod/deployer tier=gold team-     (set tier, remove team)
 
 ${CONNECTION_HELP}`
 
@@ -24,12 +26,26 @@ export async function agents(argv: string[]): Promise<CommandResult> {
     limit: { type: 'string' },
     name: { type: 'string' },
     metadata: { type: 'string' },
+    label: { type: 'string', multiple: true },
   })
   if (values.help) {
     process.stdout.write(AGENTS_HELP)
     return EXIT.ok
   }
   const [sub = 'list', target, ...extra] = positionals
+  if (sub === 'label') {
+    if (!target || extra.length === 0) throw new UsageError('agents label needs an agent and key=value or key- arguments')
+    const labels: Record<string, string | null> = {}
+    for (const arg of extra) {
+      if (arg.endsWith('-') && !arg.includes('=')) labels[arg.slice(0, -1)] = null
+      else if (arg.indexOf('=') > 0) labels[arg.slice(0, arg.indexOf('='))] = arg.slice(arg.indexOf('=') + 1)
+      else throw new UsageError(`expected key=value or key- (got "${arg}")`)
+    }
+    const res = await operatorFrom(values).agents.update(target, { labels })
+    if (values.json) printJson(res)
+    else process.stdout.write(`${res.agent.address} labels: ${formatLabels(res.agent.labels) || 'none'}${res.agent.health_status === 'killed' ? `  ${bold('killed')} (${res.agent.kill_reason ?? 'standing fleet kill'})` : ''}\n`)
+    return EXIT.ok
+  }
   if (extra.length > 0) throw new UsageError(`unexpected arguments: ${extra.join(' ')}`)
   const op = operatorFrom(values)
   if (sub === 'list') {
@@ -60,6 +76,7 @@ export async function agents(argv: string[]): Promise<CommandResult> {
       `last heartbeat:  ${ago(a.last_heartbeat_at)}`,
       `today:           ${a.intents_period} intents, ${usd(a.cost_period)}`,
       `instances:       ${a.instances_healthy}/${a.instances_total} healthy`,
+      `labels:          ${formatLabels(a.labels) || 'none'}`,
     ]
     let out = lines.join('\n') + '\n'
     if (a.instances.length > 0) {
@@ -84,8 +101,14 @@ export async function agents(argv: string[]): Promise<CommandResult> {
         throw new UsageError('--metadata must be a JSON object')
       }
     }
+    const labels: Record<string, string> = {}
+    for (const pair of values.label ?? []) {
+      if (pair.indexOf('=') <= 0) throw new UsageError(`--label needs key=value (got "${pair}")`)
+      labels[pair.slice(0, pair.indexOf('='))] = pair.slice(pair.indexOf('=') + 1)
+    }
     const res = await op.agents.register({
       address: target,
+      ...(Object.keys(labels).length > 0 ? { labels } : {}),
       ...(values.name ? { display_name: values.name } : {}),
       ...(metadata ? { metadata } : {}),
     })
@@ -93,8 +116,13 @@ export async function agents(argv: string[]): Promise<CommandResult> {
     else process.stdout.write(`registered ${res.agent.address} (${res.agent.address_id})\n`)
     return EXIT.ok
   }
-  throw new UsageError(`unknown subcommand "${sub}" (list, show, register)`)
+  throw new UsageError(`unknown subcommand "${sub}" (list, show, register, label)`)
 }
+
+const formatLabels = (labels: Record<string, string> | undefined): string =>
+  Object.entries(labels ?? {})
+    .map(([k, v]) => `${k}=${v}`)
+    .join(',')
 
 export function agentsTable(rows: MeshAgent[], window: string): string {
   const period = window === 'day' ? 'today' : `this ${window}`

@@ -51,7 +51,7 @@ export interface RequestOptions {
   headers?: Record<string, string> | undefined
 }
 
-export type HTTPMethod = 'GET' | 'POST' | 'PUT' | 'DELETE'
+export type HTTPMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE'
 /** Query values; `undefined` and `null` are left out of the URL. */
 export type QueryValue = string | number | boolean | undefined | null
 
@@ -116,6 +116,11 @@ export class APIClient {
   /** `PUT` with a JSON body. */
   put<T>(path: string, body?: unknown, options?: RequestOptions): Promise<T> {
     return this.request<T>({ method: 'PUT', path, body: body ?? {}, options })
+  }
+
+  /** `PATCH` with a JSON body. */
+  patch<T>(path: string, body?: unknown, options?: RequestOptions): Promise<T> {
+    return this.request<T>({ method: 'PATCH', path, body: body ?? {}, options })
   }
 
   /** `DELETE path`. */
