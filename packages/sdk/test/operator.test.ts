@@ -39,6 +39,27 @@ describe('Operator against a real gateway', () => {
     await gw?.close()
   })
 
+  it('labels, kill by selector, the standing fleet kill list and resume by selector', async () => {
+    const a = (await operator.agents.register({ address: 'agent://sdkfleet/prod/a', labels: { team: 'payments' } })).agent
+    expect(a.labels).toEqual({ team: 'payments' })
+    const b = (await operator.agents.register({ address: 'agent://sdkfleet/prod/b' })).agent
+    expect(b.labels).toEqual({})
+    expect((await operator.agents.update(b.address, { labels: { team: 'payments' }, display_name: 'B' })).agent).toMatchObject({
+      labels: { team: 'payments' },
+      display_name: 'B',
+    })
+    const dry = await operator.agents.killSelector({ selector: { address: 'agent://sdkfleet/**' }, dry_run: true })
+    expect(dry.killed.map((x) => x.address)).toEqual(['agent://sdkfleet/prod/a', 'agent://sdkfleet/prod/b'])
+    const killed = await operator.agents.killSelector({ selector: { address: 'agent://sdkfleet/**', labels: { team: 'payments' } }, reason: 'sdk' })
+    expect(killed.killed).toHaveLength(2)
+    const standing = await operator.agents.fleetKills({ standing: true })
+    expect(standing.fleet_kills.map((f) => f.fleet_kill_id)).toContain(killed.fleet_kill_id)
+    await expect(operator.agents.killSelector({ selector: {} })).rejects.toMatchObject({ status: 400 })
+    const resumed = await operator.agents.resumeSelector({ selector: { labels: { team: 'payments' }, address: 'agent://sdkfleet/**' } })
+    expect(resumed.ended_fleet_kills).toEqual([killed.fleet_kill_id])
+    expect((await operator.agents.fleetKills({ standing: true })).fleet_kills.map((f) => f.fleet_kill_id)).not.toContain(killed.fleet_kill_id)
+  })
+
   it('kills and resumes by address and by id; both are audited and evented', async (ctx) => {
     if (!(await hasRoute(gw, 'POST', '/v1/mesh/agents/addr_none/kill', {}))) return ctx.skip('kill is not served yet')
     const { address } = await newAgent()
