@@ -124,6 +124,18 @@ describe('chokepoint CLI against a real gateway', () => {
     expect(body.ended_fleet_kills).toHaveLength(1)
   })
 
+  it('policy set --deadman creates and then replaces the dead-man policy; list shows it', async () => {
+    await agentKey(gw, 'agent://acme/prod/dm-cli')
+    const set = await cli(['policy', 'set', 'agent://acme/prod/dm-cli', '--deadman', '5m', '--json'], env)
+    expect(set.code, set.stderr).toBe(0)
+    expect(JSON.parse(set.stdout).policy).toMatchObject({ kind: 'deadman', silent_after_seconds: 300, on_trigger: 'kill', version: 1 })
+    const again = await cli(['policy', 'set', 'agent://acme/prod/dm-cli', '--deadman', '1h', '--on-trigger', 'alert', '--json'], env)
+    expect(JSON.parse(again.stdout).policy).toMatchObject({ silent_after_seconds: 3600, on_trigger: 'alert', version: 2 })
+    const list = await cli(['policy', 'list', 'agent://acme/prod/dm-cli'], env)
+    expect(list.stdout).toMatch(/silent ≥ 3600 s → alert/)
+    expect((await cli(['policy', 'set', 'agent://acme/prod/dm-cli', '--deadman', 'soon'], env)).code).toBe(2)
+  })
+
   it('policy set/list/evaluate/rm, audit list/verify/export, events', async () => {
     await agentKey(gw, 'agent://acme/prod/deployer')
     const set = await cli(['policy', 'set', 'agent://acme/prod/deployer', '--rate', '500/h', '--on-breach', 'kill', '--json'], env)

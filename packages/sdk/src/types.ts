@@ -238,8 +238,19 @@ export interface CostPolicyBody {
   enabled?: boolean | undefined
 }
 
+/**
+ * `kind: "deadman"`: when no instance has beaten for `silent_after_seconds` (counted from the
+ * last heartbeat, the last resume or the policy's last change), kill the agent or alert once.
+ */
+export interface DeadmanPolicyBody {
+  kind: 'deadman'
+  silent_after_seconds: number
+  on_trigger: 'kill' | 'alert'
+  enabled?: boolean | undefined
+}
+
 /** A policy body, flat (DESIGN §10). */
-export type PolicyBody = ActionPolicyBody | RatePolicyBody | CostPolicyBody
+export type PolicyBody = ActionPolicyBody | RatePolicyBody | CostPolicyBody | DeadmanPolicyBody
 
 /** Fields every stored policy has. */
 export interface PolicyMeta {
@@ -253,7 +264,7 @@ export interface PolicyMeta {
 }
 
 /** A stored policy. */
-export type Policy = (ActionPolicyBody | RatePolicyBody | CostPolicyBody) & PolicyMeta
+export type Policy = PolicyBody & PolicyMeta
 
 /** One entry of the hash-chained audit log (DESIGN §2.7). */
 export interface AuditEntry {

@@ -24,6 +24,7 @@ import { policyRoutes } from './http/routes/policies.js'
 import { alertRoutes } from './http/routes/alerts.js'
 import { alertFor } from './core/alerts/alerts.js'
 import { FleetService } from './core/fleet/fleet-service.js'
+import { DeadmanService } from './core/policies/deadman.js'
 import { AlertDispatcher } from './core/alerts/alert-dispatcher.js'
 import { WebhookService } from './core/alerts/webhook-service.js'
 import { HeartbeatService } from './core/health/heartbeat-service.js'
@@ -135,6 +136,7 @@ export async function startGateway(
   })
   const killSwitch = new KillSwitchService(store, clock, agents, { resumeRatePerSecond: config.resumeRatePerSecond })
   const fleet = new FleetService(store, clock, killSwitch)
+  const deadman = new DeadmanService(store, clock, killSwitch)
   const services: Services = {
     store,
     clock,
@@ -187,7 +189,7 @@ export async function startGateway(
     onError: (error) => log('error', 'sweeper pass failed', { error: String(error) }),
     onLeasesExpired: (n) => metrics.leasesExpired.inc(n),
     // Alert sends run beside the sweep, never inside it: a slow receiver must not delay lease expiry.
-    tasks: [() => services.heartbeats.sweep(), async () => void dispatcher.tick().catch(onDispatchError)],
+    tasks: [() => services.heartbeats.sweep(), () => deadman.sweep(), async () => void dispatcher.tick().catch(onDispatchError)],
   })
   ready = createRequestHandler({ router, keys, audit, bodyLimitBytes: config.bodyLimitBytes, log })
   sweeper.start()

@@ -149,5 +149,6 @@ export function describePolicy(p: Record<string, unknown>): string {
     const parts = [p['max_per_hour'] ? `${p['max_per_hour']}/h` : '', p['max_per_day'] ? `${p['max_per_day']}/day` : ''].filter(Boolean)
     return `${p['direction']} ≤ ${parts.join(' and ')}, on breach ${p['on_breach']}`
   }
+  if (p['kind'] === 'deadman') return `silent ≥ ${p['silent_after_seconds']} s → ${p['on_trigger']}`
   return `≤ $${p['max_cost_per_day_usd']}/day, on breach ${p['on_breach']}`
 }

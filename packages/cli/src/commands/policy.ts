@@ -8,6 +8,7 @@ export const POLICY_HELP = `Usage: chokepoint policy list <agent>
        chokepoint policy set <agent> --rate <n>/h|<n>/day [--direction send|receive] [--on-breach block|kill]
        chokepoint policy set <agent> --cost <usd>/day [--on-breach block|kill] [--alert-at 50,80,100]
        chokepoint policy set <agent> --allow <glob,…> | --deny <glob,…> [--direction send|receive]
+       chokepoint policy set <agent> --deadman <n>s|<n>m|<n>h [--on-trigger kill|alert]
        chokepoint policy set … --add
        chokepoint policy rm <policy_id>
        chokepoint policy evaluate --from <agent> --to <agent> --type <intent_type>
@@ -20,6 +21,7 @@ Examples:
   chokepoint policy set agent://acme/prod/deployer --rate 500/h --on-breach kill
   chokepoint policy set agent://acme/prod/deployer --cost 50/day --on-breach kill
   chokepoint policy set agent://acme/prod/deployer --allow 'deploy.*.v1'
+  chokepoint policy set agent://acme/prod/deployer --deadman 5m --on-trigger kill   (no heartbeat for 5 min → killed)
   chokepoint policy evaluate --from agent://acme/prod/deployer --to agent://acme/prod/api --type deploy.service.v1
 
 ${CONNECTION_HELP}`
@@ -28,6 +30,8 @@ export async function policy(argv: string[]): Promise<CommandResult> {
   const { values, positionals } = parse(argv, {
     rate: { type: 'string' },
     cost: { type: 'string' },
+    deadman: { type: 'string' },
+    'on-trigger': { type: 'string' },
     allow: { type: 'string' },
     deny: { type: 'string' },
     direction: { type: 'string' },
@@ -103,8 +107,16 @@ export async function policy(argv: string[]): Promise<CommandResult> {
 }
 
 function policyBody(v: Record<string, string | boolean | undefined>): PolicyBody {
-  const chosen = ['rate', 'cost', 'allow', 'deny'].filter((k) => v[k] !== undefined)
-  if (chosen.length !== 1) throw new UsageError('policy set needs exactly one of --rate, --cost, --allow, --deny')
+  const chosen = ['rate', 'cost', 'allow', 'deny', 'deadman'].filter((k) => v[k] !== undefined)
+  if (chosen.length !== 1) throw new UsageError('policy set needs exactly one of --rate, --cost, --allow, --deny, --deadman')
+  if (v['deadman'] !== undefined) {
+    const m = /^(\d+)\s*(s|m|h)?$/.exec(String(v['deadman']))
+    if (!m) throw new UsageError('--deadman looks like 300s, 5m or 1h')
+    const seconds = Number(m[1]) * ({ s: 1, m: 60, h: 3600 } as const)[(m[2] ?? 's') as 's' | 'm' | 'h']
+    const onTrigger = (v['on-trigger'] as string | undefined) ?? 'kill'
+    if (onTrigger !== 'kill' && onTrigger !== 'alert') throw new UsageError('--on-trigger must be kill or alert')
+    return { kind: 'deadman', silent_after_seconds: seconds, on_trigger: onTrigger }
+  }
   const onBreach = (v['on-breach'] as string | undefined) ?? 'block'
   if (onBreach !== 'block' && onBreach !== 'kill') throw new UsageError('--on-breach must be block or kill')
   const direction = (v['direction'] as string | undefined) ?? 'send'
@@ -140,10 +152,10 @@ function policyBody(v: Record<string, string | boolean | undefined>): PolicyBody
 /** The policy "slot" set replaces: same kind, and for rate and action policies the same direction. */
 function sameSlot(existing: { kind: string; direction?: string | undefined }, body: PolicyBody): boolean {
   if (existing.kind !== body.kind) return false
-  if (body.kind === 'cost') return true
+  if (body.kind === 'cost' || body.kind === 'deadman') return true
   return (existing.direction ?? 'send') === ((body as { direction?: string }).direction ?? 'send')
 }
 
 function slotName(body: PolicyBody): string {
-  return body.kind === 'cost' ? 'cost' : `${body.kind} (${(body as { direction?: string }).direction ?? 'send'})`
+  return body.kind === 'cost' || body.kind === 'deadman' ? body.kind : `${body.kind} (${(body as { direction?: string }).direction ?? 'send'})`
 }

@@ -229,8 +229,15 @@ export const CostPolicyBody = z.strictObject({
   ...PolicyMeta,
 })
 
+export const DeadmanPolicyBody = z.strictObject({
+  kind: z.literal('deadman'),
+  silent_after_seconds: z.number().int().min(10).max(30 * 86_400),
+  on_trigger: z.enum(['kill', 'alert']),
+  ...PolicyMeta,
+})
+
 /** Flat policy bodies (DESIGN §10), told apart by `kind`. */
-export const PolicyBody = z.discriminatedUnion('kind', [ActionPolicyBody, RatePolicyBody, CostPolicyBody])
+export const PolicyBody = z.discriminatedUnion('kind', [ActionPolicyBody, RatePolicyBody, CostPolicyBody, DeadmanPolicyBody])
 
 export const EvaluateBody = z.strictObject({
   from_agent: Address,

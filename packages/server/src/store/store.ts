@@ -221,7 +221,7 @@ export interface AlertRow {
 /** Turns a mesh event into an alert (type and JSON body), or null when it alerts no one. */
 export type AlertMapper = (event: MeshEventDraft, alertId: string) => { type: string; body: string } | null
 
-export type PolicyKind = 'action' | 'rate' | 'cost'
+export type PolicyKind = 'action' | 'rate' | 'cost' | 'deadman'
 
 export interface PolicyRow {
   policy_id: string
@@ -507,6 +507,11 @@ export interface KillInput {
    * before anything they committed.
    */
   clock?: () => number
+  /**
+   * Rechecked on the agent row read (locked) in the kill's transaction: false → no kill. The
+   * dead-man switch decides on fresh rows, so a heartbeat or resume that won the race stands.
+   */
+  guard?: (before: AgentRow) => boolean
   /** Builds the audit entry and mesh event from the agent row before the kill. */
   record: (before: AgentRow, after: AgentRow) => { audit: AuditDraft; event: MeshEventDraft }
 }
@@ -642,6 +647,8 @@ export interface Store {
   // ---- policies and counters ----
   listPolicies(addressId: string): Promise<PolicyRow[]>
   getPolicy(policyId: string): Promise<PolicyRow | undefined>
+  /** Enabled policies of one kind over all agents (the dead-man sweep), oldest first. */
+  listEnabledPolicies(kind: PolicyKind, limit: number): Promise<PolicyRow[]>
   /** Writes a policy change, bumps the agent's policy_version, audits, emits `policy.changed`. */
   writePolicy(input: PolicyWrite): Promise<PolicyRow | null>
   getCounters(addressId: string, now: number): Promise<AgentCounters>

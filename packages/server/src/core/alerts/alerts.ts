@@ -9,6 +9,7 @@ export const ALERT_TYPES = [
   'agent.resumed',
   'budget.threshold',
   'rate.breach',
+  'agent.deadman',
 ] as const
 
 export type AlertType = (typeof ALERT_TYPES)[number]
@@ -20,6 +21,7 @@ export function alertTypeOf(event: MeshEventDraft): AlertType | null {
     case 'agent.auto_killed':
     case 'agent.resumed':
     case 'budget.threshold':
+    case 'agent.deadman':
       return event.event_type
     case 'policy.breached':
       return 'rate.breach'

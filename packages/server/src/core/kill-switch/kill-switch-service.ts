@@ -5,6 +5,8 @@ import type { AgentService } from '../agents/agent-service.js'
 export interface KillOptions {
   reason?: string | undefined
   cancel_pending?: boolean | undefined
+  /** Rechecked on the locked agent row in the kill's transaction (see KillInput.guard). */
+  guard?: ((before: AgentRow) => boolean) | undefined
 }
 
 /** Who pulls the switch: an operator's key, or a policy (auto-kill). */
@@ -98,6 +100,7 @@ export class KillSwitchService {
       reason,
       policy_id: actor.kind === 'policy' ? actor.policy_id : null,
       clock: () => this.#clock.now(),
+      ...(options.guard ? { guard: options.guard } : {}),
       record: killRecord(actor, now, reason, options.cancel_pending === true),
     })
     if (!changed) return { agent, changed, held_intents: 0 }

@@ -7,6 +7,8 @@ type Compiled =
   | { id: string; seqOrder: number; kind: 'action'; direction: Direction; allow: boolean; match: (t: string) => boolean }
   | { id: string; seqOrder: number; kind: 'rate'; spec: RateSpec }
   | { id: string; seqOrder: number; kind: 'cost'; spec: CostSpec }
+  /** Decides nothing about intents: the sweeper acts on it (core/policies/deadman.ts). */
+  | { id: string; seqOrder: number; kind: 'deadman' }
 
 export type DecisionKind = 'allow' | 'deny' | 'rate_limited' | 'budget_exceeded'
 
@@ -150,6 +152,7 @@ function compile(row: PolicyRow, index: number): Compiled {
     }
   }
   if (spec.kind === 'rate') return { id: row.policy_id, seqOrder, kind: 'rate', spec }
+  if (spec.kind === 'deadman') return { id: row.policy_id, seqOrder, kind: 'deadman' }
   return { id: row.policy_id, seqOrder, kind: 'cost', spec: { ...spec, alert_at_percent: spec.alert_at_percent ?? DEFAULT_ALERT_PERCENTS } }
 }
 

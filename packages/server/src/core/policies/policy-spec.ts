@@ -25,7 +25,14 @@ export interface CostSpec {
   alert_at_percent: number[]
 }
 
-export type PolicySpec = ActionSpec | RateSpec | CostSpec
+/** Dead-man switch: no instance has beaten for `silent_after_seconds` → kill or alert. */
+export interface DeadmanSpec {
+  kind: 'deadman'
+  silent_after_seconds: number
+  on_trigger: 'kill' | 'alert'
+}
+
+export type PolicySpec = ActionSpec | RateSpec | CostSpec | DeadmanSpec
 
 export const DEFAULT_ALERT_PERCENTS = [50, 80, 100]
 

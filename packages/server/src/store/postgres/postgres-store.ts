@@ -47,6 +47,7 @@ import type {
   MetricsWindow,
   NewIntent,
   Parties,
+  PolicyKind,
   PolicyRow,
   PolicyWrite,
   ResumeInput,
@@ -1186,6 +1187,7 @@ export class PostgresStore implements Store {
           : Math.max(input.now, input.clock())
       const before = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      if (input.guard && !input.guard(before)) return { agent: before, changed: false }
       const after = await tx.one<AgentRow>(KILL, [input.address_id, killedAt, input.reason, input.actor])
       if (!after) return { agent: before, changed: false }
       const record = atKillTime(input.record, input.now, killedAt)
@@ -1601,6 +1603,10 @@ export class PostgresStore implements Store {
 
   async listPolicies(addressId: string): Promise<PolicyRow[]> {
     return this.#read<PolicyRow>('SELECT * FROM policies WHERE address_id = $1 ORDER BY seqno', [addressId])
+  }
+
+  async listEnabledPolicies(kind: PolicyKind, limit: number): Promise<PolicyRow[]> {
+    return this.#read<PolicyRow>('SELECT * FROM policies WHERE kind = $1 AND enabled = 1 ORDER BY seqno LIMIT $2', [kind, limit])
   }
 
   async getPolicy(policyId: string): Promise<PolicyRow | undefined> {

@@ -24,6 +24,7 @@ import type {
   WebhookRow,
   AgentCounters,
   CostRule,
+  PolicyKind,
   PolicyRow,
   PolicyWrite,
   AuditDraft,
@@ -896,6 +897,7 @@ export class SqliteStore implements Store {
     return this.#write((changes) => {
       const before = this.#q.agentById.get(input.address_id) as AgentRow | undefined
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      if (input.guard && !input.guard(before)) return { agent: before, changed: false }
       const after = this.#q.killAgent.get({
         address_id: input.address_id,
         now: input.now,
@@ -1182,6 +1184,10 @@ export class SqliteStore implements Store {
 
   async listPolicies(addressId: string): Promise<PolicyRow[]> {
     return this.#q.policiesOf.all(addressId) as PolicyRow[]
+  }
+
+  async listEnabledPolicies(kind: PolicyKind, limit: number): Promise<PolicyRow[]> {
+    return this.#db.prepare('SELECT * FROM policies WHERE kind = ? AND enabled = 1 ORDER BY seqno LIMIT ?').all(kind, limit) as PolicyRow[]
   }
 
   async getPolicy(policyId: string): Promise<PolicyRow | undefined> {

@@ -1,0 +1,71 @@
+import type { AgentRow, PolicyRow, Store } from '../../store/store.js'
+import type { Clock } from '../clock.js'
+import type { KillSwitchService } from '../kill-switch/kill-switch-service.js'
+import { specOf, type DeadmanSpec } from './policy-spec.js'
+
+/** Dead-man policies read per pass (one agent each); more wait for the next pass. */
+const SWEEP_LIMIT = 5_000
+
+/**
+ * Since when the agent counts as silent for a dead-man policy: its last heartbeat, but never
+ * before the policy was last changed or the agent was last resumed (a resume gives it a full
+ * period again, so a resumed agent is not killed again at once).
+ */
+export function silentSince(agent: AgentRow, policy: PolicyRow): number {
+  return Math.max(agent.last_heartbeat_at ?? 0, agent.resumed_at ?? 0, policy.updated_at)
+}
+
+/** True when the dead-man policy has fired for this agent row at `now`. */
+export function deadmanDue(agent: AgentRow, policy: PolicyRow, now: number): boolean {
+  const spec = specOf(policy) as DeadmanSpec
+  return agent.killed_at === null && now - silentSince(agent, policy) >= spec.silent_after_seconds * 1000
+}
+
+/**
+ * The dead-man switch (a sweeper task on every replica). The decision is taken again inside
+ * the kill's transaction on the locked agent row (`guard`), so whichever replica gets there
+ * first kills it, the others find it killed (or beating again, or resumed) and do nothing:
+ * one kill per silence. `on_trigger: alert` records one `agent.deadman` event (and alert)
+ * per silence instead.
+ */
+export class DeadmanService {
+  readonly #store: Store
+  readonly #clock: Clock
+  readonly #killSwitch: KillSwitchService
+
+  constructor(store: Store, clock: Clock, killSwitch: KillSwitchService) {
+    this.#store = store
+    this.#clock = clock
+    this.#killSwitch = killSwitch
+  }
+
+  async sweep(): Promise<number> {
+    const now = this.#clock.now()
+    let fired = 0
+    for (const policy of await this.#store.listEnabledPolicies('deadman', SWEEP_LIMIT)) {
+      const agent = await this.#store.getAgentById(policy.address_id)
+      if (!agent || !deadmanDue(agent, policy, now)) continue
+      const spec = specOf(policy) as DeadmanSpec
+      const silentS = Math.floor((now - silentSince(agent, policy)) / 1000)
+      const reason = `dead-man switch: no heartbeat from any instance for ${silentS} s (limit ${spec.silent_after_seconds} s, policy ${policy.policy_id})`
+      if (spec.on_trigger === 'kill') {
+        const { changed } = await this.#killSwitch.killAgent({ kind: 'policy', policy_id: policy.policy_id }, agent.address_id, {
+          reason,
+          guard: (fresh) => deadmanDue(fresh, policy, this.#clock.now()),
+        })
+        if (changed) fired += 1
+      } else {
+        const recorded = await this.#store.recordBreach(policy.policy_id, `deadman:${silentSince(agent, policy)}`, {
+          address_id: agent.address_id,
+          address: agent.address,
+          event_type: 'agent.deadman',
+          details: { policy_id: policy.policy_id, silent_s: silentS, silent_after_seconds: spec.silent_after_seconds, reason },
+          actor_id: `policy:${policy.policy_id}`,
+          created_at: now,
+        })
+        if (recorded) fired += 1
+      }
+    }
+    return fired
+  }
+}
