@@ -31,6 +31,7 @@ const MESH_AGENT_KEYS = [
   'instances_healthy',
   'instances_total',
   'intents_period',
+  'labels',
   'last_heartbeat_at',
   'metadata',
 ].sort()
@@ -591,6 +592,7 @@ describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id
       intents_period: 5,
       cost_period: 0.75,
       metadata: { team: 'infra', replicas: 3, tags: ['a', 'b'] },
+      labels: {},
       instances_total: 1,
       instances_healthy: 1,
     })
@@ -704,6 +706,7 @@ describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id
       intents_period: 0,
       cost_period: 0,
       metadata: { owner: 'ops', nested: { x: 1 } },
+      labels: {},
       instances_total: 0,
       instances_healthy: 0,
     })
