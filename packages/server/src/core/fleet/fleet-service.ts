@@ -81,7 +81,7 @@ export class FleetService {
   #guard(compiled: CompiledSelector, request: FleetRequest, total: number): (matching: readonly AgentRow[]) => void {
     return (matching) => {
       if (request.confirm_all === true) return
-      if (compiled.universal || (matching.length > 1 && matching.length >= total)) {
+      if (this.#needsConfirm(compiled, matching, total)) {
         throw new GatewayError(
           'invalid_request',
           `the selector ${describeSelector(compiled.selector)} matches every agent (${matching.length}); send confirm_all: true to act on all of them`,
