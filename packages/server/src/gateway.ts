@@ -136,7 +136,7 @@ export async function startGateway(
   })
   const killSwitch = new KillSwitchService(store, clock, agents, { resumeRatePerSecond: config.resumeRatePerSecond })
   const fleet = new FleetService(store, clock, killSwitch)
-  const deadman = new DeadmanService(store, clock, killSwitch)
+  const deadman = new DeadmanService(store, clock, killSwitch, metrics)
   const services: Services = {
     store,
     clock,
@@ -153,7 +153,7 @@ export async function startGateway(
     streams,
     metrics,
     heartbeats: new HeartbeatService(
-      { store, clock, policies: policyEngine, killSwitch },
+      { store, clock, policies: policyEngine, killSwitch, metrics },
       {
         ...DEFAULT_HEALTH,
         staleAfterMs: config.staleAfterSeconds * 1000,

@@ -42,6 +42,12 @@ export class Metrics {
     buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5],
     registers: [this.registry],
   })
+  readonly policyWould = new Counter({
+    name: 'chokepoint_policy_would_total',
+    help: 'Decisions monitored policies would have made (deny, kill), by policy; none was enforced',
+    labelNames: ['policy_id', 'decision'] as const,
+    registers: [this.registry],
+  })
   readonly alertDeliveries = new Counter({
     name: 'chokepoint_alert_deliveries_total',
     help: 'Webhook alert delivery attempts by result (delivered, failed, gave_up)',

@@ -202,7 +202,12 @@ const Pattern = z.string().superRefine((value, ctx) => {
 
 const Direction = z.enum(['send', 'receive'])
 const OnBreach = z.enum(['block', 'kill'])
-const PolicyMeta = { enabled: z.boolean().optional(), version: z.number().int().min(1).optional() }
+const PolicyMeta = {
+  enabled: z.boolean().optional(),
+  version: z.number().int().min(1).optional(),
+  /** `monitor`: never blocks or kills; records what it would have decided. */
+  enforcement: z.enum(['enforce', 'monitor']).optional(),
+}
 
 export const ActionPolicyBody = z.strictObject({
   kind: z.literal('action'),

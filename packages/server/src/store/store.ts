@@ -337,14 +337,20 @@ export interface Parties {
   to_counters: AgentCounters
 }
 
+/** See AcceptIntentInput.decide. */
+export type AcceptDecision = (parties: Parties) => MeshEventDraft[] | void
+
 export interface AcceptIntentInput {
   intent: NewIntent
   /** Events written with the intent (core decides which). */
   actor: string
   now: number
   idempotency: { key: string; request_hash: string } | null
-  /** Core's decision, run inside the transaction on the freshly read agent rows; throws to reject. */
-  decide: (parties: Parties) => void
+  /**
+   * Core's decision, run inside the transaction on the freshly read agent rows; throws to
+   * reject. Returns mesh events to write with the intent (monitored policies' would-be decisions).
+   */
+  decide: AcceptDecision
   /** Called for an idempotent replay whose stored hash differs; throws. */
   onIdempotencyMismatch: () => never
 }
@@ -422,7 +428,7 @@ export interface IntentChange {
   error?: string | null
   cost_usd?: number | null
   /** An intent to accept in the same transaction (reply_to completion), under `decide`. */
-  follow_up?: { intent: NewIntent; decide: (parties: Parties) => void } | undefined
+  follow_up?: { intent: NewIntent; decide: AcceptDecision } | undefined
 }
 
 export interface IntentUpdateResult {

@@ -2,8 +2,10 @@ import type { AgentRow, HealthRule, HealthStatus, HeartbeatMetrics, MeshEventDra
 import type { Principal } from '../auth/principal.js'
 import type { Clock } from '../clock.js'
 import { forbidden } from '../errors.js'
-import { killRecord } from '../kill-switch/kill-switch-service.js'
 import type { KillSwitchService } from '../kill-switch/kill-switch-service.js'
+import type { Metrics } from '../metrics.js'
+import { costRule, noFindings } from '../policies/cost-rule.js'
+import { recordWouldKills } from '../policies/monitor.js'
 import type { PolicyEngine } from '../policies/policy-engine.js'
 import { ERROR_RATE_WINDOW_MS, agentHealth, beatKeepsHealth, type HealthOptions } from './health.js'
 
@@ -29,13 +31,15 @@ export class HeartbeatService {
   readonly #clock: Clock
   readonly #policies: PolicyEngine
   readonly #killSwitch: KillSwitchService
+  readonly #metrics: Metrics | undefined
   readonly options: HeartbeatOptions
   readonly #health: HealthRule
 
   constructor(
-    deps: { store: Store; clock: Clock; policies: PolicyEngine; killSwitch: KillSwitchService },
+    deps: { store: Store; clock: Clock; policies: PolicyEngine; killSwitch: KillSwitchService; metrics?: Metrics },
     options: HeartbeatOptions,
   ) {
+    this.#metrics = deps.metrics
     this.#store = deps.store
     this.#clock = deps.clock
     this.#policies = deps.policies
@@ -48,7 +52,7 @@ export class HeartbeatService {
   async beat(principal: Principal, instanceId: string, metrics: HeartbeatMetrics | null) {
     if (principal.role !== 'agent' || principal.address_id === null) throw forbidden('heartbeats need an agent key')
     const now = this.#clock.now()
-    let killedBy: { policy_id: string; reason: string } | null = null
+    const found = noFindings()
     const { agent, health_status } = await this.#store.heartbeat({
       address_id: principal.address_id,
       instance_id: instanceId,
@@ -58,16 +62,11 @@ export class HeartbeatService {
       health: this.#health,
       transition: transition(now),
       keeps_health: beatKeepsHealth,
-      cost_rule: (ctx) => {
-        const outcome = this.#policies.costOutcome(ctx)
-        if (!outcome.kill) return { thresholds: outcome.thresholds, kill: null }
-        killedBy = outcome.kill
-        const actor = { kind: 'policy' as const, policy_id: outcome.kill.policy_id }
-        return { thresholds: outcome.thresholds, kill: { ...outcome.kill, record: killRecord(actor, now, outcome.kill.reason, false) } }
-      },
+      cost_rule: costRule(this.#policies, now, found),
     })
-    const k = killedBy as { policy_id: string; reason: string } | null
+    const k = found.kill
     if (k) await this.#killSwitch.hold(agent.address_id, { kind: 'policy', policy_id: k.policy_id }, k.reason)
+    if (found.would_kill.length > 0) await recordWouldKills(this.#store, this.#metrics, agent, found.would_kill, now)
     return { agent, health_status: k ? ('killed' as const) : health_status }
   }
 

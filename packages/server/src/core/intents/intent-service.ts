@@ -1,13 +1,15 @@
-import type { IntentChange, IntentRow, IntentStatus, NewIntent, Store } from '../../store/store.js'
+import type { AgentRow, IntentChange, IntentRow, IntentStatus, NewIntent, Store } from '../../store/store.js'
 import { assertActsFor, isStaff, type Principal } from '../auth/principal.js'
 import { canonicalJson } from '../canonical-json.js'
 import type { Clock } from '../clock.js'
 import { GatewayError, conflict, forbidden, notFound } from '../errors.js'
 import { newIntentId, sha256Hex } from '../ids.js'
 import { acceptRule, settleRule } from '../kill-switch/rules.js'
-import { killRecord, type KillSwitchService } from '../kill-switch/kill-switch-service.js'
-import { PolicyBreach, type PolicyEngine } from '../policies/policy-engine.js'
-import type { CostRule, Parties } from '../../store/store.js'
+import type { KillSwitchService } from '../kill-switch/kill-switch-service.js'
+import { costRule, noFindings } from '../policies/cost-rule.js'
+import { countWould, recordWouldKills, wouldEvents } from '../policies/monitor.js'
+import { PolicyBreach, type PolicyEngine, type WouldDecision } from '../policies/policy-engine.js'
+import type { AcceptDecision } from '../../store/store.js'
 import type { Metrics } from '../metrics.js'
 
 export interface CreateIntentInput {
@@ -69,9 +71,17 @@ export class IntentService {
    * The accept decision, run inside the accepting transaction: the recipient rule, the kill rule,
    * then policies. `seen` learns whether the recipient was ever registered; without it (the
    * reply_to completion of a resolve) the recipient rule does not apply: the sender chose it.
+   * `monitored` receives the would-be decisions of monitored policies of the last run; their
+   * mesh events are written with the intent.
    */
-  #acceptDecision(intentType: string, now: number, seen?: (registered: boolean) => void): (parties: Parties) => void {
+  #acceptDecision(
+    intentType: string,
+    now: number,
+    monitored: WouldDecision[],
+    seen?: (registered: boolean) => void,
+  ): AcceptDecision {
     return (parties) => {
+      monitored.length = 0
       const registered = parties.to.registered_at !== null
       if (seen && !registered && this.#defaults.requireRegisteredRecipients) {
         // Rolled back with the transaction: a refused send does not create the address either.
@@ -83,7 +93,8 @@ export class IntentService {
       }
       seen?.(registered)
       acceptRule(parties)
-      this.#policies.enforce(parties, intentType, now)
+      monitored.push(...this.#policies.enforce(parties, intentType, now))
+      return wouldEvents(monitored, intentType, now)
     }
   }
 
@@ -91,19 +102,25 @@ export class IntentService {
    * Counts the outcome; a breach with `on_breach: kill` auto-kills the policy's owner (its own
    * transaction) before the rejection is answered; a blocking breach is noted once per window.
    */
-  async #autoKillOn<T>(work: Promise<T>, now: number): Promise<T> {
+  async #autoKillOn<T>(work: Promise<T>, now: number, intentType: string, monitored: readonly WouldDecision[]): Promise<T> {
     try {
       const result = await work
       this.#metrics?.intents.inc({ result: 'accepted', reason: '' })
+      countWould(this.#metrics, monitored)
       return result
     } catch (error) {
       this.#metrics?.intents.inc({ result: 'rejected', reason: error instanceof GatewayError ? error.code : 'error' })
-      if (error instanceof PolicyBreach) await this.#onBreach(error, now)
+      if (error instanceof PolicyBreach) await this.#onBreach(error, now, intentType)
       throw error
     }
   }
 
-  async #onBreach(breach: PolicyBreach, now: number): Promise<void> {
+  async #onBreach(breach: PolicyBreach, now: number, intentType: string): Promise<void> {
+    // Refused by an enforced policy: the monitored policies' verdicts were rolled back with the
+    // transaction, so they are recorded here, after it.
+    const monitored = breach.decision.monitored
+    for (const event of wouldEvents(monitored, intentType, now)) await this.#store.appendMeshEvent(event)
+    countWould(this.#metrics, monitored)
     const target = breach.autoKill
     if (target) {
       await this.#killSwitch.killAgent({ kind: 'policy', policy_id: target.policy_id }, target.address_id, {
@@ -122,20 +139,6 @@ export class IntentService {
       actor_id: `policy:${d.policy_id}`,
       created_at: now,
     })
-  }
-
-  /** Cost on resolve counts for the resolver; a ceiling with on_breach: kill kills it in that transaction. */
-  #costRule(now: number, onKill: (addressId: string, policyId: string, reason: string) => void): CostRule {
-    return (ctx) => {
-      const outcome = this.#policies.costOutcome(ctx)
-      const kill = outcome.kill
-      if (!kill) return { thresholds: outcome.thresholds, kill: null }
-      onKill(ctx.agent.address_id, kill.policy_id, kill.reason)
-      return {
-        thresholds: outcome.thresholds,
-        kill: { ...kill, record: killRecord({ kind: 'policy', policy_id: kill.policy_id }, now, kill.reason, false) },
-      }
-    }
   }
 
   async create(
@@ -162,13 +165,14 @@ export class IntentService {
         ? null
         : { key: meta.idempotencyKey, request_hash: sha256Hex(canonicalJson({ ...input, from_agent: from })) }
     let recipientRegistered = true
+    const monitored: WouldDecision[] = []
     const accepted = await this.#autoKillOn(
       this.#store.acceptIntent({
         intent,
         actor: actorOf(principal),
         now,
         idempotency,
-        decide: this.#acceptDecision(intent.intent_type, now, (registered) => (recipientRegistered = registered)),
+        decide: this.#acceptDecision(intent.intent_type, now, monitored, (registered) => (recipientRegistered = registered)),
         onIdempotencyMismatch: () => {
           throw conflict('this Idempotency-Key was already used with a different request body', {
             idempotency_key: meta.idempotencyKey,
@@ -176,6 +180,8 @@ export class IntentService {
         },
       }),
       now,
+      intent.intent_type,
+      monitored,
     )
     return { ...accepted, recipientRegistered }
   }
@@ -287,16 +293,17 @@ export class IntentService {
     if (principal.role !== 'agent' && input.status !== 'CANCELED') {
       throw forbidden('operator keys may only resolve an intent with status CANCELED')
     }
-    let killed: { address_id: string; policy_id: string; reason: string } | null = null
+    const found = noFindings()
+    const followUpMonitored: WouldDecision[] = []
+    let resolver: AgentRow | null = null
     const result = await this.#store.updateIntent({
       intent_id: intentId,
       now,
       actor: actorOf(principal),
-      cost_rule: this.#costRule(now, (address_id, policy_id, reason) => {
-        killed = { address_id, policy_id, reason }
-      }),
+      cost_rule: costRule(this.#policies, now, found),
       decide: ({ intent, recipient }): IntentChange => {
         this.#assertRecipient(principal, intent)
+        resolver = recipient
         if (isTerminal(intent.status)) {
           throw conflict(`intent is already ${intent.status}; a terminal status cannot change`, { status: intent.status })
         }
@@ -319,20 +326,25 @@ export class IntentService {
           result,
           error,
           cost_usd: input.cost_usd ?? null,
-          follow_up: intent.reply_to === null ? undefined : this.#completion(intent, input, now),
+          follow_up: intent.reply_to === null ? undefined : this.#completion(intent, input, now, followUpMonitored),
         }
       },
     })
-    const k = killed as { address_id: string; policy_id: string; reason: string } | null
+    const k = found.kill
     if (k) await this.#killSwitch.hold(k.address_id, { kind: 'policy', policy_id: k.policy_id }, k.reason)
+    const r = resolver as AgentRow | null
+    if (r && found.would_kill.length > 0) await recordWouldKills(this.#store, this.#metrics, r, found.would_kill, now)
     // A reply_to completion is the resolver's send: its breach auto-kills or is noted like any other.
     const followUp = result.follow_up
-    if (followUp && !followUp.accepted && followUp.error instanceof PolicyBreach) await this.#onBreach(followUp.error, now)
+    if (followUp?.accepted) countWould(this.#metrics, followUpMonitored)
+    if (followUp && !followUp.accepted && followUp.error instanceof PolicyBreach) {
+      await this.#onBreach(followUp.error, now, 'intent.completion.v1')
+    }
     return result
   }
 
   /** The reply_to completion intent, accepted under the same rules as any send. */
-  #completion(original: IntentRow, input: ResolveInput, now: number): IntentChange['follow_up'] {
+  #completion(original: IntentRow, input: ResolveInput, now: number, monitored: WouldDecision[]): IntentChange['follow_up'] {
     const payload: Record<string, unknown> = { intent_id: original.intent_id, status: input.status }
     if (input.status === 'COMPLETED') payload['result'] = input.result ?? null
     else payload['error'] = input.error ?? input.reason ?? null
@@ -349,7 +361,7 @@ export class IntentService {
         max_delivery_attempts: this.#defaults.maxDeliveryAttempts,
         trace_id: original.trace_id,
       },
-      decide: this.#acceptDecision('intent.completion.v1', now),
+      decide: this.#acceptDecision('intent.completion.v1', now, monitored),
     }
   }
 

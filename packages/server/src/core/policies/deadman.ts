@@ -1,6 +1,8 @@
 import type { AgentRow, PolicyRow, Store } from '../../store/store.js'
 import type { Clock } from '../clock.js'
 import type { KillSwitchService } from '../kill-switch/kill-switch-service.js'
+import type { Metrics } from '../metrics.js'
+import { countWould, wouldEvent } from './monitor.js'
 import { specOf, type DeadmanSpec } from './policy-spec.js'
 
 /** Dead-man policies read per pass (one agent each); more wait for the next pass. */
@@ -33,7 +35,10 @@ export class DeadmanService {
   readonly #clock: Clock
   readonly #killSwitch: KillSwitchService
 
-  constructor(store: Store, clock: Clock, killSwitch: KillSwitchService) {
+  readonly #metrics: Metrics | undefined
+
+  constructor(store: Store, clock: Clock, killSwitch: KillSwitchService, metrics?: Metrics) {
+    this.#metrics = metrics
     this.#store = store
     this.#clock = clock
     this.#killSwitch = killSwitch
@@ -48,7 +53,14 @@ export class DeadmanService {
       const spec = specOf(policy) as DeadmanSpec
       const silentS = Math.floor((now - silentSince(agent, policy)) / 1000)
       const reason = `dead-man switch: no heartbeat from any instance for ${silentS} s (limit ${spec.silent_after_seconds} s, policy ${policy.policy_id})`
-      if (spec.on_trigger === 'kill') {
+      if (spec.on_trigger === 'kill' && spec.enforcement === 'monitor') {
+        // Monitor mode: the kill it would have made, once per silence, and nothing else.
+        const event = wouldEvent(agent, { policy_id: policy.policy_id, would: 'kill', reason }, now, { silent_s: silentS })
+        if (await this.#store.recordBreach(policy.policy_id, `deadman:${silentSince(agent, policy)}`, event)) {
+          countWould(this.#metrics, [{ policy_id: policy.policy_id, would: 'kill' }])
+          fired += 1
+        }
+      } else if (spec.on_trigger === 'kill') {
         const { changed } = await this.#killSwitch.killAgent({ kind: 'policy', policy_id: policy.policy_id }, agent.address_id, {
           reason,
           guard: (fresh) => deadmanDue(fresh, policy, this.#clock.now()),

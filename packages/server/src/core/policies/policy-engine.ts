@@ -1,20 +1,57 @@
 import type { AgentCounters, AgentRow, CostContext, CostOutcome, EnforcementBaseline, Parties, PolicyRow } from '../../store/store.js'
 import { GatewayError } from '../errors.js'
 import { compileGlob } from './glob.js'
-import { specOf, DEFAULT_ALERT_PERCENTS, type CostSpec, type Direction, type RateSpec } from './policy-spec.js'
+import { specOf, DEFAULT_ALERT_PERCENTS, DEFAULT_OWNER, type CostSpec, type Direction, type RateSpec } from './policy-spec.js'
+
+/** Where an effective policy comes from: the agent's own, or the default set (DESIGN §6). */
+export type PolicySource = 'agent' | 'default'
+
+interface Common {
+  id: string
+  seqOrder: number
+  /** `enforcement: monitor`: decides nothing, its would-be decisions are recorded. */
+  monitor: boolean
+  source: PolicySource
+  /** `policy pol_…` or `default policy pol_…`, as reasons name it. */
+  label: string
+}
 
 type Compiled =
-  | { id: string; seqOrder: number; kind: 'action'; direction: Direction; allow: boolean; match: (t: string) => boolean }
-  | { id: string; seqOrder: number; kind: 'rate'; spec: RateSpec }
-  | { id: string; seqOrder: number; kind: 'cost'; spec: CostSpec }
+  | (Common & { kind: 'action'; direction: Direction; allow: boolean; match: (t: string) => boolean })
+  | (Common & { kind: 'rate'; spec: RateSpec })
+  | (Common & { kind: 'cost'; spec: CostSpec })
   /** Decides nothing about intents: the sweeper acts on it (core/policies/deadman.ts). */
-  | { id: string; seqOrder: number; kind: 'deadman' }
+  | (Common & { kind: 'deadman' })
 
 export type DecisionKind = 'allow' | 'deny' | 'rate_limited' | 'budget_exceeded'
+
+/** What one policy says about an intent, when it says anything. */
+interface Verdict {
+  decision: Exclude<DecisionKind, 'allow'>
+  policy_id: string
+  reason: string
+  on_breach: 'block' | 'kill' | null
+  limit?: number
+  reset_s?: number
+  window?: 'hour' | 'day'
+}
+
+/** A monitored policy's decision: what it would have done had it been enforced. */
+export interface WouldDecision {
+  policy_id: string
+  source: PolicySource
+  /** `kill` when the policy says `on_breach: kill`, else `deny`. */
+  would: 'deny' | 'kill'
+  decision: Verdict['decision']
+  owner: AgentRow
+  reason: string
+}
 
 export interface PolicyDecision {
   decision: DecisionKind
   policy_id: string | null
+  /** Whether the deciding policy is the agent's own or a default (null when allowed). */
+  source: PolicySource | null
   /** The agent that owns the deciding policy (the one an auto-kill stops). */
   owner: AgentRow | null
   reason: string
@@ -23,14 +60,19 @@ export interface PolicyDecision {
   /** Seconds until the window resets. */
   reset_s?: number
   window?: 'hour' | 'day'
+  /** Monitored policies that would have refused (or killed): recorded, never enforced. */
+  monitored: WouldDecision[]
 }
 
 const HOUR_MS = 3_600_000
 const DAY_MS = 86_400_000
 
+type Side = { agent: AgentRow; policies: Compiled[]; direction: Direction; counters: AgentCounters }
+
 /**
  * Policy decisions (DESIGN §2.6, §6). Policies are compiled once per agent `policy_version`
  * (read in the same transaction), so a stale cache can never decide: a new version misses it.
+ * A change to the default set bumps every agent's version, so defaults are covered too.
  */
 export class PolicyEngine {
   readonly #cache = new Map<string, { version: number; compiled: Compiled[] }>()
@@ -40,77 +82,72 @@ export class PolicyEngine {
     this.#cache.delete(addressId)
   }
 
-  /** Compiled policies of an agent for the rows read in the transaction. */
+  /**
+   * The effective policies of an agent for the rows read in the transaction: its own enabled
+   * ones, plus every enabled default of a kind it has no enabled policy of.
+   */
   compiled(agent: AgentRow, rows: readonly PolicyRow[]): Compiled[] {
     if (agent.policy_version === 0) return []
     const hit = this.#cache.get(agent.address_id)
     if (hit && hit.version === agent.policy_version) return hit.compiled
-    const compiled = rows.filter((r) => r.enabled === 1).map(compile)
+    const compiled = effectiveRows(rows).map(compile)
     if (this.#cache.size > 100_000) this.#cache.clear()
     this.#cache.set(agent.address_id, { version: agent.policy_version, compiled })
     return compiled
   }
 
-  /** The decision for one intent on the snapshot the accepting transaction read. */
+  /**
+   * The decision for one intent on the snapshot the accepting transaction read. Enforced
+   * policies decide (action denials before limits, oldest first); monitored ones only report.
+   */
   decide(ctx: Parties, intentType: string, now: number): PolicyDecision {
     const from = this.compiled(ctx.from, ctx.from_policies)
     const to = this.compiled(ctx.to, ctx.to_policies)
     if (from.length === 0 && to.length === 0) return ALLOW
-    const sides = [
-      { agent: ctx.from, policies: from, direction: 'send' as const, counters: ctx.from_counters },
-      { agent: ctx.to, policies: to, direction: 'receive' as const, counters: ctx.to_counters },
+    const sides: Side[] = [
+      { agent: ctx.from, policies: from, direction: 'send', counters: ctx.from_counters },
+      { agent: ctx.to, policies: to, direction: 'receive', counters: ctx.to_counters },
     ]
     // Precedence (DESIGN §11): policy_denied before 429; within a class the oldest policy is named.
-    const ordered = sides
+    const verdicts = sides
       .flatMap((side) => side.policies.map((p) => ({ side, p })))
       .sort((a, b) => a.p.seqOrder - b.p.seqOrder)
-    for (const { side, p } of ordered) {
-      if (p.kind !== 'action' || p.direction !== side.direction) continue
-      if (p.match(intentType) !== p.allow) {
-        return {
-          decision: 'deny',
-          policy_id: p.id,
-          owner: side.agent,
-          on_breach: null,
-          reason: `${intentType} is ${p.allow ? 'not in the allowlist' : 'in the denylist'} of policy ${p.id} (${side.direction} by ${side.agent.address})`,
-        }
-      }
-    }
-    for (const { side, p } of ordered) {
-      if (p.kind === 'rate' && p.spec.direction === side.direction) {
-        const breach = rateBreach(p.id, p.spec, side.agent, side.counters, side.direction, now)
-        if (breach) return { ...breach, owner: side.agent }
-      }
-      if (p.kind === 'cost' && side.direction === 'send') {
-        const cost = side.counters.cost_day - (baselineOf(side.agent, p.id, side.counters)?.cost_day_offset ?? 0)
-        if (cost >= p.spec.max_cost_per_day_usd) {
-          return {
-            decision: 'budget_exceeded',
-            policy_id: p.id,
-            owner: side.agent,
-            on_breach: p.spec.on_breach,
-            reason: `${side.agent.address} spent $${round(cost)} today; the ceiling of policy ${p.id} is $${p.spec.max_cost_per_day_usd}`,
-            limit: p.spec.max_cost_per_day_usd,
-            reset_s: Math.ceil((DAY_MS - (now % DAY_MS)) / 1000),
-            window: 'day',
-          }
-        }
-      }
-    }
-    return ALLOW
+      .map(({ side, p }) => ({ side, p, v: judge(p, side, intentType, now) }))
+      .filter((x): x is { side: Side; p: Compiled; v: Verdict } => x.v !== null)
+    const monitored = verdicts
+      .filter((x) => x.p.monitor)
+      .map((x): WouldDecision => ({
+        policy_id: x.p.id,
+        source: x.p.source,
+        would: x.v.on_breach === 'kill' ? 'kill' : 'deny',
+        decision: x.v.decision,
+        owner: x.side.agent,
+        reason: x.v.reason,
+      }))
+    const enforced = verdicts.filter((x) => !x.p.monitor)
+    const first = enforced.find((x) => x.v.decision === 'deny') ?? enforced[0]
+    if (!first) return monitored.length === 0 ? ALLOW : { ...ALLOW, monitored }
+    return { ...first.v, source: first.p.source, owner: first.side.agent, monitored }
   }
 
-  /** Throws the error of a non-allow decision; `autoKill` is set when the owner must be killed. */
-  enforce(ctx: Parties, intentType: string, now: number): void {
+  /** Throws the error of a non-allow decision; returns the monitored would-be decisions. */
+  enforce(ctx: Parties, intentType: string, now: number): WouldDecision[] {
     const d = this.decide(ctx, intentType, now)
-    if (d.decision === 'allow') return
+    if (d.decision === 'allow') return d.monitored
     throw decisionError(d)
   }
 
-  /** Core's cost rule for resolve and heartbeat costs (DESIGN §6, §11). */
-  costOutcome(ctx: CostContext): Omit<CostOutcome, 'kill'> & { kill: { policy_id: string; reason: string } | null } {
+  /**
+   * Core's cost rule for resolve and heartbeat costs (DESIGN §6, §11). A monitored ceiling with
+   * `on_breach: kill` does not kill: it is reported in `would_kill`.
+   */
+  costOutcome(ctx: CostContext): Omit<CostOutcome, 'kill'> & {
+    kill: { policy_id: string; reason: string } | null
+    would_kill: { policy_id: string; reason: string }[]
+  } {
     const thresholds: CostOutcome['thresholds'] = []
     let kill: { policy_id: string; reason: string } | null = null
+    const wouldKill: { policy_id: string; reason: string }[] = []
     for (const p of this.compiled(ctx.agent, ctx.policies)) {
       if (p.kind !== 'cost') continue
       const max = p.spec.max_cost_per_day_usd
@@ -121,39 +158,93 @@ export class PolicyEngine {
           thresholds.push({
             policy_id: p.id,
             percent,
-            details: { policy_id: p.id, percent, cost_usd: round(cost), max_cost_per_day_usd: max, day: ctx.counters.day },
+            details: { policy_id: p.id, percent, cost_usd: round(cost), max_cost_per_day_usd: max, day: ctx.counters.day, ...(p.monitor ? { enforcement: 'monitor' } : {}) },
           })
         }
       }
-      if (!kill && p.spec.on_breach === 'kill' && cost >= max && ctx.agent.killed_at === null) {
-        kill = { policy_id: p.id, reason: `cost ceiling reached: $${round(cost)} of $${max} today (policy ${p.id})` }
+      if (p.spec.on_breach === 'kill' && cost >= max && ctx.agent.killed_at === null) {
+        const reason = `cost ceiling reached: $${round(cost)} of $${max} today (${p.label})`
+        if (p.monitor) wouldKill.push({ policy_id: p.id, reason })
+        else if (!kill) kill = { policy_id: p.id, reason }
       }
     }
-    return { thresholds, kill }
+    return { thresholds, kill, would_kill: wouldKill }
   }
 }
 
-const ALLOW: PolicyDecision = { decision: 'allow', policy_id: null, owner: null, on_breach: null, reason: 'allowed' }
+const ALLOW: PolicyDecision = {
+  decision: 'allow',
+  policy_id: null,
+  source: null,
+  owner: null,
+  on_breach: null,
+  reason: 'allowed',
+  monitored: [],
+}
 
 const round = (n: number): number => Math.round(n * 1e6) / 1e6
 
+/** Own enabled policies, then enabled defaults of the kinds the agent has none of. */
+export function effectiveRows(rows: readonly PolicyRow[]): PolicyRow[] {
+  const enabled = rows.filter((r) => r.enabled === 1)
+  const own = enabled.filter((r) => r.address_id !== DEFAULT_OWNER)
+  const ownKinds = new Set(own.map((r) => r.kind))
+  return [...own, ...enabled.filter((r) => r.address_id === DEFAULT_OWNER && !ownKinds.has(r.kind))]
+}
+
+/** What one policy says about the intent on this side, or null when it has nothing to say. */
+function judge(p: Compiled, side: Side, intentType: string, now: number): Verdict | null {
+  if (p.kind === 'action') {
+    if (p.direction !== side.direction || p.match(intentType) === p.allow) return null
+    return {
+      decision: 'deny',
+      policy_id: p.id,
+      on_breach: null,
+      reason: `${intentType} is ${p.allow ? 'not in the allowlist' : 'in the denylist'} of ${p.label} (${side.direction} by ${side.agent.address})`,
+    }
+  }
+  if (p.kind === 'rate') {
+    return p.spec.direction === side.direction ? rateBreach(p, side.agent, side.counters, side.direction, now) : null
+  }
+  if (p.kind === 'cost' && side.direction === 'send') {
+    const cost = side.counters.cost_day - (baselineOf(side.agent, p.id, side.counters)?.cost_day_offset ?? 0)
+    if (cost < p.spec.max_cost_per_day_usd) return null
+    return {
+      decision: 'budget_exceeded',
+      policy_id: p.id,
+      on_breach: p.spec.on_breach,
+      reason: `${side.agent.address} spent $${round(cost)} today; the ceiling of ${p.label} is $${p.spec.max_cost_per_day_usd}`,
+      limit: p.spec.max_cost_per_day_usd,
+      reset_s: Math.ceil((DAY_MS - (now % DAY_MS)) / 1000),
+      window: 'day',
+    }
+  }
+  return null
+}
+
 function compile(row: PolicyRow, index: number): Compiled {
   const spec = specOf(row)
-  const seqOrder = row.created_at * 1000 + index
+  const source: PolicySource = row.address_id === DEFAULT_OWNER ? 'default' : 'agent'
+  const common: Common = {
+    id: row.policy_id,
+    seqOrder: (source === 'default' ? 1e15 : 0) + row.created_at * 1000 + index,
+    monitor: spec.enforcement === 'monitor',
+    source,
+    label: `${source === 'default' ? 'default policy' : 'policy'} ${row.policy_id}`,
+  }
   if (spec.kind === 'action') {
     const matchers = spec.patterns.map(compileGlob)
     return {
-      id: row.policy_id,
-      seqOrder,
+      ...common,
       kind: 'action',
       direction: spec.direction,
       allow: spec.mode === 'allowlist',
       match: (t) => matchers.some((m) => m(t)),
     }
   }
-  if (spec.kind === 'rate') return { id: row.policy_id, seqOrder, kind: 'rate', spec }
-  if (spec.kind === 'deadman') return { id: row.policy_id, seqOrder, kind: 'deadman' }
-  return { id: row.policy_id, seqOrder, kind: 'cost', spec: { ...spec, alert_at_percent: spec.alert_at_percent ?? DEFAULT_ALERT_PERCENTS } }
+  if (spec.kind === 'rate') return { ...common, kind: 'rate', spec }
+  if (spec.kind === 'deadman') return { ...common, kind: 'deadman' }
+  return { ...common, kind: 'cost', spec: { ...spec, alert_at_percent: spec.alert_at_percent ?? DEFAULT_ALERT_PERCENTS } }
 }
 
 /** The resume baseline of the policy that auto-killed the agent, as offsets for this window. */
@@ -170,21 +261,15 @@ function baselineOf(agent: AgentRow, policyId: string, counters: AgentCounters) 
   }
 }
 
-function rateBreach(
-  id: string,
-  spec: RateSpec,
-  agent: AgentRow,
-  counters: AgentCounters,
-  direction: Direction,
-  now: number,
-): Omit<PolicyDecision, 'owner'> | null {
+function rateBreach(p: Compiled & { kind: 'rate' }, agent: AgentRow, counters: AgentCounters, direction: Direction, now: number): Verdict | null {
+  const { id, spec } = p
   const base = baselineOf(agent, id, counters)
   const send = direction === 'send'
   const hourBase = (send ? base?.hour_sent : base?.hour_received) ?? 0
   const dayBase = (send ? base?.day_sent : base?.day_received) ?? 0
   const hourCount = (send ? counters.sent_hour : counters.received_hour) - hourBase
   const dayCount = (send ? counters.sent_day : counters.received_day) - dayBase
-  const windows: { limit: number | undefined; count: number; label: string; ms: number }[] = [
+  const windows: { limit: number | undefined; count: number; label: 'hour' | 'day'; ms: number }[] = [
     { limit: spec.max_per_hour, count: hourCount, label: 'hour', ms: HOUR_MS },
     { limit: spec.max_per_day, count: dayCount, label: 'day', ms: DAY_MS },
   ]
@@ -194,10 +279,10 @@ function rateBreach(
         decision: 'rate_limited',
         policy_id: id,
         on_breach: spec.on_breach,
-        reason: `${agent.address} reached ${w.limit} intents ${send ? 'sent' : 'received'} per ${w.label} (policy ${id})`,
+        reason: `${agent.address} reached ${w.limit} intents ${send ? 'sent' : 'received'} per ${w.label} (${p.label})`,
         limit: w.limit,
         reset_s: Math.ceil((w.ms - (now % w.ms)) / 1000),
-        window: w.label as 'hour' | 'day',
+        window: w.label,
       }
     }
   }

@@ -17,6 +17,8 @@ const newPolicyId = (): string => `pol_${randomBase62(20)}`
 
 function normalize(input: PolicyInput): PolicySpec {
   const { enabled: _e, version: _v, ...spec } = input as PolicyInput & Record<string, unknown>
+  // Canonical form: enforcement is stored only when it is not the default.
+  if (spec['enforcement'] === 'enforce') delete spec['enforcement']
   if (spec.kind === 'cost') {
     const percents = [...new Set((spec as { alert_at_percent?: number[] }).alert_at_percent ?? DEFAULT_ALERT_PERCENTS)]
     return { ...(spec as PolicySpec & { kind: 'cost' }), alert_at_percent: percents.sort((a, b) => a - b) }
@@ -142,8 +144,10 @@ export class PolicyService {
         return {
           decision: 'deny' as const,
           policy_id: null,
+          decided_by: null,
           reason: `${side.agent.address} is killed (agent_killed)`,
           killed: true,
+          monitored: [],
           counters,
         }
       }
@@ -163,8 +167,19 @@ export class PolicyService {
     return {
       decision: d.decision,
       policy_id: d.policy_id,
+      /** `agent` (its own policy) or `default` (the default set); null when allowed. */
+      decided_by: d.source,
       reason: d.reason,
       ...(d.on_breach ? { on_breach: d.on_breach } : {}),
+      // Monitored policies decide nothing; this is what each would have done to this send.
+      monitored: d.monitored.map((w) => ({
+        policy_id: w.policy_id,
+        source: w.source,
+        would: w.would,
+        decision: w.decision,
+        agent: w.owner.address,
+        reason: w.reason,
+      })),
       counters,
     }
   }

@@ -2,15 +2,21 @@ import type { PolicyKind, PolicyRow } from '../../store/store.js'
 
 export type Direction = 'send' | 'receive'
 export type OnBreach = 'block' | 'kill'
+export type Enforcement = 'enforce' | 'monitor'
 
-export interface ActionSpec {
+/** Every kind may run in monitor mode: decide nothing, record what it would have decided. */
+interface Mode {
+  enforcement?: Enforcement | undefined
+}
+
+export interface ActionSpec extends Mode {
   kind: 'action'
   direction: Direction
   mode: 'allowlist' | 'denylist'
   patterns: string[]
 }
 
-export interface RateSpec {
+export interface RateSpec extends Mode {
   kind: 'rate'
   direction: Direction
   max_per_hour?: number | undefined
@@ -18,7 +24,7 @@ export interface RateSpec {
   on_breach: OnBreach
 }
 
-export interface CostSpec {
+export interface CostSpec extends Mode {
   kind: 'cost'
   max_cost_per_day_usd: number
   on_breach: OnBreach
@@ -26,7 +32,7 @@ export interface CostSpec {
 }
 
 /** Dead-man switch: no instance has beaten for `silent_after_seconds` → kill or alert. */
-export interface DeadmanSpec {
+export interface DeadmanSpec extends Mode {
   kind: 'deadman'
   silent_after_seconds: number
   on_trigger: 'kill' | 'alert'
@@ -35,6 +41,9 @@ export interface DeadmanSpec {
 export type PolicySpec = ActionSpec | RateSpec | CostSpec | DeadmanSpec
 
 export const DEFAULT_ALERT_PERCENTS = [50, 80, 100]
+
+/** A default policy's rows carry this `address_id` (they belong to no agent). */
+export const DEFAULT_OWNER = '*'
 
 /** The spec stored in a row (kind is a column; the rest is JSON). */
 export function specOf(row: PolicyRow): PolicySpec {
@@ -47,14 +56,20 @@ export function specText(spec: PolicySpec): string {
   return JSON.stringify(rest)
 }
 
-/** `{ok, policy: {policy_id, address_id, kind, …, enabled, version, created_at, updated_at}}` (DESIGN §10). */
+/**
+ * `{ok, policy: {policy_id, address_id, kind, …, enforcement, enabled, version, created_at,
+ * updated_at}}` (DESIGN §10). A default policy has `address_id: null` and `default: true`.
+ */
 export function policyView(row: PolicyRow): Record<string, unknown> {
-  const { kind: _kind, ...spec } = specOf(row)
+  const { kind: _kind, enforcement, ...spec } = specOf(row)
+  const isDefault = row.address_id === DEFAULT_OWNER
   return {
     policy_id: row.policy_id,
-    address_id: row.address_id,
+    address_id: isDefault ? null : row.address_id,
+    ...(isDefault ? { default: true } : {}),
     kind: row.kind as PolicyKind,
     ...spec,
+    enforcement: enforcement ?? 'enforce',
     enabled: row.enabled === 1,
     version: row.version,
     created_at: new Date(row.created_at).toISOString(),

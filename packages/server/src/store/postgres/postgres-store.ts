@@ -6,6 +6,7 @@ import { newAddressId, randomBase62 } from '../../core/ids.js'
 import { standingKillRule } from '../../core/fleet/fleet-service.js'
 import type { Change } from '../change-feed.js'
 import type {
+  AcceptDecision,
   AcceptIntentInput,
   AcceptIntentResult,
   AgentCounters,
@@ -705,7 +706,7 @@ export class PostgresStore implements Store {
     intent: NewIntent,
     actor: string,
     now: number,
-    decide: (parties: Parties) => void,
+    decide: AcceptDecision,
   ): Promise<IntentRow> {
     const withPolicies = [from, to].filter((a) => a.policy_version !== 0).map((a) => a.address_id)
     const policies =
@@ -722,7 +723,7 @@ export class PostgresStore implements Store {
       from_counters: counters.get(from.address_id) as AgentCounters,
       to_counters: counters.get(to.address_id) as AgentCounters,
     }
-    decide(parties)
+    for (const event of decide(parties) ?? []) this.#meshEvent(tx, event)
     const delta = new Map<string, { sent: number; received: number }>()
     const bump = (id: string, sent: number, received: number): void => {
       const d = delta.get(id) ?? { sent: 0, received: 0 }

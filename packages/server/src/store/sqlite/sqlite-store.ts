@@ -6,6 +6,7 @@ import { GatewayError } from '../../core/errors.js'
 import { standingKillRule } from '../../core/fleet/fleet-service.js'
 import { LocalFeed, type Change } from '../change-feed.js'
 import type {
+  AcceptDecision,
   AcceptIntentInput,
   AgentSelection,
   AgentUpdateInput,
@@ -664,7 +665,7 @@ export class SqliteStore implements Store {
     intent: NewIntent,
     actor: string,
     now: number,
-    decide: (parties: Parties) => void,
+    decide: AcceptDecision,
     changes: Change[],
   ): IntentRow {
     const from = this.#ensureAgent(intent.from_agent, now, true, changes)
@@ -677,7 +678,7 @@ export class SqliteStore implements Store {
       from_counters: this.#counters(from.address_id, now),
       to_counters: this.#counters(to.address_id, now),
     }
-    decide(parties)
+    for (const event of decide(parties) ?? []) this.#meshEvent(event, changes)
     // Counted in the accepting transaction: the single writer makes read-decide-increment atomic.
     const day = parties.from_counters.day
     const hour = parties.from_counters.hour
