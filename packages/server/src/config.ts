@@ -1,4 +1,7 @@
+import { readFileSync } from 'node:fs'
 import { isWellFormedKey } from './core/auth/key-service.js'
+import type { PolicyInput } from './core/policies/policy-service.js'
+import { DefaultPoliciesBody } from './http/schemas.js'
 import { parseAddressClasses, type AddressClass } from './core/alerts/address-guard.js'
 
 /** Validated, frozen gateway configuration (DESIGN §5e). */
@@ -33,11 +36,15 @@ export interface GatewayConfig {
   readonly requireRegisteredRecipients: boolean
   /** Address classes alert webhooks may not reach (default: link-local, i.e. cloud metadata). */
   readonly webhookBlock: ReadonlySet<AddressClass>
+  /** `--policy-defaults <file>`: the default policy set, applied at start and then read-only. */
+  readonly policyDefaults: { readonly file: string; readonly policies: readonly PolicyInput[] } | undefined
   readonly quiet: boolean
 }
 
 /** Flags as the CLI parsed them (strings), overriding the environment. */
-export type ConfigFlags = Partial<Record<'port' | 'host' | 'data' | 'database-url' | 'durability' | 'metrics-key', string>>
+export type ConfigFlags = Partial<
+  Record<'port' | 'host' | 'data' | 'database-url' | 'durability' | 'metrics-key' | 'policy-defaults', string>
+>
 
 export class ConfigError extends Error {
   constructor(readonly setting: string, message: string) {
@@ -119,8 +126,38 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     heartbeatBatchMs: int('CHOKEPOINT_HEARTBEAT_BATCH_MS', env['CHOKEPOINT_HEARTBEAT_BATCH_MS'], 20, 0, 10_000),
     requireRegisteredRecipients: bool('CHOKEPOINT_REQUIRE_REGISTERED_RECIPIENTS', env['CHOKEPOINT_REQUIRE_REGISTERED_RECIPIENTS'], false),
     webhookBlock: webhookBlockOf(env['CHOKEPOINT_WEBHOOK_BLOCK']),
+    policyDefaults: policyDefaultsOf(flags, env),
     quiet: env['CHOKEPOINT_QUIET'] === '1',
   })
+}
+
+/** Reads and validates the default-policy file; a bad one stops the start naming the field. */
+function policyDefaultsOf(flags: ConfigFlags, env: NodeJS.ProcessEnv): GatewayConfig['policyDefaults'] {
+  const [name, raw] =
+    flags['policy-defaults'] !== undefined
+      ? ['--policy-defaults', flags['policy-defaults']]
+      : ['CHOKEPOINT_POLICY_DEFAULTS', env['CHOKEPOINT_POLICY_DEFAULTS']]
+  if (raw === undefined || raw.trim() === '') return undefined
+  const file = raw.trim()
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (error) {
+    throw new ConfigError(name, `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`)
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (error) {
+    throw new ConfigError(name, `${file} is not JSON: ${(error as Error).message}`)
+  }
+  const parsed = DefaultPoliciesBody.safeParse(json)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]
+    const field = issue?.path.length ? issue.path.join('.') : '(top level)'
+    throw new ConfigError(name, `${file}: ${field}: ${issue?.message ?? 'invalid'} (expected {"policies": [<policy body>, …]})`)
+  }
+  return { file, policies: parsed.data.policies as PolicyInput[] }
 }
 
 function webhookBlockOf(raw: string | undefined): ReadonlySet<AddressClass> {

@@ -1,12 +1,14 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { basename } from 'node:path'
 import { AgentService } from './core/agents/agent-service.js'
 import { DEFAULT_KEY_CACHE, KeyService } from './core/auth/key-service.js'
 import { systemClock, type Clock } from './core/clock.js'
 import { StreamRegistry } from './core/delivery/stream-registry.js'
+import { GatewayError } from './core/errors.js'
 import { IntentService } from './core/intents/intent-service.js'
 import { Sweeper } from './core/sweeper.js'
-import type { GatewayConfig } from './config.js'
+import { ConfigError, type GatewayConfig } from './config.js'
 import { lockDataDir } from './data-dir-lock.js'
 import { createRequestHandler, refuseConnect } from './http/app.js'
 import { Router } from './http/router.js'
@@ -163,6 +165,25 @@ export async function startGateway(
     ),
     webhooks: new WebhookService(store, clock, { blocked: config.webhookBlock }),
     defaults: { leaseMs, maxInFlight: config.maxInFlight },
+  }
+  if (config.policyDefaults) {
+    // The file is the source of truth on this replica: applied now (unchanged entries keep their
+    // ids, so restarts change nothing), and PUT /v1/policies/defaults is refused here.
+    const { file, policies } = config.policyDefaults
+    try {
+      const applied = await services.policies.replaceDefaults(`config:${basename(file)}`, policies)
+      services.policies.managedBy = file
+      log('info', applied.changed ? 'default policies applied' : 'default policies unchanged', { file, count: applied.policies.length })
+    } catch (error) {
+      await store.close()
+      unlock()
+      await closeServer()
+      if (error instanceof GatewayError) {
+        const field = (error.details as { field?: string } | undefined)?.field
+        throw new ConfigError('--policy-defaults', `${file}: ${field ? `${field}: ` : ''}${error.message}`)
+      }
+      throw error
+    }
   }
   const router = new Router()
   router.add(

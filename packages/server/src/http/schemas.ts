@@ -244,6 +244,11 @@ export const DeadmanPolicyBody = z.strictObject({
 /** Flat policy bodies (DESIGN §10), told apart by `kind`. */
 export const PolicyBody = z.discriminatedUnion('kind', [ActionPolicyBody, RatePolicyBody, CostPolicyBody, DeadmanPolicyBody])
 
+/** `PUT /v1/policies/defaults` and the `--policy-defaults` file: the whole default set. */
+export const DefaultPoliciesBody = z.strictObject({
+  policies: z.array(PolicyBody).max(64),
+})
+
 export const EvaluateBody = z.strictObject({
   from_agent: Address,
   to_agent: Address,

@@ -223,6 +223,21 @@ export type AlertMapper = (event: MeshEventDraft, alertId: string) => { type: st
 
 export type PolicyKind = 'action' | 'rate' | 'cost' | 'deadman'
 
+/**
+ * The `address_id` of a default policy's row: defaults belong to no agent. The policy rows the
+ * accepting transaction reads for an agent are its own followed by the defaults (core picks
+ * the effective ones); an agent's `policy_version` is non-zero while any default exists.
+ */
+export const DEFAULT_POLICY_OWNER = '*'
+
+/** Replaces the default policy set in one transaction (audited; every agent's version bumps). */
+export interface DefaultPoliciesWrite {
+  now: number
+  /** The new set from the current one (core keeps ids of unchanged entries); null: no change. */
+  build: (current: readonly PolicyRow[]) => PolicyRow[] | null
+  record: (before: readonly PolicyRow[], after: readonly PolicyRow[]) => { audit: AuditDraft; event: MeshEventDraft }
+}
+
 export interface PolicyRow {
   policy_id: string
   address_id: string
@@ -651,7 +666,18 @@ export interface Store {
   meshEventsAfter(afterSeqno: number, limit: number): Promise<MeshEventRow[]>
 
   // ---- policies and counters ----
+  /** An agent's own policies (not the defaults), oldest first. */
   listPolicies(addressId: string): Promise<PolicyRow[]>
+  /** The default policy set, in order (rows carry `address_id` DEFAULT_POLICY_OWNER). */
+  listDefaultPolicies(): Promise<PolicyRow[]>
+  /**
+   * Replaces the default set. Serialized with the creation of agents (PostgreSQL: the fleet
+   * lock), so an agent appearing meanwhile is created under the old set or the new one, and
+   * every agent's policy_version is bumped (row locks wait for in-flight accepts).
+   */
+  replaceDefaultPolicies(input: DefaultPoliciesWrite): Promise<{ policies: PolicyRow[]; changed: boolean }>
+  /** Live agents that have beaten at least once but not since `before` (default dead-man sweep). */
+  listSilentAgents(before: number, limit: number): Promise<AgentRow[]>
   getPolicy(policyId: string): Promise<PolicyRow | undefined>
   /** Enabled policies of one kind over all agents (the dead-man sweep), oldest first. */
   listEnabledPolicies(kind: PolicyKind, limit: number): Promise<PolicyRow[]>

@@ -393,6 +393,12 @@ const MATRIX: Record<string, MatrixRow> = {
       }
     },
   },
+  'GET /v1/policies/defaults': { access: 'viewer', cell: () => ({}) },
+  'PUT /v1/policies/defaults': {
+    access: 'operator',
+    // The empty set: replacing none with none changes nothing for the other cells.
+    cell: () => ({ body: { policies: [] } }),
+  },
   'POST /v1/policies/evaluate': {
     access: 'viewer',
     cell: () => ({ body: { from_agent: S.address, to_agent: T.address, intent_type: 'matrix.send.v1' } }),

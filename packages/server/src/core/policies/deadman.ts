@@ -3,7 +3,7 @@ import type { Clock } from '../clock.js'
 import type { KillSwitchService } from '../kill-switch/kill-switch-service.js'
 import type { Metrics } from '../metrics.js'
 import { countWould, wouldEvent } from './monitor.js'
-import { specOf, type DeadmanSpec } from './policy-spec.js'
+import { specOf, DEFAULT_OWNER, type DeadmanSpec } from './policy-spec.js'
 
 /** Dead-man policies read per pass (one agent each); more wait for the next pass. */
 const SWEEP_LIMIT = 5_000
@@ -49,35 +49,53 @@ export class DeadmanService {
     let fired = 0
     for (const policy of await this.#store.listEnabledPolicies('deadman', SWEEP_LIMIT)) {
       const agent = await this.#store.getAgentById(policy.address_id)
-      if (!agent || !deadmanDue(agent, policy, now)) continue
+      if (agent && (await this.#fire(agent, policy, now))) fired += 1
+    }
+    // A default dead-man policy watches every agent that has beaten at least once and has no
+    // enabled dead-man policy of its own (one that never beat is not yet deployed: not silent).
+    for (const policy of await this.#store.listDefaultPolicies()) {
+      if (policy.kind !== 'deadman' || policy.enabled !== 1) continue
       const spec = specOf(policy) as DeadmanSpec
-      const silentS = Math.floor((now - silentSince(agent, policy)) / 1000)
-      const reason = `dead-man switch: no heartbeat from any instance for ${silentS} s (limit ${spec.silent_after_seconds} s, policy ${policy.policy_id})`
-      if (spec.on_trigger === 'kill' && spec.enforcement === 'monitor') {
-        // Monitor mode: the kill it would have made, once per silence, and nothing else.
-        const event = wouldEvent(agent, { policy_id: policy.policy_id, would: 'kill', reason }, now, { silent_s: silentS })
-        if (await this.#store.recordBreach(policy.policy_id, `deadman:${silentSince(agent, policy)}`, event)) {
-          countWould(this.#metrics, [{ policy_id: policy.policy_id, would: 'kill' }])
-          fired += 1
-        }
-      } else if (spec.on_trigger === 'kill') {
-        const { changed } = await this.#killSwitch.killAgent({ kind: 'policy', policy_id: policy.policy_id }, agent.address_id, {
-          reason,
-          guard: (fresh) => deadmanDue(fresh, policy, this.#clock.now()),
-        })
-        if (changed) fired += 1
-      } else {
-        const recorded = await this.#store.recordBreach(policy.policy_id, `deadman:${silentSince(agent, policy)}`, {
-          address_id: agent.address_id,
-          address: agent.address,
-          event_type: 'agent.deadman',
-          details: { policy_id: policy.policy_id, silent_s: silentS, silent_after_seconds: spec.silent_after_seconds, reason },
-          actor_id: `policy:${policy.policy_id}`,
-          created_at: now,
-        })
-        if (recorded) fired += 1
+      for (const agent of await this.#store.listSilentAgents(now - spec.silent_after_seconds * 1000, SWEEP_LIMIT)) {
+        if (!deadmanDue(agent, policy, now)) continue
+        const own = await this.#store.listPolicies(agent.address_id)
+        if (own.some((p) => p.kind === 'deadman' && p.enabled === 1)) continue
+        if (await this.#fire(agent, policy, now)) fired += 1
       }
     }
     return fired
+  }
+
+  /** Kills (or alerts on, or in monitor mode records) one silent agent; true when it fired now. */
+  async #fire(agent: AgentRow, policy: PolicyRow, now: number): Promise<boolean> {
+    if (!deadmanDue(agent, policy, now)) return false
+    const spec = specOf(policy) as DeadmanSpec
+    const silentS = Math.floor((now - silentSince(agent, policy)) / 1000)
+    const label = policy.address_id === DEFAULT_OWNER ? 'default policy' : 'policy'
+    const reason = `dead-man switch: no heartbeat from any instance for ${silentS} s (limit ${spec.silent_after_seconds} s, ${label} ${policy.policy_id})`
+    // Once per agent and silence (a default policy watches many agents).
+    const windowKey = `deadman:${agent.address_id}:${silentSince(agent, policy)}`
+    if (spec.on_trigger === 'kill' && spec.enforcement === 'monitor') {
+      // Monitor mode: the kill it would have made, once per silence, and nothing else.
+      const event = wouldEvent(agent, { policy_id: policy.policy_id, would: 'kill', reason }, now, { silent_s: silentS })
+      if (!(await this.#store.recordBreach(policy.policy_id, windowKey, event))) return false
+      countWould(this.#metrics, [{ policy_id: policy.policy_id, would: 'kill' }])
+      return true
+    }
+    if (spec.on_trigger === 'kill') {
+      const { changed } = await this.#killSwitch.killAgent({ kind: 'policy', policy_id: policy.policy_id }, agent.address_id, {
+        reason,
+        guard: (fresh) => deadmanDue(fresh, policy, this.#clock.now()),
+      })
+      return changed
+    }
+    return this.#store.recordBreach(policy.policy_id, windowKey, {
+      address_id: agent.address_id,
+      address: agent.address,
+      event_type: 'agent.deadman',
+      details: { policy_id: policy.policy_id, silent_s: silentS, silent_after_seconds: spec.silent_after_seconds, reason },
+      actor_id: `policy:${policy.policy_id}`,
+      created_at: now,
+    })
   }
 }

@@ -4,8 +4,8 @@ import { blankAgent } from '../agents/agent-row.js'
 import { iso, type Clock } from '../clock.js'
 import { GatewayError, notFound } from '../errors.js'
 import { isAddress, randomBase62 } from '../ids.js'
-import type { PolicyEngine } from './policy-engine.js'
-import { policyView, specOf, specText, DEFAULT_ALERT_PERCENTS, type PolicySpec } from './policy-spec.js'
+import { effectiveRows, type PolicyEngine } from './policy-engine.js'
+import { policyView, specOf, specText, DEFAULT_ALERT_PERCENTS, DEFAULT_OWNER, type PolicySpec } from './policy-spec.js'
 
 export type PolicyInput = PolicySpec extends infer S
   ? S extends PolicySpec
@@ -37,6 +37,8 @@ export class PolicyService {
   readonly #clock: Clock
   readonly #agents: AgentService
   readonly #engine: PolicyEngine
+  /** The file the default set comes from on this replica (`--policy-defaults`); the API may not change it. */
+  managedBy: string | null = null
 
   constructor(store: Store, clock: Clock, agents: AgentService, engine: PolicyEngine) {
     this.#store = store
@@ -45,9 +47,77 @@ export class PolicyService {
     this.#engine = engine
   }
 
-  async list(ref: string): Promise<{ agent: AgentRow; policies: PolicyRow[] }> {
+  /** An agent's own policies, and its effective ones (own + the defaults that apply to it). */
+  async list(ref: string): Promise<{ agent: AgentRow; policies: PolicyRow[]; effective: PolicyRow[] }> {
     const agent = await this.#agents.resolve(ref)
-    return { agent, policies: await this.#store.listPolicies(agent.address_id) }
+    const [policies, defaults] = await Promise.all([this.#store.listPolicies(agent.address_id), this.#store.listDefaultPolicies()])
+    return { agent, policies, effective: effectiveRows([...policies, ...defaults]) }
+  }
+
+  /** The default policy set (DESIGN §6 extension): applies to agents with no policy of a kind. */
+  async defaults(): Promise<PolicyRow[]> {
+    return this.#store.listDefaultPolicies()
+  }
+
+  /**
+   * Replaces the default set whole (API or the config file at start). An entry equal to a
+   * current one keeps its id, version and creation time, so re-applying the same file changes
+   * nothing and metrics and reasons keep naming the same policy.
+   */
+  async replaceDefaults(
+    actor: string,
+    inputs: readonly PolicyInput[],
+    via: 'api' | 'config' = 'config',
+  ): Promise<{ policies: PolicyRow[]; changed: boolean }> {
+    if (via === 'api' && this.managedBy !== null) {
+      throw new GatewayError('conflict', `the default policies of this gateway come from ${this.managedBy} (--policy-defaults): edit the file and restart`, {
+        details: { managed_by: this.managedBy },
+      })
+    }
+    const specs = inputs.map((input) => ({ spec: normalize(input), enabled: input.enabled === false ? 0 : 1 }))
+    const now = this.#clock.now()
+    return this.#store.replaceDefaultPolicies({
+      now,
+      build: (current) => {
+        const unused = [...current]
+        const next = specs.map(({ spec, enabled }): PolicyRow => {
+          const text = specText(spec)
+          const i = unused.findIndex((r) => r.kind === spec.kind && r.spec === text && r.enabled === enabled)
+          if (i >= 0) return unused.splice(i, 1)[0] as PolicyRow
+          return {
+            policy_id: newPolicyId(),
+            address_id: DEFAULT_OWNER,
+            kind: spec.kind,
+            spec: text,
+            enabled,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+          }
+        })
+        const same = next.length === current.length && next.every((r, i) => r.policy_id === current[i]?.policy_id)
+        return same ? null : next
+      },
+      record: (before, after) => ({
+        audit: {
+          at: iso(now),
+          actor,
+          action: 'policy.defaults_replace',
+          target: 'policy-defaults',
+          reason: null,
+          before: before.map(policyView),
+          after: after.map(policyView),
+        },
+        event: {
+          address_id: null,
+          address: null,
+          event_type: 'policy.defaults_changed',
+          details: { policy_ids: after.map((r) => r.policy_id), count: after.length },
+          actor_id: actor,
+          created_at: now,
+        },
+      }),
+    })
   }
 
   async retrieve(policyId: string): Promise<PolicyRow> {
@@ -186,11 +256,14 @@ export class PolicyService {
 
   async #snapshot(address: string, now: number) {
     if (!isAddress(address)) throw new GatewayError('schema_invalid', 'not an agent address', { details: { field: 'from_agent' } })
-    const agent = (await this.#store.getAgentByAddress(address)) ?? blankAgent(address, '', 0)
+    const defaults = await this.#store.listDefaultPolicies()
+    // A never-seen address would be created with the defaults by the send itself.
+    const agent = (await this.#store.getAgentByAddress(address)) ?? { ...blankAgent(address, '', 0), policy_version: defaults.length > 0 ? 1 : 0 }
     const known = agent.policy_version !== 0
     return {
-      agent,
-      policies: known ? await this.#store.listPolicies(agent.address_id) : [],
+      // Not the cached compilation: a dry run compiles what it read.
+      agent: { ...agent, address_id: `${agent.address_id}#evaluate` },
+      policies: known ? [...(agent.address_id === '' ? [] : await this.#store.listPolicies(agent.address_id)), ...defaults] : [],
       counters: await this.#store.getCounters(agent.address_id, now),
     }
   }

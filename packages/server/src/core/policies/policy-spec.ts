@@ -1,4 +1,4 @@
-import type { PolicyKind, PolicyRow } from '../../store/store.js'
+import { DEFAULT_POLICY_OWNER, type PolicyKind, type PolicyRow } from '../../store/store.js'
 
 export type Direction = 'send' | 'receive'
 export type OnBreach = 'block' | 'kill'
@@ -43,7 +43,7 @@ export type PolicySpec = ActionSpec | RateSpec | CostSpec | DeadmanSpec
 export const DEFAULT_ALERT_PERCENTS = [50, 80, 100]
 
 /** A default policy's rows carry this `address_id` (they belong to no agent). */
-export const DEFAULT_OWNER = '*'
+export const DEFAULT_OWNER = DEFAULT_POLICY_OWNER
 
 /** The spec stored in a row (kind is a column; the rest is JSON). */
 export function specOf(row: PolicyRow): PolicySpec {

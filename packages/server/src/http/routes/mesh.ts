@@ -112,14 +112,20 @@ export function meshRoutes(s: Services): Route[] {
       summary: 'One agent by addr_… id or (URL-encoded) address, with instances, policies and recent events',
       handler: async ({ params }) => {
         const agent = await s.agents.resolve(params['address_id'] as string)
-        const [events, { policies }, instances, stats] = await Promise.all([
+        const [events, { policies, effective }, instances, stats] = await Promise.all([
           s.store.listMeshEvents({ limit: 20, event_type: null, address: agent.address, before_seqno: null }),
           s.policies.list(agent.address_id),
           s.heartbeats.instances(agent),
           s.agents.stats([agent], 'day', s.heartbeats.options.staleAfterMs),
         ])
         return {
-          agent: { ...agentView(agent, stats(agent)), instances, policies: policies.map(policyView) },
+          agent: {
+            ...agentView(agent, stats(agent)),
+            instances,
+            policies: policies.map(policyView),
+            // What applies: its own policies plus the defaults of kinds it has none of.
+            effective_policies: effective.map(policyView),
+          },
           events: events.map(meshEventView),
         }
       },

@@ -4,7 +4,7 @@ import { GatewayError } from '../../core/errors.js'
 import { policyView } from '../../core/policies/policy-spec.js'
 import type { PolicyInput } from '../../core/policies/policy-service.js'
 import { route, type Route } from '../router.js'
-import { EvaluateBody, PolicyBody } from '../schemas.js'
+import { DefaultPoliciesBody, EvaluateBody, PolicyBody } from '../schemas.js'
 import type { Services } from '../services.js'
 
 /** `If-Match: 3` or `If-Match: "3"` (DESIGN §11); absent → null. */
@@ -26,8 +26,8 @@ export function policyRoutes(s: Services): Route[] {
       tag: 'policies',
       summary: "An agent's policies, oldest first",
       handler: async ({ params }) => {
-        const { policies } = await s.policies.list(params['address_id'] as string)
-        return { policies: policies.map(policyView) }
+        const { policies, effective } = await s.policies.list(params['address_id'] as string)
+        return { policies: policies.map(policyView), effective: effective.map(policyView) }
       },
     }),
     route<z.output<typeof PolicyBody>>({
@@ -41,6 +41,31 @@ export function policyRoutes(s: Services): Route[] {
       handler: async ({ params, body, principal }) => ({
         policy: policyView(await s.policies.create(actor(principal), params['address_id'] as string, body as PolicyInput)),
       }),
+    }),
+    // Before /v1/policies/:policy_id: the router takes the first match.
+    route({
+      method: 'GET',
+      path: '/v1/policies/defaults',
+      access: 'viewer',
+      tag: 'policies',
+      summary: 'The default policy set: applies to every agent with no enabled policy of the same kind',
+      handler: async () => ({
+        policies: (await s.policies.defaults()).map(policyView),
+        managed_by: s.policies.managedBy,
+      }),
+    }),
+    route<z.output<typeof DefaultPoliciesBody>>({
+      method: 'PUT',
+      path: '/v1/policies/defaults',
+      access: 'operator',
+      control: true,
+      tag: 'policies',
+      summary: 'Replace the default policy set whole (409 when it comes from a --policy-defaults file)',
+      body: DefaultPoliciesBody,
+      handler: async ({ body, principal }) => {
+        const result = await s.policies.replaceDefaults(actor(principal), body.policies as PolicyInput[], 'api')
+        return { policies: result.policies.map(policyView), changed: result.changed }
+      },
     }),
     route({
       method: 'GET',

@@ -239,4 +239,17 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX fleet_kills_standing ON fleet_kills (created_at) WHERE ended_at IS NULL;
   `,
+  // Default policies: applied to every agent with no enabled policy of the same kind.
+  `
+  CREATE TABLE default_policies (
+    policy_id  text PRIMARY KEY,
+    position   integer NOT NULL,
+    kind       text NOT NULL,
+    spec       text NOT NULL,
+    enabled    integer NOT NULL,
+    version    integer NOT NULL,
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL
+  );
+  `,
 ]

@@ -56,6 +56,7 @@ import type {
   Store,
   WebhookRow,
 } from '../store.js'
+import { DEFAULT_POLICY_OWNER, type DefaultPoliciesWrite } from '../store.js'
 import { DatabaseClock } from './postgres-clock.js'
 import { FEED_CHANNEL, PostgresFeed, encodeChanges } from './postgres-feed.js'
 import { isConnectionError, isRetryableConflict, toStoreError } from './postgres-errors.js'
@@ -171,6 +172,15 @@ type Holdable = { intent_id: string; delivery_state: string; lease_instance: str
 
 const AGENT_INSERT = `INSERT INTO agents (address_id, address, display_name, metadata, created_at, killed_at, kill_reason, kill_actor, resumed_at, registered_at, labels)
   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (address) DO NOTHING`
+/** The agents' own policies, then the defaults (core picks the effective ones per agent). */
+const EFFECTIVE_POLICIES = `SELECT policy_id, address_id, kind, spec, enabled, version, created_at, updated_at FROM (
+    SELECT policy_id, address_id, kind, spec, enabled, version, created_at, updated_at, 0 AS src, seqno AS ord
+    FROM policies WHERE address_id = ANY($1::text[])
+    UNION ALL
+    SELECT policy_id, '${DEFAULT_POLICY_OWNER}', kind, spec, enabled, version, created_at, updated_at, 1, position FROM default_policies
+  ) p ORDER BY src, ord`
+const DEFAULT_POLICIES = `SELECT policy_id, '${DEFAULT_POLICY_OWNER}' AS address_id, kind, spec, enabled, version, created_at, updated_at
+  FROM default_policies ORDER BY position`
 const AGENTS_BY_PREFIX = 'SELECT * FROM agents WHERE substr(address, 1, $1) = $2 ORDER BY address'
 const KEY_SELECT = 'SELECT k.*, a.address FROM api_keys k LEFT JOIN agents a ON a.address_id = k.address_id'
 const INSERT_EVENTS = `INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
@@ -515,7 +525,7 @@ export class PostgresStore implements Store {
             )
       if (row === undefined) return undefined
       this.#meshEvent(tx, { ...event, address_id: row.address_id })
-      return this.#applyStanding(tx, row, agent.created_at)
+      return this.#appeared(tx, row, agent.created_at)
     })
   }
 
@@ -531,6 +541,21 @@ export class PostgresStore implements Store {
     if (tx.fleetLocked) return
     await tx.run('SELECT pg_advisory_xact_lock_shared($1::int, $2::int)', [LOCK_CLASS, LOCK_FLEET])
     tx.fleetLocked = true
+  }
+
+  /**
+   * An agent row that was just written: it takes the default policies (policy_version 1) and any
+   * standing fleet kill. The caller holds the fleet lock shared, so the default set cannot
+   * change between this read and the commit.
+   */
+  async #appeared(tx: Tx, row: AgentRow, now: number): Promise<AgentRow> {
+    await this.#fleetShared(tx)
+    const adopted = await tx.one<AgentRow>(
+      `UPDATE agents SET policy_version = 1
+       WHERE address_id = $1 AND policy_version = 0 AND EXISTS (SELECT 1 FROM default_policies) RETURNING *`,
+      [row.address_id],
+    )
+    return this.#applyStanding(tx, adopted ?? row, now)
   }
 
   /** A new or relabelled agent under a standing fleet kill is killed in the same transaction. */
@@ -647,7 +672,7 @@ export class PostgresStore implements Store {
       ).map((r) => r.address),
     )
     for (const row of await tx.rows<AgentRow>(select, [missing])) {
-      found.set(row.address, inserted.has(row.address) ? await this.#applyStanding(tx, row, now) : row)
+      found.set(row.address, inserted.has(row.address) ? await this.#appeared(tx, row, now) : row)
     }
     // A concurrent send inserted one of them first, as a mere recipient.
     const late = register.filter((a) => found.get(a)?.registered_at === null)
@@ -712,14 +737,14 @@ export class PostgresStore implements Store {
     const policies =
       withPolicies.length === 0
         ? []
-        : await tx.rows<PolicyRow>('SELECT * FROM policies WHERE address_id = ANY($1::text[]) ORDER BY seqno', [withPolicies])
+        : await tx.rows<PolicyRow>(EFFECTIVE_POLICIES, [withPolicies])
     const { day, hour } = windowOf(now)
     const counters = await this.#countersForDecision(tx, [from.address_id, to.address_id], withPolicies, now)
     const parties: Parties = {
       from,
       to,
-      from_policies: from.policy_version === 0 ? [] : policies.filter((p) => p.address_id === from.address_id),
-      to_policies: to.policy_version === 0 ? [] : policies.filter((p) => p.address_id === to.address_id),
+      from_policies: from.policy_version === 0 ? [] : policies.filter((p) => p.address_id === from.address_id || p.address_id === DEFAULT_POLICY_OWNER),
+      to_policies: to.policy_version === 0 ? [] : policies.filter((p) => p.address_id === to.address_id || p.address_id === DEFAULT_POLICY_OWNER),
       from_counters: counters.get(from.address_id) as AgentCounters,
       to_counters: counters.get(to.address_id) as AgentCounters,
     }
@@ -1564,7 +1589,7 @@ export class PostgresStore implements Store {
       [agent.address_id, day, amount],
     )) as { cost_usd: number }
     if (agent.policy_version === 0) return
-    const policies = await tx.rows<PolicyRow>('SELECT * FROM policies WHERE address_id = $1 ORDER BY seqno', [agent.address_id])
+    const policies = await tx.rows<PolicyRow>(EFFECTIVE_POLICIES, [[agent.address_id]])
     if (policies.length === 0) return
     const counters = (await this.#readCounters((sql, params) => tx.rows(sql, params), [agent.address_id], now)).get(
       agent.address_id,
@@ -1604,6 +1629,57 @@ export class PostgresStore implements Store {
 
   async listPolicies(addressId: string): Promise<PolicyRow[]> {
     return this.#read<PolicyRow>('SELECT * FROM policies WHERE address_id = $1 ORDER BY seqno', [addressId])
+  }
+
+  async listDefaultPolicies(): Promise<PolicyRow[]> {
+    return this.#read<PolicyRow>(DEFAULT_POLICIES)
+  }
+
+  async replaceDefaultPolicies(input: DefaultPoliciesWrite): Promise<{ policies: PolicyRow[]; changed: boolean }> {
+    return this.#tx(async (tx) => {
+      // Exclusive fleet lock: no agent is being created meanwhile (they hold it shared), so each
+      // new agent sees either the old set or this one committed, never neither.
+      await tx.run('SELECT pg_advisory_xact_lock($1::int, $2::int)', [LOCK_CLASS, LOCK_FLEET])
+      tx.fleetLocked = true
+      const before = await tx.rows<PolicyRow>(`${DEFAULT_POLICIES} FOR UPDATE`)
+      const after = input.build(before)
+      if (after === null) return { policies: before, changed: false }
+      await tx.run('DELETE FROM default_policies')
+      if (after.length > 0) {
+        await tx.run(
+          `INSERT INTO default_policies (policy_id, position, kind, spec, enabled, version, created_at, updated_at)
+           SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::int[], $7::bigint[], $8::bigint[])`,
+          [
+            after.map((r) => r.policy_id),
+            after.map((_, i) => i),
+            after.map((r) => r.kind),
+            after.map((r) => r.spec),
+            after.map((r) => r.enabled),
+            after.map((r) => r.version),
+            after.map((r) => r.created_at),
+            after.map((r) => r.updated_at),
+          ],
+        )
+      }
+      // Row locks in address_id order (the order multi-agent writers use) wait for in-flight
+      // accepts that read the old version under FOR SHARE.
+      await tx.run(
+        `UPDATE agents SET policy_version = policy_version + 1
+         WHERE address_id IN (SELECT address_id FROM agents ORDER BY address_id FOR NO KEY UPDATE)`,
+      )
+      const { audit, event } = input.record(before, after)
+      this.#audit(tx, audit)
+      this.#meshEvent(tx, event)
+      return { policies: await tx.rows<PolicyRow>(DEFAULT_POLICIES), changed: true }
+    })
+  }
+
+  async listSilentAgents(before: number, limit: number): Promise<AgentRow[]> {
+    return this.#read<AgentRow>(
+      `SELECT * FROM agents WHERE killed_at IS NULL AND last_heartbeat_at IS NOT NULL AND last_heartbeat_at < $1
+       ORDER BY last_heartbeat_at LIMIT $2`,
+      [before, limit],
+    )
   }
 
   async listEnabledPolicies(kind: PolicyKind, limit: number): Promise<PolicyRow[]> {

@@ -223,4 +223,17 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX fleet_kills_standing ON fleet_kills (created_at) WHERE ended_at IS NULL;
   `,
+  // Default policies: applied to every agent with no enabled policy of the same kind.
+  `
+  CREATE TABLE default_policies (
+    policy_id  TEXT PRIMARY KEY,
+    position   INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    spec       TEXT NOT NULL,
+    enabled    INTEGER NOT NULL,
+    version    INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+  );
+  `,
 ]

@@ -56,6 +56,7 @@ import type {
   Role,
   Store,
 } from '../store.js'
+import { DEFAULT_POLICY_OWNER, type DefaultPoliciesWrite } from '../store.js'
 import { SQLITE_MIGRATIONS } from './sqlite-migrations.js'
 import { newAddressId, randomBase62 } from '../../core/ids.js'
 import { blankAgent } from '../../core/agents/agent-row.js'
@@ -148,6 +149,28 @@ function prepare(db: Db) {
     ),
     release: s(`UPDATE intents SET delivery_state = 'queued', available_at = @at, updated_at = @now WHERE intent_id = @intent_id`),
     policiesOf: s('SELECT * FROM policies WHERE address_id = ? ORDER BY seqno'),
+    // The agent's own policies, then the defaults (core picks the effective ones).
+    effectivePolicies: s(
+      `SELECT policy_id, address_id, kind, spec, enabled, version, created_at, updated_at FROM (
+         SELECT policy_id, address_id, kind, spec, enabled, version, created_at, updated_at, 0 AS src, seqno AS ord
+         FROM policies WHERE address_id = ?
+         UNION ALL
+         SELECT policy_id, '${DEFAULT_POLICY_OWNER}', kind, spec, enabled, version, created_at, updated_at, 1, position FROM default_policies
+       ) ORDER BY src, ord`,
+    ),
+    defaultPolicies: s(
+      `SELECT policy_id, '${DEFAULT_POLICY_OWNER}' AS address_id, kind, spec, enabled, version, created_at, updated_at
+       FROM default_policies ORDER BY position`,
+    ),
+    insertDefaultPolicy: s(
+      `INSERT INTO default_policies (policy_id, position, kind, spec, enabled, version, created_at, updated_at)
+       VALUES (@policy_id, @position, @kind, @spec, @enabled, @version, @created_at, @updated_at)`,
+    ),
+    // A new agent while defaults exist starts with policy_version 1: it has effective policies.
+    adoptDefaults: s(
+      `UPDATE agents SET policy_version = 1
+       WHERE address_id = ? AND policy_version = 0 AND EXISTS (SELECT 1 FROM default_policies) RETURNING *`,
+    ),
     policyById: s('SELECT * FROM policies WHERE policy_id = ?'),
     insertPolicy: s(
       `INSERT INTO policies (policy_id, address_id, kind, spec, enabled, version, created_at, updated_at)
@@ -578,7 +601,7 @@ export class SqliteStore implements Store {
       const row = this.#q.insertAgent.run(agent).changes === 1 ? agent : (this.#q.claimUnregistered.get(agent) as AgentRow | undefined)
       if (row === undefined) return undefined
       this.#meshEvent({ ...event, address_id: row.address_id }, changes)
-      return this.#applyStanding(row, agent.created_at, changes)
+      return this.#appeared(row, agent.created_at, changes)
     })
   }
 
@@ -592,6 +615,12 @@ export class SqliteStore implements Store {
   }
 
   /** A new or relabelled agent under a standing fleet kill is killed in the same transaction. */
+  /** An agent row that was just written: it takes the default policies and any standing fleet kill. */
+  #appeared(row: AgentRow, now: number, changes: Change[]): AgentRow {
+    const adopted = (this.#q.adoptDefaults.get(row.address_id) as AgentRow | undefined) ?? row
+    return this.#applyStanding(adopted, now, changes)
+  }
+
   #applyStanding(row: AgentRow, now: number, changes: Change[]): AgentRow {
     if (row.killed_at !== null) return row
     const standing = this.#q.standingFleetKills.all() as FleetKillRow[]
@@ -632,7 +661,7 @@ export class SqliteStore implements Store {
     }
     const row = { ...blankAgent(address, newAddressId(), now), registered_at: register ? now : null }
     this.#q.insertAgent.run(row)
-    return this.#applyStanding(row, now, changes)
+    return this.#appeared(row, now, changes)
   }
 
   // ---- intents ----
@@ -673,8 +702,8 @@ export class SqliteStore implements Store {
     const parties: Parties = {
       from,
       to,
-      from_policies: from.policy_version === 0 ? [] : (this.#q.policiesOf.all(from.address_id) as PolicyRow[]),
-      to_policies: to.policy_version === 0 ? [] : (this.#q.policiesOf.all(to.address_id) as PolicyRow[]),
+      from_policies: from.policy_version === 0 ? [] : (this.#q.effectivePolicies.all(from.address_id) as PolicyRow[]),
+      to_policies: to.policy_version === 0 ? [] : (this.#q.effectivePolicies.all(to.address_id) as PolicyRow[]),
       from_counters: this.#counters(from.address_id, now),
       to_counters: this.#counters(to.address_id, now),
     }
@@ -1148,7 +1177,7 @@ export class SqliteStore implements Store {
   #applyCost(agent: AgentRow, amount: number, now: number, rule: CostRule, changes: Change[]): void {
     const before = this.#counters(agent.address_id, now)
     this.#q.countDay.run({ address_id: agent.address_id, day: before.day, sent: 0, received: 0, cost: amount })
-    const policies = agent.policy_version === 0 ? [] : (this.#q.policiesOf.all(agent.address_id) as PolicyRow[])
+    const policies = agent.policy_version === 0 ? [] : (this.#q.effectivePolicies.all(agent.address_id) as PolicyRow[])
     if (policies.length === 0) return
     const outcome = rule({
       agent,
@@ -1185,6 +1214,32 @@ export class SqliteStore implements Store {
 
   async listPolicies(addressId: string): Promise<PolicyRow[]> {
     return this.#q.policiesOf.all(addressId) as PolicyRow[]
+  }
+
+  async listDefaultPolicies(): Promise<PolicyRow[]> {
+    return this.#q.defaultPolicies.all() as PolicyRow[]
+  }
+
+  async replaceDefaultPolicies(input: DefaultPoliciesWrite): Promise<{ policies: PolicyRow[]; changed: boolean }> {
+    return this.#write((changes) => {
+      const before = this.#q.defaultPolicies.all() as PolicyRow[]
+      const after = input.build(before)
+      if (after === null) return { policies: before, changed: false }
+      this.#db.prepare('DELETE FROM default_policies').run()
+      after.forEach((row, position) => this.#q.insertDefaultPolicy.run({ ...row, position }))
+      // Every compiled policy set includes the defaults: each agent's version moves on.
+      this.#db.prepare('UPDATE agents SET policy_version = policy_version + 1').run()
+      const { audit, event } = input.record(before, after)
+      this.#audit(audit)
+      this.#meshEvent(event, changes)
+      return { policies: this.#q.defaultPolicies.all() as PolicyRow[], changed: true }
+    })
+  }
+
+  async listSilentAgents(before: number, limit: number): Promise<AgentRow[]> {
+    return this.#db
+      .prepare('SELECT * FROM agents WHERE killed_at IS NULL AND last_heartbeat_at IS NOT NULL AND last_heartbeat_at < ? ORDER BY last_heartbeat_at LIMIT ?')
+      .all(before, limit) as AgentRow[]
   }
 
   async listEnabledPolicies(kind: PolicyKind, limit: number): Promise<PolicyRow[]> {
