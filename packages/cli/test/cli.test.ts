@@ -1,5 +1,7 @@
 import { spawn } from 'node:child_process'
-import { resolve } from 'node:path'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { agentKey, api, startTestGateway, type TestGateway } from '../../server/test/harness.js'
 
@@ -134,6 +136,46 @@ describe('chokepoint CLI against a real gateway', () => {
     const list = await cli(['policy', 'list', 'agent://acme/prod/dm-cli'], env)
     expect(list.stdout).toMatch(/silent ≥ 3600 s → alert/)
     expect((await cli(['policy', 'set', 'agent://acme/prod/dm-cli', '--deadman', 'soon'], env)).code).toBe(2)
+  })
+
+  it('policy set --monitor watches without blocking; set again without it enforces; evaluate shows both', async () => {
+    await agentKey(gw, 'agent://acme/prod/mon-cli')
+    const set = await cli(['policy', 'set', 'agent://acme/prod/mon-cli', '--deny', 'db.drop.*', '--monitor', '--json'], env)
+    expect(set.code, set.stderr).toBe(0)
+    expect(JSON.parse(set.stdout).policy).toMatchObject({ kind: 'action', enforcement: 'monitor' })
+    expect((await cli(['policy', 'list', 'agent://acme/prod/mon-cli'], env)).stdout).toMatch(/\[monitor only\]/)
+    const watched = await cli(['policy', 'evaluate', '--from', 'agent://acme/prod/mon-cli', '--to', 'agent://acme/prod/x', '--type', 'db.drop.users'], env)
+    expect(watched.stdout).toMatch(/^allow: allowed\n  monitor only: pol_\w+ would deny \(deny\)/)
+    const enforced = await cli(['policy', 'set', 'agent://acme/prod/mon-cli', '--deny', 'db.drop.*', '--json'], env)
+    expect(JSON.parse(enforced.stdout).policy).toMatchObject({ enforcement: 'enforce', version: 2 })
+    const denied = await cli(['policy', 'evaluate', '--from', 'agent://acme/prod/mon-cli', '--to', 'agent://acme/prod/x', '--type', 'db.drop.users'], env)
+    expect(denied.stdout).toMatch(/^deny by pol_\w+: db\.drop\.users is in the denylist/)
+  })
+
+  it('policy defaults set/show/clear; list shows the defaults that apply; evaluate names them', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cli-defaults-'))
+    try {
+      const file = join(dir, 'defaults.json')
+      writeFileSync(file, JSON.stringify({ policies: [{ kind: 'action', direction: 'send', mode: 'denylist', patterns: ['rm.rf.*'] }] }))
+      const set = await cli(['policy', 'defaults', 'set', file], env)
+      expect(set.code, set.stderr).toBe(0)
+      expect(set.stdout).toMatch(/replaced: 1 default policy/)
+      expect((await cli(['policy', 'defaults', 'set', file], env)).stdout).toMatch(/unchanged: 1 default policy/)
+      expect((await cli(['policy', 'defaults'], env)).stdout).toMatch(/action\s+send denylist rm\.rf\.\*/)
+      await agentKey(gw, 'agent://acme/prod/dflt-cli')
+      const list = await cli(['policy', 'list', 'agent://acme/prod/dflt-cli'], env)
+      expect(list.stdout).toMatch(/default\s+action\s+send denylist rm\.rf\.\*\s+yes/)
+      const ev = await cli(['policy', 'evaluate', '--from', 'agent://acme/prod/dflt-cli', '--to', 'agent://acme/prod/x', '--type', 'rm.rf.root'], env)
+      expect(ev.stdout).toMatch(/^deny by default policy pol_/)
+      writeFileSync(file, '{"nope": 1}')
+      const bad = await cli(['policy', 'defaults', 'set', file], env)
+      expect(bad.code).toBe(2)
+      expect(bad.stderr).toMatch(/must hold \{"policies"/)
+      expect((await cli(['policy', 'defaults', 'clear'], env)).stdout).toMatch(/replaced: 0 default policies/)
+      expect((await cli(['policy', 'defaults'], env)).stdout).toMatch(/no default policies/)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 
   it('policy set/list/evaluate/rm, audit list/verify/export, events', async () => {

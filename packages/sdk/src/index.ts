@@ -73,6 +73,9 @@ export type {
 } from './resources/intents.js'
 export type { KeyCreateParams, KeyCreateResponse, KeyListResponse, KeyRevokeResponse, Keys } from './resources/keys.js'
 export type {
+  DefaultPoliciesReplaceResponse,
+  DefaultPoliciesResponse,
+  MonitoredDecision,
   Policies,
   PolicyDeleteResponse,
   PolicyEvaluateParams,

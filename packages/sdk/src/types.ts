@@ -184,7 +184,10 @@ export interface MeshAgent {
 /** One agent with its instances and policies (`GET /v1/mesh/agents/{id}`). */
 export interface MeshAgentDetail extends MeshAgent {
   instances: AgentInstance[]
+  /** Its own policies. */
   policies: Policy[]
+  /** What applies to it: its own enabled policies plus the defaults of kinds it has none of. */
+  effective_policies: Policy[]
 }
 
 /** An operator-facing event (`agent.killed`, `policy.breached`, …). */
@@ -209,6 +212,13 @@ export interface KeyView {
   revoked_at?: string | null
 }
 
+/**
+ * `enforce` (default) blocks and kills; `monitor` never does: each decision the policy would
+ * have made becomes a `policy.would_deny` / `policy.would_kill` mesh event and a count in
+ * `chokepoint_policy_would_total`, so a limit can be watched for a day before it is switched on.
+ */
+export type Enforcement = 'enforce' | 'monitor'
+
 /** `kind: "action"`: which intent types an agent may send or receive. */
 export interface ActionPolicyBody {
   kind: 'action'
@@ -217,6 +227,7 @@ export interface ActionPolicyBody {
   /** Globs over dotted names: `*` one segment, `**` one or more. */
   patterns: string[]
   enabled?: boolean | undefined
+  enforcement?: Enforcement | undefined
 }
 
 /** `kind: "rate"`: intents per UTC hour/day. */
@@ -227,6 +238,7 @@ export interface RatePolicyBody {
   max_per_day?: number | undefined
   on_breach: 'block' | 'kill'
   enabled?: boolean | undefined
+  enforcement?: Enforcement | undefined
 }
 
 /** `kind: "cost"`: USD per UTC day. */
@@ -236,6 +248,7 @@ export interface CostPolicyBody {
   on_breach: 'block' | 'kill'
   alert_at_percent?: number[] | undefined
   enabled?: boolean | undefined
+  enforcement?: Enforcement | undefined
 }
 
 /**
@@ -247,6 +260,7 @@ export interface DeadmanPolicyBody {
   silent_after_seconds: number
   on_trigger: 'kill' | 'alert'
   enabled?: boolean | undefined
+  enforcement?: Enforcement | undefined
 }
 
 /** A policy body, flat (DESIGN §10). */
@@ -255,7 +269,11 @@ export type PolicyBody = ActionPolicyBody | RatePolicyBody | CostPolicyBody | De
 /** Fields every stored policy has. */
 export interface PolicyMeta {
   policy_id: string
-  address_id: string
+  /** The owning agent; null for a default policy. */
+  address_id: string | null
+  /** True for a policy of the default set (`GET /v1/policies/defaults`). */
+  default?: true
+  enforcement: Enforcement
   enabled: boolean
   /** Increments on every change; send it back as `If-Match` to update. */
   version: number

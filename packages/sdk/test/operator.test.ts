@@ -191,6 +191,27 @@ describe('Operator against a real gateway', () => {
     expect(actions).toEqual(['policy.create', 'policy.update', 'policy.delete'])
   })
 
+  it('monitor mode and default policies: would-be decisions in evaluate, defaults in effective policies', async () => {
+    const { address, agent } = await newAgent()
+    const watched = await operator.policies.create(address, { kind: 'action', direction: 'send', mode: 'denylist', patterns: ['deploy.**'], enforcement: 'monitor' })
+    expect(watched.policy.enforcement).toBe('monitor')
+    await agent.send({ to_agent: OPS, intent_type: 'deploy.service.v1' }) // not blocked
+    const ev = await operator.policies.evaluate({ from_agent: address, to_agent: OPS, intent_type: 'deploy.service.v1' })
+    expect(ev).toMatchObject({ decision: 'allow', decided_by: null })
+    expect(ev.monitored).toEqual([expect.objectContaining({ policy_id: watched.policy.policy_id, would: 'deny', source: 'agent' })])
+    const events = await operator.events.list({ event_type: 'policy.would_deny', address })
+    expect(events.events).toHaveLength(1)
+
+    const set = await operator.policies.replaceDefaults([{ kind: 'rate', direction: 'send', max_per_day: 1000, on_breach: 'block' }])
+    expect(set.changed).toBe(true)
+    expect(set.policies[0]).toMatchObject({ default: true, address_id: null, kind: 'rate' })
+    expect((await operator.policies.defaults()).policies.map((p) => p.policy_id)).toEqual([set.policies[0]?.policy_id])
+    const listed = await operator.policies.list(address)
+    expect(listed.effective.map((p) => p.policy_id)).toEqual([watched.policy.policy_id, set.policies[0]?.policy_id])
+    expect((await operator.agents.retrieve(address)).agent.effective_policies).toHaveLength(2)
+    expect((await operator.policies.replaceDefaults([])).policies).toEqual([])
+  })
+
   it('surfaces a rate limit as RateLimitError with retryAfterSeconds', async (ctx) => {
     if (!(await hasRoute(gw, 'GET', '/v1/policies/pol_none'))) return ctx.skip('policies are not served yet')
     const { address, agent } = await newAgent()

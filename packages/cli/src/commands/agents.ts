@@ -144,6 +144,11 @@ function summaryLine(s: { total: number; healthy: number; degraded: number; unre
 }
 
 export function describePolicy(p: Record<string, unknown>): string {
+  const rule = describeRule(p)
+  return p['enforcement'] === 'monitor' ? `${rule} [monitor only]` : rule
+}
+
+function describeRule(p: Record<string, unknown>): string {
   if (p['kind'] === 'action') return `${p['direction']} ${p['mode']} ${(p['patterns'] as string[]).join(', ')}`
   if (p['kind'] === 'rate') {
     const parts = [p['max_per_hour'] ? `${p['max_per_hour']}/h` : '', p['max_per_day'] ? `${p['max_per_day']}/day` : ''].filter(Boolean)

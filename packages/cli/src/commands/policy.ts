@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 import type { PolicyBody } from '@chokepoint/sdk'
 import { CONNECTION_HELP, UsageError, operatorFrom, parse } from '../context.js'
 import { EXIT, type CommandResult } from '../exit-codes.js'
@@ -10,19 +11,33 @@ export const POLICY_HELP = `Usage: chokepoint policy list <agent>
        chokepoint policy set <agent> --allow <glob,…> | --deny <glob,…> [--direction send|receive]
        chokepoint policy set <agent> --deadman <n>s|<n>m|<n>h [--on-trigger kill|alert]
        chokepoint policy set … --add
+       chokepoint policy set … --monitor
        chokepoint policy rm <policy_id>
        chokepoint policy evaluate --from <agent> --to <agent> --type <intent_type>
+       chokepoint policy defaults [set <file.json> | clear]
 
 Policies stop an agent before anyone is paged. Globs: "*" is one dotted segment, "**" one or more.
 "set" creates the policy, or replaces the agent's existing policy of that kind (and direction)
 in place; --add creates a second one beside it instead.
+
+--monitor runs the policy in monitor mode: it never blocks or kills, and every decision it
+would have made is recorded (policy.would_deny / policy.would_kill events, the metric
+chokepoint_policy_would_total). Run the same "set" again without --monitor to enforce it.
+
+"policy defaults" shows the default set: policies every agent without an enabled policy of
+that kind gets, including agents that appear later. "defaults set" replaces the set with the
+"policies" array of a JSON file ({"policies": [<policy body>, …]}, the format of
+--policy-defaults); "defaults clear" removes it. "policy list" shows an agent's own and
+effective policies.
 
 Examples:
   chokepoint policy set agent://acme/prod/deployer --rate 500/h --on-breach kill
   chokepoint policy set agent://acme/prod/deployer --cost 50/day --on-breach kill
   chokepoint policy set agent://acme/prod/deployer --allow 'deploy.*.v1'
   chokepoint policy set agent://acme/prod/deployer --deadman 5m --on-trigger kill   (no heartbeat for 5 min → killed)
+  chokepoint policy set agent://acme/prod/deployer --rate 100/h --on-breach kill --monitor   (watch it first)
   chokepoint policy evaluate --from agent://acme/prod/deployer --to agent://acme/prod/api --type deploy.service.v1
+  chokepoint policy defaults set ./policy-defaults.json
 
 ${CONNECTION_HELP}`
 
@@ -41,6 +56,7 @@ export async function policy(argv: string[]): Promise<CommandResult> {
     to: { type: 'string' },
     type: { type: 'string' },
     add: { type: 'boolean' },
+    monitor: { type: 'boolean' },
   })
   if (values.help) {
     process.stdout.write(POLICY_HELP)
@@ -54,10 +70,20 @@ export async function policy(argv: string[]): Promise<CommandResult> {
       const res = await op.policies.list(target)
       if (values.json) printJson(res)
       else {
+        // Its own policies (applied or not), then the defaults that apply to it.
+        const applied = new Set(res.effective.map((p) => p.policy_id))
+        const rows = [...res.policies, ...res.effective.filter((p) => p.default)]
         process.stdout.write(
           table(
-            ['policy', 'kind', 'rule', 'enabled', 'version'],
-            res.policies.map((p) => [p.policy_id, p.kind, describePolicy(p as never), String(p.enabled), String(p.version)]),
+            ['policy', 'source', 'kind', 'rule', 'applies', 'version'],
+            rows.map((p) => [
+              p.policy_id,
+              p.default ? 'default' : 'own',
+              p.kind,
+              describePolicy(p as never),
+              applied.has(p.policy_id) ? 'yes' : p.enabled ? 'no' : 'no (disabled)',
+              String(p.version),
+            ]),
           ),
         )
       }
@@ -98,15 +124,66 @@ export async function policy(argv: string[]): Promise<CommandResult> {
       if (!values.from || !values.to || !values.type) throw new UsageError('policy evaluate needs --from, --to and --type')
       const res = await op.policies.evaluate({ from_agent: values.from, to_agent: values.to, intent_type: values.type })
       if (values.json) printJson(res)
-      else process.stdout.write(`${res.decision}${res.policy_id ? ` by ${res.policy_id}` : ''}: ${res.reason}\n`)
+      else {
+        const by = res.policy_id ? ` by ${res.decided_by === 'default' ? 'default policy ' : ''}${res.policy_id}` : ''
+        process.stdout.write(`${res.decision}${by}: ${res.reason}\n`)
+        for (const m of res.monitored ?? []) {
+          process.stdout.write(`  monitor only: ${m.policy_id} would ${m.would} (${m.decision}): ${m.reason}\n`)
+        }
+      }
       return EXIT.ok
     }
+    case 'defaults':
+      return defaults(op, positionals.slice(1), Boolean(values.json))
     default:
-      throw new UsageError(`unknown or missing subcommand "${sub ?? ''}" (list, set, rm, evaluate)`)
+      throw new UsageError(`unknown or missing subcommand "${sub ?? ''}" (list, set, rm, evaluate, defaults)`)
   }
 }
 
+/** `policy defaults`, `policy defaults set <file>`, `policy defaults clear`. */
+async function defaults(op: ReturnType<typeof operatorFrom>, args: string[], json: boolean): Promise<CommandResult> {
+  const [action, file] = args
+  if (action === 'set' || action === 'clear') {
+    let policies: PolicyBody[] = []
+    if (action === 'set') {
+      if (!file) throw new UsageError('policy defaults set needs a JSON file ({"policies": [...]})')
+      let parsed: unknown
+      try {
+        parsed = JSON.parse(readFileSync(file, 'utf8'))
+      } catch (error) {
+        throw new UsageError(`cannot read ${file} as JSON: ${(error as Error).message}`)
+      }
+      const list = (parsed as { policies?: unknown } | null)?.policies
+      if (!Array.isArray(list)) throw new UsageError(`${file} must hold {"policies": [<policy body>, …]}`)
+      policies = list as PolicyBody[]
+    }
+    const res = await op.policies.replaceDefaults(policies)
+    if (json) printJson(res)
+    else process.stdout.write(`${res.changed ? 'replaced' : 'unchanged'}: ${res.policies.length} default ${res.policies.length === 1 ? 'policy' : 'policies'}\n`)
+    return EXIT.ok
+  }
+  if (action !== undefined) throw new UsageError(`unknown "policy defaults ${action}" (set <file>, clear)`)
+  const res = await op.policies.defaults()
+  if (json) printJson(res)
+  else if (res.policies.length === 0) process.stdout.write('no default policies\n')
+  else {
+    if (res.managed_by) process.stdout.write(`from ${res.managed_by} (--policy-defaults)\n`)
+    process.stdout.write(
+      table(
+        ['policy', 'kind', 'rule', 'enabled', 'version'],
+        res.policies.map((p) => [p.policy_id, p.kind, describePolicy(p as never), String(p.enabled), String(p.version)]),
+      ),
+    )
+  }
+  return EXIT.ok
+}
+
 function policyBody(v: Record<string, string | boolean | undefined>): PolicyBody {
+  const body = ruleBody(v)
+  return v['monitor'] ? { ...body, enforcement: 'monitor' } : body
+}
+
+function ruleBody(v: Record<string, string | boolean | undefined>): PolicyBody {
   const chosen = ['rate', 'cost', 'allow', 'deny', 'deadman'].filter((k) => v[k] !== undefined)
   if (chosen.length !== 1) throw new UsageError('policy set needs exactly one of --rate, --cost, --allow, --deny, --deadman')
   if (v['deadman'] !== undefined) {

@@ -13,6 +13,9 @@ Options:
   --database-url <url> PostgreSQL URL (CHOKEPOINT_DATABASE_URL)
   --durability <mode>  normal (survives kill -9) or full (survives power loss)
   --metrics-key <key>  require this key for GET /metrics (CHOKEPOINT_METRICS_KEY)
+  --policy-defaults <file>
+                       default policies from a JSON file {"policies": [...]}, applied at
+                       start; the API cannot change them then (CHOKEPOINT_POLICY_DEFAULTS)
   -h, --help           show this help
 
 Environment:
@@ -34,6 +37,7 @@ export async function serve(argv: string[]): Promise<CommandResult> {
       'database-url': { type: 'string' },
       durability: { type: 'string' },
       'metrics-key': { type: 'string' },
+      'policy-defaults': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -54,7 +58,17 @@ export async function serve(argv: string[]): Promise<CommandResult> {
     }
     throw error
   }
-  const gateway = await startGateway(config)
+  let gateway
+  try {
+    gateway = await startGateway(config)
+  } catch (error) {
+    // A default-policy file the gateway refuses (e.g. a rate policy without a limit).
+    if (error instanceof ConfigError) {
+      process.stderr.write(`chokepoint: ${error.message}\n`)
+      return EXIT.usage
+    }
+    throw error
+  }
   const out = process.stdout
   const where = config.databaseUrl === null ? `data: ${config.dataDir}` : `database: ${redactDatabaseUrl(config.databaseUrl)}`
   out.write(`chokepoint ${VERSION} listening on ${gateway.url} (store: ${gateway.store.engine}, ${where})\n`)

@@ -35,6 +35,19 @@ export class Policies extends APIResource {
     return this._client.delete(path`/v1/policies/${policyId}`, { ...options, headers })
   }
 
+  /** The default policy set: applies to every agent with no enabled policy of the same kind. */
+  defaults(options?: RequestOptions): Promise<DefaultPoliciesResponse> {
+    return this._client.get('/v1/policies/defaults', undefined, options)
+  }
+
+  /**
+   * Replaces the default set whole (`[]` removes it). Entries equal to current ones keep their
+   * ids. A 409 when this gateway reads its defaults from a `--policy-defaults` file.
+   */
+  replaceDefaults(policies: PolicyBody[], options?: RequestOptions): Promise<DefaultPoliciesReplaceResponse> {
+    return this._client.put('/v1/policies/defaults', { policies }, options)
+  }
+
   /** Dry run: the decision the policies would take for this intent, and which policy decided. */
   evaluate(params: PolicyEvaluateParams, options?: RequestOptions): Promise<PolicyEvaluateResponse> {
     return this._client.post('/v1/policies/evaluate', params, options)
@@ -48,7 +61,35 @@ export interface PolicyResponse {
 
 export interface PolicyListResponse {
   ok: true
+  /** The agent's own policies. */
   policies: Policy[]
+  /** What applies: its own enabled policies plus the defaults of kinds it has none of. */
+  effective: Policy[]
+}
+
+export interface DefaultPoliciesResponse {
+  ok: true
+  policies: Policy[]
+  /** The `--policy-defaults` file the set comes from on this gateway, or null (set by the API). */
+  managed_by: string | null
+}
+
+export interface DefaultPoliciesReplaceResponse {
+  ok: true
+  policies: Policy[]
+  /** False when the new set equals the current one. */
+  changed: boolean
+}
+
+/** What a monitored policy would have done to the evaluated send. */
+export interface MonitoredDecision {
+  policy_id: string
+  source: 'agent' | 'default'
+  would: 'deny' | 'kill'
+  decision: 'deny' | 'rate_limited' | 'budget_exceeded'
+  /** The agent whose policy it is. */
+  agent: string
+  reason: string
 }
 
 export interface PolicyDeleteResponse {
@@ -69,7 +110,11 @@ export interface PolicyEvaluateResponse {
   decision: 'allow' | 'deny' | 'rate_limited' | 'budget_exceeded'
   /** The deciding policy; null when everything allows (or an agent is killed). */
   policy_id: string | null
+  /** `agent` (its own policy) or `default` (the default set); null when allowed. */
+  decided_by: 'agent' | 'default' | null
   reason: string
+  /** Monitored policies that would have refused this send (they decided nothing). */
+  monitored: MonitoredDecision[]
   /** True when the decision is a denial because an agent is killed. */
   killed?: boolean
   on_breach?: 'block' | 'kill'
