@@ -28,6 +28,7 @@ import type {
   ResumeInput,
   Store,
 } from '../src/store/store.js'
+import { DEFAULT_POLICY_OWNER } from '../src/store/store.js'
 import {
   agentKey,
   api,
@@ -461,7 +462,9 @@ describe.each(ENGINES)('store contract, direct (%s)', (engine: Engine) => {
     expect(await store.getPolicy(row.policy_id)).toMatchObject({ enabled: 0, version: 2, updated_at: T0 + 1 })
     // Accepts read the policies (and their owner's policy_version) in the same transaction.
     const seen: Parties[] = []
-    await accept(intentOf(owner, addr('y')), T0, (p) => seen.push(p))
+    await accept(intentOf(owner, addr('y')), T0, (p) => {
+      seen.push(p)
+    })
     expect(seen[0]?.from_policies.map((p) => p.policy_id)).toEqual([row.policy_id])
     expect(seen[0]?.from.policy_version).toBe(2)
     await store.writePolicy({ op: 'delete', policy_id: row.policy_id, now: T0 + 2, expected_version: 2, build: () => null, record })
@@ -470,6 +473,41 @@ describe.each(ENGINES)('store contract, direct (%s)', (engine: Engine) => {
     await expect(
       store.writePolicy({ op: 'delete', policy_id: row.policy_id, now: T0, expected_version: null, build: () => null, record }),
     ).rejects.toMatchObject({ code: 'not_found' })
+    expect(await chainValid(store)).toBe(true)
+  })
+
+  it('default policies: replace bumps every agent, accepts read them after the own rows, new agents start at version 1', async () => {
+    const old = addr('before-defaults')
+    await accept(intentOf(old, addr('z')))
+    const versionBefore = ((await store.getAgentByAddress(old)) as AgentRow).policy_version
+    const row: PolicyRow = {
+      policy_id: `pol_dflt_${engine}_${n}`,
+      address_id: DEFAULT_POLICY_OWNER,
+      kind: 'action',
+      spec: JSON.stringify({ direction: 'send', mode: 'denylist', patterns: ['x.*'] }),
+      enabled: 1,
+      version: 1,
+      created_at: T0,
+      updated_at: T0,
+    }
+    const record = () => ({ audit: draft('policy.defaults_replace', 'policy-defaults', T0), event: meshDraft(null, 'policy.defaults_changed', T0) })
+    const unchanged = await store.replaceDefaultPolicies({ now: T0, build: () => null, record })
+    expect(unchanged.changed).toBe(false)
+    const replaced = await store.replaceDefaultPolicies({ now: T0, build: () => [row], record })
+    expect(replaced).toMatchObject({ changed: true, policies: [{ policy_id: row.policy_id, address_id: DEFAULT_POLICY_OWNER, kind: 'action' }] })
+    expect(await store.listDefaultPolicies()).toHaveLength(1)
+    expect(((await store.getAgentByAddress(old)) as AgentRow).policy_version).toBe(versionBefore + 1)
+    // A new agent (first send) starts with the defaults; its own rows come first, then the defaults.
+    const seen: Parties[] = []
+    const fresh = addr('after-defaults')
+    await accept(intentOf(fresh, addr('z')), T0, (p) => {
+      seen.push(p)
+    })
+    expect(seen[0]?.from.policy_version).toBe(1)
+    expect(seen[0]?.from_policies.map((p) => [p.policy_id, p.address_id])).toEqual([[row.policy_id, DEFAULT_POLICY_OWNER]])
+    expect(await store.listPolicies(seen[0]?.from.address_id as string)).toEqual([])
+    await store.replaceDefaultPolicies({ now: T0, build: () => [], record })
+    expect(await store.listDefaultPolicies()).toEqual([])
     expect(await chainValid(store)).toBe(true)
   })
 
