@@ -109,25 +109,56 @@ export class PolicyEngine {
       { agent: ctx.to, policies: to, direction: 'receive', counters: ctx.to_counters },
     ]
     // Precedence (DESIGN §11): policy_denied before 429; within a class the oldest policy is named.
-    const verdicts = sides
+    const ordered = sides
       .flatMap((side) => side.policies.map((p) => ({ side, p })))
       .sort((a, b) => a.p.seqOrder - b.p.seqOrder)
-      .map(({ side, p }) => ({ side, p, v: judge(p, side, intentType, now) }))
-      .filter((x): x is { side: Side; p: Compiled; v: Verdict } => x.v !== null)
-    const monitored = verdicts
-      .filter((x) => x.p.monitor)
-      .map((x): WouldDecision => ({
-        policy_id: x.p.id,
-        source: x.p.source,
-        would: x.v.on_breach === 'kill' ? 'kill' : 'deny',
-        decision: x.v.decision,
-        owner: x.side.agent,
-        reason: x.v.reason,
-      }))
-    const enforced = verdicts.filter((x) => !x.p.monitor)
-    const first = enforced.find((x) => x.v.decision === 'deny') ?? enforced[0]
-    if (!first) return monitored.length === 0 ? ALLOW : { ...ALLOW, monitored }
-    return { ...first.v, source: first.p.source, owner: first.side.agent, monitored }
+    const anyMonitored = ordered.some((x) => x.p.monitor)
+    let denied: { side: Side; p: Compiled; v: Verdict } | null = null
+    let limited: { side: Side; p: Compiled; v: Verdict } | null = null
+    let monitored: WouldDecision[] | null = null
+    for (const { side, p } of ordered) {
+      if (p.monitor) {
+        const v = judge(p, side, intentType, now)
+        if (v) {
+          ;(monitored ??= []).push({
+            policy_id: p.id,
+            source: p.source,
+            would: v.on_breach === 'kill' ? 'kill' : 'deny',
+            decision: v.decision,
+            owner: side.agent,
+            reason: v.reason,
+          })
+        }
+        continue
+      }
+      // Enforced: the first denial decides; else the first limit reached.
+      if (denied || (limited && p.kind !== 'action')) continue
+      const v = judge(p, side, intentType, now)
+      if (!v) continue
+      if (v.decision === 'deny') {
+        denied = { side, p, v }
+        if (!anyMonitored) break
+      } else {
+        limited = { side, p, v }
+      }
+    }
+    const first = denied ?? limited
+    if (!first) return monitored === null ? ALLOW : { ...ALLOW, monitored }
+    // Built field by field: spreading the verdict here made every decision ~1.5× slower.
+    const v = first.v
+    const decision: PolicyDecision = {
+      decision: v.decision,
+      policy_id: v.policy_id,
+      source: first.p.source,
+      owner: first.side.agent,
+      reason: v.reason,
+      on_breach: v.on_breach,
+      monitored: monitored ?? NO_WOULD,
+    }
+    if (v.limit !== undefined) decision.limit = v.limit
+    if (v.reset_s !== undefined) decision.reset_s = v.reset_s
+    if (v.window !== undefined) decision.window = v.window
+    return decision
   }
 
   /** Throws the error of a non-allow decision; returns the monitored would-be decisions. */
@@ -172,6 +203,9 @@ export class PolicyEngine {
   }
 }
 
+/** Shared, never mutated. */
+const NO_WOULD: WouldDecision[] = []
+
 const ALLOW: PolicyDecision = {
   decision: 'allow',
   policy_id: null,
@@ -179,7 +213,7 @@ const ALLOW: PolicyDecision = {
   owner: null,
   on_breach: null,
   reason: 'allowed',
-  monitored: [],
+  monitored: NO_WOULD,
 }
 
 const round = (n: number): number => Math.round(n * 1e6) / 1e6
