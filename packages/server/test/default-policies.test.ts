@@ -45,6 +45,7 @@ describe.each(ENGINES)('default policies (%s)', (engine) => {
     expect(rate).toMatchObject({ kind: 'rate', address_id: null, default: true, enforcement: 'enforce', max_per_hour: 2 })
     const listed = await api(gw.url, gw.adminKey, 'GET', '/v1/policies/defaults')
     expect(listed.body.policies.map((p: any) => p.policy_id)).toEqual([rate.policy_id, deny.policy_id])
+    expect((await api(gw.url, gw.adminKey, 'GET', `/v1/policies/${rate.policy_id}`)).body.policy).toMatchObject({ default: true, kind: 'rate' })
 
     // An agent that existed before: limited from the next send on.
     expect([(await send(beforeKey, sink)).status, (await send(beforeKey, sink)).status]).toEqual([200, 429])

@@ -7,6 +7,8 @@ import { specOf, DEFAULT_OWNER, type DeadmanSpec } from './policy-spec.js'
 
 /** Dead-man policies read per pass (one agent each); more wait for the next pass. */
 const SWEEP_LIMIT = 5_000
+/** Default dead-man policies look for silent agents at most this often (periods are ≥ 10 s). */
+const DEFAULT_SCAN_MS = 5_000
 
 /**
  * Since when the agent counts as silent for a dead-man policy: its last heartbeat, but never
@@ -44,22 +46,30 @@ export class DeadmanService {
     this.#killSwitch = killSwitch
   }
 
+  /** When the default dead-man policies last scanned for silent agents. */
+  #defaultsScannedAt = -Infinity
+
   async sweep(): Promise<number> {
     const now = this.#clock.now()
     let fired = 0
-    for (const policy of await this.#store.listEnabledPolicies('deadman', SWEEP_LIMIT)) {
+    const own = await this.#store.listEnabledPolicies('deadman', SWEEP_LIMIT)
+    for (const policy of own) {
       const agent = await this.#store.getAgentById(policy.address_id)
       if (agent && (await this.#fire(agent, policy, now))) fired += 1
     }
     // A default dead-man policy watches every agent that has beaten at least once and has no
     // enabled dead-man policy of its own (one that never beat is not yet deployed: not silent).
+    // Its periods are ≥ 10 s, so scanning every few seconds is enough.
+    if (now - this.#defaultsScannedAt < DEFAULT_SCAN_MS) return fired
+    this.#defaultsScannedAt = now
+    const hasOwn = new Set(own.map((p) => p.address_id))
+    const complete = own.length < SWEEP_LIMIT
     for (const policy of await this.#store.listDefaultPolicies()) {
       if (policy.kind !== 'deadman' || policy.enabled !== 1) continue
       const spec = specOf(policy) as DeadmanSpec
       for (const agent of await this.#store.listSilentAgents(now - spec.silent_after_seconds * 1000, SWEEP_LIMIT)) {
-        if (!deadmanDue(agent, policy, now)) continue
-        const own = await this.#store.listPolicies(agent.address_id)
-        if (own.some((p) => p.kind === 'deadman' && p.enabled === 1)) continue
+        if (hasOwn.has(agent.address_id) || !deadmanDue(agent, policy, now)) continue
+        if (!complete && (await this.#store.listPolicies(agent.address_id)).some((p) => p.kind === 'deadman' && p.enabled === 1)) continue
         if (await this.#fire(agent, policy, now)) fired += 1
       }
     }

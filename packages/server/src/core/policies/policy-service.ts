@@ -120,8 +120,9 @@ export class PolicyService {
     })
   }
 
+  /** One policy: an agent's, or one of the default set. */
   async retrieve(policyId: string): Promise<PolicyRow> {
-    const row = await this.#store.getPolicy(policyId)
+    const row = (await this.#store.getPolicy(policyId)) ?? (await this.#store.listDefaultPolicies()).find((p) => p.policy_id === policyId)
     if (!row) throw notFound(`policy ${policyId}`)
     return row
   }
