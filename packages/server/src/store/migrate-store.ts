@@ -51,6 +51,7 @@ export const MIGRATED_TABLES = [
   'webhooks',
   'alert_outbox',
   'fleet_kills',
+  'instance_quarantines',
 ] as const
 
 /** Tables whose key is a PostgreSQL identity column, and the SQLite AUTOINCREMENT it continues. */
