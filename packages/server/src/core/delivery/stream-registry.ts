@@ -86,6 +86,9 @@ export class StreamRegistry {
           change.instance_id,
           `instance ${change.instance_id} was quarantined by an operator; its streams are closed and its leased intents went to its siblings`,
         )
+        // Its leases came back all at once: every sibling with room looks, not just one (a
+        // single woken sibling may fill up and leave the rest waiting for its idle recheck).
+        for (const s of this.#byAddress.get(change.address_id) ?? []) if (!s.closed && !s.full) s.wake()
         break
       default:
         break
