@@ -410,7 +410,7 @@ describe.each(ENGINES)('store contract, direct (%s)', (engine: Engine) => {
         now: T0 + 52,
         actor: 'key:contract',
         instance_id: instance,
-        decide: ({ intent, recipient, quarantine }) => {
+        decide: ({ recipient, quarantine }) => {
           settleRule(recipient, quarantine)
           return { status: 'COMPLETED', delivery_state: 'done', lease_expires_at: null, event_type: 'intent.completed', event_details: null }
         },
