@@ -16,8 +16,9 @@ const HELP = `Usage: chokepoint <command> [options]
 Commands:
   serve                        start the gateway (SQLite under ./data by default)
   agents [list|show|register]  agents with health, instances, intents and cost
-  kill <agent>                 kill an agent on every instance (--reason, --cancel-pending)
-  resume <agent>               resume a killed agent; held work is redelivered
+  kill <agent>                 kill an agent on every instance (--reason, --cancel-pending);
+                               --instance <id>: quarantine one instance only
+  resume <agent>               resume a killed agent; held work is redelivered (--instance <id>)
   policy list|set|rm|evaluate  rate, cost and allowed-type policies, with auto-kill
   audit list|verify|export     the tamper-evident audit trail
   events [--follow]            mesh events: kills, resumes, health, budgets

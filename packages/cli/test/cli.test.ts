@@ -95,6 +95,43 @@ describe('chokepoint CLI against a real gateway', () => {
     expect(resume.stdout).toMatch(/resumed agent:\/\/acme\/prod\/cli-target/)
   })
 
+  it('kill --instance quarantines one instance, resume --instance lifts it; agents show marks it', async () => {
+    const address = 'agent://acme/prod/cli-pods'
+    const key = await agentKey(gw, address)
+    for (const pod of ['pod-1', 'pod-2']) {
+      expect((await api(gw.url, key, 'POST', '/v1/mesh/heartbeat', {}, { 'x-instance-id': pod })).status).toBe(200)
+    }
+    const kill = await cli(['kill', address, '--instance', 'pod-1', '--reason', 'bad node'], env)
+    expect(kill.code, kill.stderr).toBe(0)
+    expect(kill.stdout).toMatch(/quarantined instance pod-1 of agent:\/\/acme\/prod\/cli-pods; 0 leased intent\(s\) returned/)
+    const again = await cli(['kill', address, '--instance', 'pod-1', '--json'], env)
+    expect(JSON.parse(again.stdout)).toMatchObject({ ok: true, instance_id: 'pod-1', quarantined: true, changed: false, reason: 'bad node' })
+    // pod-1 is refused, pod-2 is not, and the agent itself is not killed.
+    const refused = await api(gw.url, key, 'POST', '/v1/intents', { intent_type: 'x.y', to_agent: BOT, payload: {} }, { 'x-instance-id': 'pod-1' })
+    expect(refused.status).toBe(403)
+    expect(refused.body.error).toMatchObject({ code: 'agent_killed', details: { instance_id: 'pod-1', quarantined: true } })
+    const ok = await api(gw.url, key, 'POST', '/v1/intents', { intent_type: 'x.y', to_agent: BOT, payload: {} }, { 'x-instance-id': 'pod-2' })
+    expect(ok.status).toBe(200)
+    const show = await cli(['agents', 'show', address], env)
+    expect(show.stdout).not.toMatch(/health:\s+killed/)
+    expect(show.stdout).toMatch(/QUARANTINED/)
+    expect(show.stdout).toMatch(/pod-1\s+healthy\s+.*yes/)
+    expect(show.stdout).not.toMatch(/pod-2\s+healthy\s+.*yes/)
+    const usage = await cli(['kill', address, '--instance', 'pod-1', '--cancel-pending'], env)
+    expect(usage.code).toBe(2)
+    expect((await cli(['resume', '--selector', 'agent://acme/**', '--instance', 'pod-1'], env)).code).toBe(2)
+    expect((await cli(['kill', 'agent://acme/prod/nobody-here', '--instance', 'pod-1'], env)).code).not.toBe(0)
+    const resume = await cli(['resume', address, '--instance', 'pod-1'], env)
+    expect(resume.code).toBe(0)
+    expect(resume.stdout).toMatch(/resumed instance pod-1 of agent:\/\/acme\/prod\/cli-pods/)
+    expect((await cli(['resume', address, '--instance', 'pod-1'], env)).stdout).toMatch(/was not quarantined/)
+    const sends = await api(gw.url, key, 'POST', '/v1/intents', { intent_type: 'x.y', to_agent: BOT, payload: {} }, { 'x-instance-id': 'pod-1' })
+    expect(sends.status).toBe(200)
+    const help = await cli(['kill', '--help'], env)
+    expect(help.stdout).toMatch(/--instance <instance_id>/)
+    expect(help.stdout).toMatch(/Sends without x-instance-id cannot be told/)
+  })
+
   it('labels and kill/resume by selector: agents register --label, agents label, kill --selector --label (--dry-run), resume --selector', async () => {
     const reg = await cli(['agents', 'register', 'agent://fleet/prod/one', '--label', 'team=payments', '--json'], env)
     expect(reg.code, reg.stderr).toBe(0)

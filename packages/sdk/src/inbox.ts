@@ -113,6 +113,8 @@ export async function* listenInbox(ctx: InboxContext, options: ListenOptions): A
             windowClosed = true
             break
           case 'agent.killed':
+          // This instance was quarantined (the agent's other instances keep working).
+          case 'instance.quarantined':
           case 'error':
             throw APIError.fromFrame(parseFrame(message.data), response.headers)
           default:

@@ -158,7 +158,13 @@ export interface IntentResolveResponse {
 export interface AgentInstance {
   instance_id: string
   health_status: HealthStatus
+  /** Null for a quarantined instance never seen (no heartbeat yet). */
   last_heartbeat_at: string | null
+  first_seen_at?: string | null
+  /** True while the instance is quarantined (`agents.killInstance`). */
+  quarantined?: boolean
+  quarantined_at?: string
+  quarantine_reason?: string | null
 }
 
 /** An agent as the mesh list shows it (DESIGN §5c). */

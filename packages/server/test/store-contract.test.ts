@@ -13,7 +13,7 @@ import { auditHash, GENESIS_HASH } from '../src/core/audit/audit-chain.js'
 import { blankAgent } from '../src/core/agents/agent-row.js'
 import { GatewayError } from '../src/core/errors.js'
 import { newAddressId, newIntentId } from '../src/core/ids.js'
-import { killRecord } from '../src/core/kill-switch/kill-switch-service.js'
+import { killRecord, liftRecord, quarantineRecord } from '../src/core/kill-switch/kill-switch-service.js'
 import { acceptRule, deliveryRule, settleRule } from '../src/core/kill-switch/rules.js'
 import type { Change } from '../src/store/change-feed.js'
 import { encodeChanges, PostgresFeed } from '../src/store/postgres/postgres-feed.js'
@@ -380,6 +380,69 @@ describe.each(ENGINES)('store contract, direct (%s)', (engine: Engine) => {
     expect(await store.holdBacklog({ address_id: agent.address_id, now: T0 + 13, actor: 'key:contract', reason: 'r', cancel_pending: false, limit: 500 })).toEqual({ held: 0, canceled: 0 })
     await expect(
       store.killAgent({ address_id: newAddressId(), now: T0, actor: 'x', reason: null, policy_id: null, record: killRecord({ kind: 'key', key_id: 'x' }, T0, null, false) }),
+    ).rejects.toMatchObject({ code: 'not_found' })
+  })
+
+  it('quarantine: requeues only that instance’s leases (due now, not an attempt); its claim, settle and sends refused; siblings unaffected; lift', async () => {
+    const worker = addr('pods')
+    const peer = addr('pods-peer')
+    const [x, y, z] = [(await accept(intentOf(peer, worker))).intent, (await accept(intentOf(peer, worker))).intent, (await accept(intentOf(peer, worker))).intent]
+    const id = x.to_address_id
+    expect((await claim(id, 'a', T0, { max_in_flight: 2 })).deliveries.map((d) => d.intent.intent_id)).toEqual([x.intent_id, y.intent_id])
+    expect((await claim(id, 'b', T0)).deliveries.map((d) => d.intent.intent_id)).toEqual([z.intent_id])
+    const actor = { kind: 'key' as const, key_id: 'contract' }
+    const changes: Change[] = []
+    const off = store.feed.subscribe((c) => changes.push(c))
+    const q = await store.quarantineInstance({ address_id: id, instance_id: 'a', now: T0 + 50, actor: 'key:contract', reason: 'bad pod', record: quarantineRecord(actor, T0 + 50, 'bad pod') })
+    off()
+    expect(q).toMatchObject({ changed: true, requeued: 2, quarantine: { address_id: id, instance_id: 'a', quarantined_at: T0 + 50, actor: 'key:contract', reason: 'bad pod' } })
+    expect(changes).toContainEqual({ type: 'instance.quarantined', address_id: id, instance_id: 'a' })
+    expect(changes).toContainEqual({ type: 'intent.available', address_id: id })
+    for (const i of [x, y]) {
+      expect(await store.getIntent(i.intent_id)).toMatchObject({ delivery_state: 'queued', lease_instance: null, lease_expires_at: null, available_at: T0 + 50, kill_dropped: 1, delivery_attempt: 1 })
+    }
+    expect(await store.getIntent(z.intent_id)).toMatchObject({ delivery_state: 'leased', lease_instance: 'b' })
+    expect(await store.getAgentById(id)).toMatchObject({ killed_at: null })
+    // The quarantined instance is refused in each transaction; its sibling takes the work.
+    await expect(claim(id, 'a', T0 + 51)).rejects.toMatchObject({ code: 'agent_killed', details: { instance_id: 'a', quarantined: true } })
+    const settleAs = (intentId: string, instance: string) =>
+      store.updateIntent({
+        intent_id: intentId,
+        now: T0 + 52,
+        actor: 'key:contract',
+        instance_id: instance,
+        decide: ({ recipient, quarantine }) => {
+          settleRule(recipient, quarantine)
+          return { status: 'COMPLETED', delivery_state: 'done', lease_expires_at: null, event_type: 'intent.completed', event_details: null }
+        },
+      })
+    await expect(settleAs(z.intent_id, 'a')).rejects.toMatchObject({ code: 'agent_killed', details: { quarantined: true } })
+    const sendAs = (instance: string | null) =>
+      store.acceptIntent({ intent: intentOf(worker, peer), actor: 'key:contract', now: T0 + 52, idempotency: null, from_instance: instance, decide: acceptRule, onIdempotencyMismatch: noMismatch })
+    await expect(sendAs('a')).rejects.toMatchObject({ code: 'agent_killed', details: { quarantined: true } })
+    expect((await sendAs('b')).replayed).toBe(false)
+    expect((await sendAs(null)).replayed).toBe(false)
+    const moved = await claim(id, 'b', T0 + 52)
+    expect(moved.deliveries.map((d) => [d.intent.intent_id, d.event_type, d.intent.delivery_attempt])).toEqual([
+      [x.intent_id, 'intent.redelivered', 2],
+      [y.intent_id, 'intent.redelivered', 2],
+    ])
+    expect((await settleAs(z.intent_id, 'b')).intent.status).toBe('COMPLETED')
+    // A repeat is a no-op; an instance never seen can be quarantined; lift.
+    const again = await store.quarantineInstance({ address_id: id, instance_id: 'a', now: T0 + 60, actor: 'key:other', reason: 'again', record: quarantineRecord(actor, T0 + 60, 'again') })
+    expect(again).toMatchObject({ changed: false, requeued: 0, quarantine: { quarantined_at: T0 + 50, reason: 'bad pod' } })
+    await store.quarantineInstance({ address_id: id, instance_id: 'never-seen', now: T0 + 61, actor: 'key:contract', reason: null, record: quarantineRecord(actor, T0 + 61, null) })
+    expect((await store.listQuarantines(id)).map((r) => r.instance_id)).toEqual(['a', 'never-seen'])
+    const audits = await store.listAudit({ after_seq: 0, limit: 500, action_prefix: 'instance.', target: worker })
+    expect(audits.map((e) => e.action)).toEqual(['instance.kill', 'instance.kill'])
+    const lifted = await store.liftQuarantine({ address_id: id, instance_id: 'a', now: T0 + 70, actor: 'key:contract', reason: 'fixed', record: liftRecord(actor, T0 + 70, 'fixed') })
+    expect(lifted).toMatchObject({ changed: true, lifted: { instance_id: 'a' } })
+    expect(await store.getQuarantine(id, 'a')).toBeUndefined()
+    expect((await store.liftQuarantine({ address_id: id, instance_id: 'a', now: T0 + 71, actor: 'key:contract', reason: null, record: liftRecord(actor, T0 + 71, null) })).changed).toBe(false)
+    expect((await claim(id, 'a', T0 + 72)).has_room).toBe(true)
+    expect((await sendAs('a')).replayed).toBe(false)
+    await expect(
+      store.quarantineInstance({ address_id: newAddressId(), instance_id: 'a', now: T0, actor: 'x', reason: null, record: quarantineRecord(actor, T0, null) }),
     ).rejects.toMatchObject({ code: 'not_found' })
   })
 
@@ -861,6 +924,29 @@ describe('the PostgreSQL change feed without its LISTEN connection (no database 
       const at = performance.now()
       killed = [...killed, { address_id: 'addr_new', killed_at: 2 }]
       await pollUntil(() => seen.some((c) => c.type === 'agent.killed' && c.address_id === 'addr_new'), { timeoutMs: 1_000 })
+      expect(performance.now() - at).toBeLessThan(600)
+      const before = seen.length
+      await new Promise((resolve) => setTimeout(resolve, 600))
+      expect(seen.slice(before)).toEqual([])
+    } finally {
+      await feed.close()
+    }
+  })
+
+  it('polls instance quarantines too and publishes instance.quarantined for new ones', async () => {
+    let quarantines: { address_id: string; instance_id: string; quarantined_at: number }[] = []
+    const feed = new PostgresFeed({
+      origin: 'test',
+      newClient: () => new pg.Client({ host: '127.0.0.1', port: 9, connectionTimeoutMillis: 50 }),
+      query: async <R,>(sql: string) => (sql.includes('instance_quarantines') ? (quarantines as R[]) : []),
+    })
+    const seen: Change[] = []
+    feed.subscribe((c) => seen.push(c))
+    await feed.start()
+    try {
+      const at = performance.now()
+      quarantines = [{ address_id: 'addr_q', instance_id: 'pod-1', quarantined_at: 5 }]
+      await pollUntil(() => seen.some((c) => c.type === 'instance.quarantined' && c.instance_id === 'pod-1'), { timeoutMs: 1_000 })
       expect(performance.now() - at).toBeLessThan(600)
       const before = seen.length
       await new Promise((resolve) => setTimeout(resolve, 600))

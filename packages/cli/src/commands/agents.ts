@@ -80,7 +80,12 @@ export async function agents(argv: string[]): Promise<CommandResult> {
     ]
     let out = lines.join('\n') + '\n'
     if (a.instances.length > 0) {
-      out += '\n' + table(['instance', 'health', 'last heartbeat'], a.instances.map((i) => [i.instance_id, health(i.health_status), ago(i.last_heartbeat_at)]))
+      out +=
+        '\n' +
+        table(
+          ['instance', 'health', 'last heartbeat', 'quarantined'],
+          a.instances.map((i) => [i.instance_id, health(i.health_status), ago(i.last_heartbeat_at), i.quarantined ? 'yes' : '']),
+        )
     }
     if (a.policies.length > 0) {
       out += '\n' + table(['policy', 'kind', 'rule', 'version'], a.policies.map((p) => [p.policy_id, p.kind, describePolicy(p as never), String(p.version)]))

@@ -4,6 +4,7 @@ import { bold, green, printJson, red } from '../output.js'
 import type { FleetSelector } from '@chokepoint/sdk'
 
 export const KILL_HELP = `Usage: chokepoint kill <address|addr_id> [--reason "…"] [--cancel-pending]
+       chokepoint kill <address|addr_id> --instance <instance_id> [--reason "…"]
        chokepoint kill --selector 'agent://acme/prod/*' [--label team=payments …] [--reason "…"] [--dry-run] [--confirm-all]
 
 Kill an agent on every instance at once. From the moment this returns, the gateway refuses its
@@ -17,20 +18,29 @@ key=value must match too. The fleet kill stands until resumed by the same select
 appear under it later start killed. --dry-run lists what would be killed; a selector that matches
 every agent needs --confirm-all.
 
+With --instance, only that instance (its x-instance-id) is quarantined: its streams are cut, it can
+no longer receive, ack or resolve, its leased intents go to the agent's other instances at once,
+and sends that carry its x-instance-id are refused. Sends without x-instance-id cannot be told
+apart and are not refused: kill the agent to stop them all. The instance need not have been seen.
+
 Examples:
   chokepoint kill agent://acme/prod/deployer --reason "deployed 47 services instead of 3"
+  chokepoint kill agent://acme/prod/deployer --instance deployer-7f9c --reason "bad node"
   chokepoint kill --selector 'agent://acme/prod/*' --label team=payments --reason "bad release 4.2" --dry-run
 
 ${CONNECTION_HELP}`
 
 export const RESUME_HELP = `Usage: chokepoint resume <address|addr_id> [--reason "…"]
+       chokepoint resume <address|addr_id> --instance <instance_id> [--reason "…"]
        chokepoint resume --selector 'agent://acme/prod/*' [--label team=payments …] [--reason "…"] [--dry-run] [--confirm-all]
 
 Resume a killed agent: its traffic flows again and held work is redelivered, oldest first, paced.
 By selector: every killed agent it matches, and the standing fleet kills with that selector end.
+With --instance: lift that instance's quarantine (a no-op when it is not quarantined).
 
 Examples:
   chokepoint resume agent://acme/prod/deployer --reason "config fixed"
+  chokepoint resume agent://acme/prod/deployer --instance deployer-7f9c
 
 ${CONNECTION_HELP}`
 
@@ -70,9 +80,31 @@ const list = (refs: { address: string }[], extra: (r: never) => string = () => '
   refs.map((r) => `  ${r.address}${extra(r as never)}\n`).join('')
 
 export async function kill(argv: string[]): Promise<CommandResult> {
-  const { values, positionals } = parse(argv, { reason: { type: 'string' }, 'cancel-pending': { type: 'boolean' }, ...SELECTOR_OPTIONS })
+  const { values, positionals } = parse(argv, {
+    reason: { type: 'string' },
+    'cancel-pending': { type: 'boolean' },
+    instance: { type: 'string' },
+    ...SELECTOR_OPTIONS,
+  })
   if (values.help) {
     process.stdout.write(KILL_HELP)
+    return EXIT.ok
+  }
+  if (values.instance !== undefined) {
+    if (values['cancel-pending']) throw new UsageError('--cancel-pending applies to a whole agent, not to --instance')
+    instanceOnly(values, 'kill')
+    const target = single(positionals, 'kill')
+    const res = await operatorFrom(values).agents.killInstance(target, values.instance, values.reason ? { reason: values.reason } : {})
+    if (values.json) printJson(res)
+    else {
+      process.stdout.write(
+        res.changed
+          ? `${bold(red('quarantined'))} instance ${res.instance_id} of ${res.address}; ${res.requeued} leased intent(s) returned to its other instances
+`
+          : `instance ${res.instance_id} of ${res.address} was already quarantined (since ${res.quarantined_at})
+`,
+      )
+    }
     return EXIT.ok
   }
   const fleet = fleetRequest(values, positionals, 'kill')
@@ -112,9 +144,25 @@ export async function kill(argv: string[]): Promise<CommandResult> {
 }
 
 export async function resume(argv: string[]): Promise<CommandResult> {
-  const { values, positionals } = parse(argv, { reason: { type: 'string' }, ...SELECTOR_OPTIONS })
+  const { values, positionals } = parse(argv, { reason: { type: 'string' }, instance: { type: 'string' }, ...SELECTOR_OPTIONS })
   if (values.help) {
     process.stdout.write(RESUME_HELP)
+    return EXIT.ok
+  }
+  if (values.instance !== undefined) {
+    instanceOnly(values, 'resume')
+    const target = single(positionals, 'resume')
+    const res = await operatorFrom(values).agents.resumeInstance(target, values.instance, values.reason ? { reason: values.reason } : {})
+    if (values.json) printJson(res)
+    else {
+      process.stdout.write(
+        res.changed
+          ? `${bold(green('resumed'))} instance ${res.instance_id} of ${res.address}
+`
+          : `instance ${res.instance_id} of ${res.address} was not quarantined
+`,
+      )
+    }
     return EXIT.ok
   }
   const fleet = fleetRequest(values, positionals, 'resume')
@@ -140,6 +188,13 @@ export async function resume(argv: string[]): Promise<CommandResult> {
     )
   }
   return EXIT.ok
+}
+
+/** --instance names one instance of one agent: no selector. */
+function instanceOnly(values: SelectorValues, command: string): void {
+  if (values.selector !== undefined || values.label !== undefined || values['dry-run'] || values['confirm-all']) {
+    throw new UsageError(`${command} --instance takes one agent, not --selector/--label/--dry-run/--confirm-all`)
+  }
 }
 
 function single(positionals: string[], command: string): string {

@@ -108,6 +108,17 @@ export class AgentKilledError extends PermissionDeniedError {
     const value = this.details?.['address']
     return typeof value === 'string' ? value : undefined
   }
+
+  /** True when only this instance was quarantined (`details.quarantined`); the agent's others work on. */
+  get quarantined(): boolean {
+    return this.details?.['quarantined'] === true
+  }
+
+  /** The quarantined instance (`details.instance_id`), when it is a quarantine. */
+  get instanceId(): string | undefined {
+    const value = this.details?.['instance_id']
+    return typeof value === 'string' ? value : undefined
+  }
 }
 
 /** 404 `not_found`. */

@@ -1,7 +1,7 @@
 import type { RequestOptions } from '../core/client.js'
 import { APIResource } from '../core/resource.js'
 import { path } from '../internal/path.js'
-import type { HealthStatus, JsonObject, MeshAgent, MeshAgentDetail, MeshEvent } from '../types.js'
+import type { AgentInstance, HealthStatus, JsonObject, MeshAgent, MeshAgentDetail, MeshEvent } from '../types.js'
 
 /**
  * Agents of the mesh. Methods that take `addressOrId` accept an `addr_…` id or an
@@ -34,6 +34,37 @@ export class Agents extends APIResource {
   /** Resumes a killed agent; held intents are delivered again, oldest first, paced. */
   resume(addressOrId: string, params: AgentResumeParams = {}, options?: RequestOptions): Promise<AgentResumeResponse> {
     return this._client.post(path`/v1/mesh/agents/${addressOrId}/resume`, params, options)
+  }
+
+  /**
+   * Quarantines one instance of an agent (kill of one instance): from the 200 on, on every
+   * replica, its streams are cut and it can no longer receive, ack or resolve, nor send with its
+   * `x-instance-id`; its leased intents go to its sibling instances at once. The instance need
+   * not have been seen yet. Sends without `x-instance-id` cannot be attributed and are not
+   * refused (kill the agent to stop them all). Repeating it is a no-op (`changed: false`).
+   */
+  killInstance(
+    addressOrId: string,
+    instanceId: string,
+    params: InstanceControlParams = {},
+    options?: RequestOptions,
+  ): Promise<InstanceKillResponse> {
+    return this._client.post(path`/v1/mesh/agents/${addressOrId}/instances/${instanceId}/kill`, params, options)
+  }
+
+  /** Lifts an instance's quarantine; resuming an instance that is not quarantined is a no-op. */
+  resumeInstance(
+    addressOrId: string,
+    instanceId: string,
+    params: InstanceControlParams = {},
+    options?: RequestOptions,
+  ): Promise<InstanceResumeResponse> {
+    return this._client.post(path`/v1/mesh/agents/${addressOrId}/instances/${instanceId}/resume`, params, options)
+  }
+
+  /** An agent's instances with health and quarantine flag (quarantined ones never seen included). */
+  instances(addressOrId: string, options?: RequestOptions): Promise<AgentInstancesResponse> {
+    return this._client.get(path`/v1/mesh/agents/${addressOrId}/instances`, undefined, options)
   }
 
   /** Changes the display name, metadata or labels (labels are merged; a key set to null is removed). */
@@ -179,6 +210,43 @@ export interface AgentKillResponse {
   kill_reason?: string | null
   /** How many intents were held. */
   held_intents: number
+}
+
+export interface InstanceControlParams {
+  reason?: string | undefined
+}
+
+export interface InstanceKillResponse {
+  ok: true
+  address_id: string
+  address: string
+  instance_id: string
+  quarantined: true
+  /** When the quarantine began (the original time on a repeat). */
+  quarantined_at: string
+  reason: string | null
+  /** False when the instance was already quarantined (no-op). */
+  changed: boolean
+  /** Intents leased to the instance that went back to the queue for its siblings. */
+  requeued: number
+}
+
+export interface InstanceResumeResponse {
+  ok: true
+  address_id: string
+  address: string
+  instance_id: string
+  quarantined: false
+  changed: boolean
+  /** Null when the instance was not quarantined (no-op). */
+  resumed_at: string | null
+}
+
+export interface AgentInstancesResponse {
+  ok: true
+  address_id: string
+  address: string
+  instances: AgentInstance[]
 }
 
 export interface AgentResumeParams {

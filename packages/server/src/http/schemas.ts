@@ -175,6 +175,11 @@ export const ResumeBody = z.strictObject({
   reason: shortText(1024).optional(),
 })
 
+/** Body of an instance's kill (quarantine) and resume. */
+export const InstanceControlBody = z.strictObject({
+  reason: shortText(1024).optional(),
+})
+
 export const AuditQuery = z.object({
   limit: intParam(1, 500).optional(),
   after_seq: intParam(0, Number.MAX_SAFE_INTEGER).optional(),

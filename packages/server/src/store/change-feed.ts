@@ -9,6 +9,7 @@ export type Change =
   | { type: 'intent.event'; intent_id: string }
   | { type: 'agent.killed'; address_id: string }
   | { type: 'agent.resumed'; address_id: string }
+  | { type: 'instance.quarantined'; address_id: string; instance_id: string }
   | { type: 'key.revoked'; key_id: string }
   | { type: 'mesh.event'; seqno: number }
   | { type: 'policy.changed'; address_id: string }

@@ -52,6 +52,7 @@ export const MIGRATED_TABLES = [
   'alert_outbox',
   'fleet_kills',
   'default_policies',
+  'instance_quarantines',
 ] as const
 
 /** Tables whose key is a PostgreSQL identity column, and the SQLite AUTOINCREMENT it continues. */

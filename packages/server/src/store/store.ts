@@ -138,6 +138,47 @@ export interface AgentUpdateInput {
 
 export type HealthStatus = 'unknown' | 'healthy' | 'degraded' | 'unreachable' | 'killed'
 
+/**
+ * A quarantined instance of an agent (DESIGN §1: instances are named by `x-instance-id`). The row
+ * exists while the quarantine stands; it may name an instance never seen (a pod known to be bad).
+ */
+export interface InstanceQuarantineRow {
+  address_id: string
+  instance_id: string
+  quarantined_at: number
+  /** `key:<id>` of the operator. */
+  actor: string
+  reason: string | null
+}
+
+export interface QuarantineInput {
+  address_id: string
+  instance_id: string
+  now: number
+  actor: string
+  reason: string | null
+  /** The audit entry and mesh event, once the quarantine row and the requeued count are known. */
+  record: (agent: AgentRow, quarantine: InstanceQuarantineRow, requeued: number) => { audit: AuditDraft; event: MeshEventDraft }
+}
+
+export interface QuarantineResult {
+  agent: AgentRow
+  quarantine: InstanceQuarantineRow
+  /** False when the instance was already quarantined (a no-op: no audit, original row). */
+  changed: boolean
+  /** Intents leased to the instance that went back to the queue (available at once). */
+  requeued: number
+}
+
+export interface LiftQuarantineInput {
+  address_id: string
+  instance_id: string
+  now: number
+  actor: string
+  reason: string | null
+  record: (agent: AgentRow, lifted: InstanceQuarantineRow) => { audit: AuditDraft; event: MeshEventDraft }
+}
+
 export interface InstanceRow {
   address_id: string
   instance_id: string
@@ -346,6 +387,8 @@ export interface NewIntent {
 export interface Parties {
   from: AgentRow
   to: AgentRow
+  /** The quarantine of the sending instance (`x-instance-id` of the send), read in the transaction. */
+  from_quarantine: InstanceQuarantineRow | null
   from_policies: PolicyRow[]
   to_policies: PolicyRow[]
   from_counters: AgentCounters
@@ -361,6 +404,11 @@ export interface AcceptIntentInput {
   actor: string
   now: number
   idempotency: { key: string; request_hash: string } | null
+  /**
+   * The sending instance when the request named one (`x-instance-id`); its quarantine row is read
+   * in the transaction into `Parties.from_quarantine`. Null: the send is not attributed to one.
+   */
+  from_instance?: string | null
   /**
    * Core's decision, run inside the transaction on the freshly read agent rows; throws to
    * reject. Returns mesh events to write with the intent (monitored policies' would-be decisions).
@@ -382,8 +430,11 @@ export interface ClaimInput {
   lease_ms: number
   max_batch: number
   now: number
-  /** Core's delivery rule on the recipient row; throws to refuse delivery. */
-  decide: (recipient: AgentRow) => void
+  /**
+   * Core's delivery rule on the recipient row and the claiming instance's quarantine (read in
+   * the same transaction); throws to refuse delivery.
+   */
+  decide: (recipient: AgentRow, quarantine: InstanceQuarantineRow | null) => void
 }
 
 export interface Delivery {
@@ -426,10 +477,20 @@ export interface IntentUpdateInput {
   /** Applied when the change carries a cost: counts it for the recipient and checks its budget. */
   cost_rule?: CostRule
   /**
-   * Core's decision on the current rows (intent, recipient, sender). Returns the change to
-   * write, or throws to reject. Runs inside the transaction.
+   * The recipient instance acting (`x-instance-id` of an agent key's ack or resolve), or null;
+   * its quarantine row is read in the transaction and handed to `decide`.
    */
-  decide: (ctx: { intent: IntentRow; recipient: AgentRow; sender: AgentRow }) => IntentChange
+  instance_id?: string | null
+  /**
+   * Core's decision on the current rows (intent, recipient, sender, the acting instance's
+   * quarantine). Returns the change to write, or throws to reject. Runs inside the transaction.
+   */
+  decide: (ctx: {
+    intent: IntentRow
+    recipient: AgentRow
+    sender: AgentRow
+    quarantine: InstanceQuarantineRow | null
+  }) => IntentChange
 }
 
 /** What core decided to write for an ack or resolve. */
@@ -656,6 +717,19 @@ export interface Store {
   resumeFleet(input: FleetResumeInput): Promise<FleetResumeResult>
   /** Fleet kills, newest first; `standing` keeps only those not ended. */
   listFleetKills(standing: boolean, limit: number): Promise<FleetKillRow[]>
+  /**
+   * Quarantines one instance of an agent in one transaction: writes the quarantine row, returns
+   * the intents leased to that instance to the queue (available now; the dropped lease does not
+   * count as a delivery attempt), audits, and notifies every replica (`instance.quarantined`,
+   * which cuts its streams, and `intent.available`, which wakes its siblings). From the commit
+   * on, every claim, ack, resolve and send naming that instance is refused on every replica.
+   */
+  quarantineInstance(input: QuarantineInput): Promise<QuarantineResult>
+  /** Lifts a quarantine (deletes the row), audited; `changed` is false when there was none. */
+  liftQuarantine(input: LiftQuarantineInput): Promise<{ agent: AgentRow; changed: boolean; lifted: InstanceQuarantineRow | null }>
+  getQuarantine(addressId: string, instanceId: string): Promise<InstanceQuarantineRow | undefined>
+  /** An agent's standing quarantines, by instance_id. */
+  listQuarantines(addressId: string): Promise<InstanceQuarantineRow[]>
 
   // ---- audit and mesh events ----
   appendAudit(draft: AuditDraft): Promise<AuditRow>

@@ -297,6 +297,45 @@ const MATRIX: Record<string, MatrixRow> = {
       }
     },
   },
+  'POST /v1/mesh/agents/{address_id}/instances/{instance_id}/kill': {
+    access: 'operator',
+    cell: async () => {
+      // A fresh agent per cell; its own key is the "own agent" caller (an agent cannot
+      // quarantine an instance, even its own). The instance was never seen (allowed).
+      const victim = await newAgent(unique('quarantine'))
+      return {
+        params: { address_id: victim.address_id, instance_id: 'pod-1' },
+        body: { reason: 'key-scope matrix' },
+        ownKey: victim.key,
+        after: async (allowed, what) => {
+          const list = (await must('GET', `/v1/mesh/agents/${victim.address_id}/instances`)).instances as any[]
+          const pod = list.find((i) => i.instance_id === 'pod-1')
+          expect.soft(pod?.quarantined === true, `${what}: quarantined afterwards`).toBe(allowed)
+        },
+      }
+    },
+  },
+  'POST /v1/mesh/agents/{address_id}/instances/{instance_id}/resume': {
+    access: 'operator',
+    cell: async () => {
+      const victim = await newAgent(unique('unquarantine'))
+      await must('POST', `/v1/mesh/agents/${victim.address_id}/instances/pod-1/kill`, { reason: 'matrix fixture' })
+      return {
+        params: { address_id: victim.address_id, instance_id: 'pod-1' },
+        body: { reason: 'key-scope matrix' },
+        ownKey: victim.key,
+        after: async (allowed, what) => {
+          const list = (await must('GET', `/v1/mesh/agents/${victim.address_id}/instances`)).instances as any[]
+          const pod = list.find((i) => i.instance_id === 'pod-1')
+          expect.soft(pod?.quarantined === true, `${what}: still quarantined afterwards`).toBe(!allowed)
+        },
+      }
+    },
+  },
+  'GET /v1/mesh/agents/{address_id}/instances': {
+    access: 'viewer', // like GET /v1/mesh/agents/{address_id}
+    cell: () => ({ params: { address_id: S.address_id } }),
+  },
   'PATCH /v1/mesh/agents/{address_id}': {
     access: 'operator',
     cell: async () => {

@@ -2,7 +2,7 @@ import type { AgentRow, Store } from '../../store/store.js'
 import type { Clock } from '../clock.js'
 import { isGatewayError } from '../errors.js'
 import { deliveryFrame } from '../intents/intent-view.js'
-import { deliveryRule } from '../kill-switch/rules.js'
+import { deliveryRule, isQuarantineError } from '../kill-switch/rules.js'
 import type { EventSink } from './event-sink.js'
 
 export interface InboxStreamOptions {
@@ -18,6 +18,12 @@ export interface InboxStreamOptions {
   keyId: string
   /** Counts deliveries written (first or repeated). */
   onDelivered?: (kind: 'delivered' | 'redelivered') => void
+}
+
+interface Cut {
+  event: 'agent.killed' | 'instance.quarantined'
+  message: string
+  details: Record<string, unknown> | undefined
 }
 
 /** Upper bound between claims while idle: covers paced redelivery and lost wake-ups. */
@@ -40,7 +46,8 @@ export class InboxStream {
   full = false
   #lastSeq: number
   #claiming = false
-  #killMessage: string | null = null
+  /** A cut (kill or quarantine) that arrived during a claim, written once the claim is framed. */
+  #pendingCut: Cut | null = null
 
   constructor(store: Store, clock: Clock, sink: EventSink, options: InboxStreamOptions) {
     this.#store = store
@@ -94,15 +101,26 @@ export class InboxStream {
    * kill frame is always the last one and nothing leased is left unframed.
    */
   killed(message: string): void {
+    this.#cut({ event: 'agent.killed', message, details: undefined })
+  }
+
+  /**
+   * Ends the stream because its instance was quarantined: `event: instance.quarantined` with the
+   * `agent_killed` error body (`details.quarantined: true`), ordered after claimed frames like a kill.
+   */
+  quarantined(message: string, details: Record<string, unknown>): void {
+    this.#cut({ event: 'instance.quarantined', message, details })
+  }
+
+  #cut(cut: Cut): void {
     if (this.#sink.closed) return
     if (this.#claiming) {
-      this.#killMessage = message
+      // A kill outranks a quarantine when both arrive during one claim.
+      if (this.#pendingCut === null || cut.event === 'agent.killed') this.#pendingCut = cut
       return
     }
-    this.#sink.send('agent.killed', {
-      ok: false,
-      error: { code: 'agent_killed', message, request_id: this.options.requestId },
-    })
+    const error = { code: 'agent_killed', message: cut.message, request_id: this.options.requestId }
+    this.#sink.send(cut.event, { ok: false, error: cut.details === undefined ? error : { ...error, details: cut.details } })
     this.#sink.end()
   }
 
@@ -115,7 +133,7 @@ export class InboxStream {
       // Registered before this read, so a kill committed after it cuts the stream through the
       // feed, and one committed before it is seen here: no re-send to a killed agent.
       const fresh = await this.#store.getAgentById(agent.address_id)
-      if (fresh) deliveryRule(fresh)
+      if (fresh) deliveryRule(fresh, (await this.#store.getQuarantine(agent.address_id, instanceId)) ?? null)
       // Reconnect: re-send this instance's deliveries still leased, with their original seq.
       const leased = await this.#store.leasedDeliveries(agent.address_id, instanceId, since, this.#clock.now())
       for (const row of leased) {
@@ -145,8 +163,10 @@ export class InboxStream {
           if (!this.#write(delivery.seq, deliveryFrame(delivery.intent, delivery.seq))) return
           sent += 1
         }
-        if (this.#killMessage !== null) {
-          this.killed(this.#killMessage)
+        if (this.#pendingCut !== null) {
+          const cut = this.#pendingCut
+          this.#pendingCut = null
+          this.#cut(cut)
           return
         }
         if (claim.deliveries.length > 0 && windowMs !== null) break
@@ -164,7 +184,8 @@ export class InboxStream {
       }
     } catch (error) {
       if (isGatewayError(error) && error.code === 'agent_killed') {
-        this.killed(error.message)
+        if (isQuarantineError(error)) this.quarantined(error.message, error.details ?? {})
+        else this.killed(error.message)
         return
       }
       if (!this.#sink.closed) {

@@ -48,6 +48,14 @@ export class StreamRegistry {
     return list.length
   }
 
+  /** Ends the open streams of one instance with the `instance.quarantined` frame. Returns how many. */
+  cutInstance(addressId: string, instanceId: string, message: string): number {
+    const list = (this.#byAddress.get(addressId) ?? []).filter((s) => s.instanceId === instanceId)
+    const details = { address_id: addressId, instance_id: instanceId, quarantined: true }
+    for (const stream of list) stream.quarantined(message, details)
+    return list.length
+  }
+
   close(): void {
     this.#unsubscribe()
     clearInterval(this.#pingTimer)
@@ -72,6 +80,16 @@ export class StreamRegistry {
       case 'agent.killed':
         this.cut(change.address_id, 'this agent was killed by an operator; its streams are closed')
         break
+      case 'instance.quarantined':
+        this.cutInstance(
+          change.address_id,
+          change.instance_id,
+          `instance ${change.instance_id} was quarantined by an operator; its streams are closed and its leased intents went to its siblings`,
+        )
+        // Its leases came back all at once: every sibling with room looks, not just one (a
+        // single woken sibling may fill up and leave the rest waiting for its idle recheck).
+        for (const s of this.#byAddress.get(change.address_id) ?? []) if (!s.closed && !s.full) s.wake()
+        break
       default:
         break
     }
@@ -83,13 +101,14 @@ export class StreamRegistry {
     this.#rr = (this.#rr + 1) % 1_000_000
     for (let i = 0; i < list.length; i += 1) {
       const stream = list[(this.#rr + i) % list.length] as InboxStream
-      if (stream.idle && !stream.full) {
+      // A stream just cut (kill, quarantine) is still listed until its run ends: skip it.
+      if (stream.idle && !stream.full && !stream.closed) {
         stream.wake()
         return
       }
     }
     // Nobody idle with room: make every stream look again when it finishes what it is doing.
-    for (const stream of list) if (!stream.full) stream.wake()
+    for (const stream of list) if (!stream.full && !stream.closed) stream.wake()
   }
 
   #pingAll(): void {

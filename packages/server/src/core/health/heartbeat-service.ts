@@ -94,11 +94,24 @@ export class HeartbeatService {
     return transitions
   }
 
-  /** Instances with their health, for the agent detail view. */
+  /**
+   * Instances with their health, for the agent detail view, each with its quarantine flag;
+   * quarantined instances never seen (no heartbeat yet) are listed too, with health `unknown`.
+   */
   async instances(agent: AgentRow) {
     const now = this.#clock.now()
-    const rows = await this.#store.listInstances(agent.address_id)
-    return rows.map((i) => ({
+    const [rows, quarantines] = await Promise.all([
+      this.#store.listInstances(agent.address_id),
+      this.#store.listQuarantines(agent.address_id),
+    ])
+    const byId = new Map(quarantines.map((q) => [q.instance_id, q]))
+    const quarantine = (id: string) => {
+      const q = byId.get(id)
+      return q === undefined
+        ? { quarantined: false }
+        : { quarantined: true, quarantined_at: new Date(q.quarantined_at).toISOString(), quarantine_reason: q.reason }
+    }
+    const seen = rows.map((i) => ({
       instance_id: i.instance_id,
       health_status:
         agent.killed_at !== null
@@ -106,8 +119,20 @@ export class HeartbeatService {
           : now - i.last_heartbeat_at <= this.options.staleAfterMs
             ? 'healthy'
             : 'unreachable',
-      last_heartbeat_at: new Date(i.last_heartbeat_at).toISOString(),
-      first_seen_at: new Date(i.first_seen_at).toISOString(),
+      last_heartbeat_at: new Date(i.last_heartbeat_at).toISOString() as string | null,
+      first_seen_at: new Date(i.first_seen_at).toISOString() as string | null,
+      ...quarantine(i.instance_id),
     }))
+    const seenIds = new Set(rows.map((i) => i.instance_id))
+    const unseen = quarantines
+      .filter((q) => !seenIds.has(q.instance_id))
+      .map((q) => ({
+        instance_id: q.instance_id,
+        health_status: agent.killed_at !== null ? 'killed' : 'unknown',
+        last_heartbeat_at: null,
+        first_seen_at: null,
+        ...quarantine(q.instance_id),
+      }))
+    return [...seen, ...unseen].sort((a, b) => (a.instance_id < b.instance_id ? -1 : a.instance_id > b.instance_id ? 1 : 0))
   }
 }

@@ -144,7 +144,12 @@ export class IntentService {
   async create(
     principal: Principal,
     input: CreateIntentInput,
-    meta: { idempotencyKey?: string | undefined; traceId?: string | undefined },
+    meta: {
+      idempotencyKey?: string | undefined
+      traceId?: string | undefined
+      /** `x-instance-id` of the send when the request carried one (null: not attributable). */
+      instanceId?: string | null | undefined
+    },
   ): Promise<{ intent: IntentRow; replayed: boolean; recipientRegistered: boolean }> {
     const from = this.#sender(principal, input.from_agent)
     const now = this.#clock.now()
@@ -172,6 +177,8 @@ export class IntentService {
         actor: actorOf(principal),
         now,
         idempotency,
+        // Only an agent key's send is an instance's; staff keys send as the agent, not as a pod.
+        from_instance: principal.role === 'agent' ? (meta.instanceId ?? null) : null,
         decide: this.#acceptDecision(intent.intent_type, now, monitored, (registered) => (recipientRegistered = registered)),
         onIdempotencyMismatch: () => {
           throw conflict('this Idempotency-Key was already used with a different request body', {
@@ -263,16 +270,21 @@ export class IntentService {
     })
   }
 
-  async ack(principal: Principal, intentId: string) {
+  /**
+   * `instanceId` is the acting instance (`x-instance-id`, "default" when absent) of an agent key;
+   * a quarantined one is refused in the transaction (settleRule).
+   */
+  async ack(principal: Principal, intentId: string, instanceId: string | null = null) {
     const now = this.#clock.now()
     return this.#store.updateIntent({
       intent_id: intentId,
       now,
       actor: actorOf(principal),
-      decide: ({ intent, recipient }): IntentChange => {
+      instance_id: principal.role === 'agent' ? instanceId : null,
+      decide: ({ intent, recipient, quarantine }): IntentChange => {
         this.#assertRecipient(principal, intent)
         if (isTerminal(intent.status)) throw conflict(`intent is already ${intent.status}`)
-        settleRule(recipient)
+        settleRule(recipient, quarantine)
         if (intent.delivery_state !== 'leased') {
           throw conflict(`intent is ${intent.delivery_state}, not delivered: only a delivered intent can be acknowledged`)
         }
@@ -288,7 +300,7 @@ export class IntentService {
     })
   }
 
-  async resolve(principal: Principal, intentId: string, input: ResolveInput) {
+  async resolve(principal: Principal, intentId: string, input: ResolveInput, instanceId: string | null = null) {
     const now = this.#clock.now()
     if (principal.role !== 'agent' && input.status !== 'CANCELED') {
       throw forbidden('operator keys may only resolve an intent with status CANCELED')
@@ -300,15 +312,16 @@ export class IntentService {
       intent_id: intentId,
       now,
       actor: actorOf(principal),
+      instance_id: principal.role === 'agent' ? instanceId : null,
       cost_rule: costRule(this.#policies, now, found),
-      decide: ({ intent, recipient }): IntentChange => {
+      decide: ({ intent, recipient, quarantine }): IntentChange => {
         this.#assertRecipient(principal, intent)
         resolver = recipient
         if (isTerminal(intent.status)) {
           throw conflict(`intent is already ${intent.status}; a terminal status cannot change`, { status: intent.status })
         }
         if (principal.role === 'agent') {
-          settleRule(recipient)
+          settleRule(recipient, quarantine)
           // Held work (a killed sender's undelivered output, or work held for a resume) is not
           // the recipient's to act on until it is delivered.
           if (intent.delivery_state === 'held') {

@@ -1,4 +1,12 @@
-import type { AgentRow, KillInput, ResumeInput, Store } from '../../store/store.js'
+import type {
+  AgentRow,
+  InstanceQuarantineRow,
+  KillInput,
+  LiftQuarantineInput,
+  QuarantineInput,
+  ResumeInput,
+  Store,
+} from '../../store/store.js'
 import { iso, type Clock } from '../clock.js'
 import type { AgentService } from '../agents/agent-service.js'
 
@@ -144,6 +152,62 @@ export class KillSwitchService {
     })
   }
 
+  /**
+   * Quarantines one instance (kill of one instance): from the commit on, on every replica, its
+   * streams are cut and it can no longer receive, ack or resolve, nor send naming itself in
+   * `x-instance-id`; its leased intents go back to the queue at once for its siblings. The
+   * instance may never have been seen. A repeat is a no-op (`changed: false`, no audit).
+   */
+  async quarantineInstance(
+    actor: KillActor,
+    ref: string,
+    instanceId: string,
+    options: { reason?: string | undefined } = {},
+  ): Promise<{ agent: AgentRow; quarantine: InstanceQuarantineRow; changed: boolean; requeued: number }> {
+    const target = await this.#agents.resolve(ref)
+    const now = this.#clock.now()
+    const reason = options.reason ?? null
+    return this.#store.quarantineInstance({
+      address_id: target.address_id,
+      instance_id: instanceId,
+      now,
+      actor: actorId(actor),
+      reason,
+      record: quarantineRecord(actor, now, reason),
+    })
+  }
+
+  /** Lifts an instance's quarantine; lifting one that stands for no one is a no-op. */
+  async liftQuarantine(
+    actor: KillActor,
+    ref: string,
+    instanceId: string,
+    options: { reason?: string | undefined } = {},
+  ): Promise<{ agent: AgentRow; changed: boolean; lifted: InstanceQuarantineRow | null; at: number }> {
+    const target = await this.#agents.resolve(ref)
+    const now = this.#clock.now()
+    const reason = options.reason ?? null
+    const result = await this.#store.liftQuarantine({
+      address_id: target.address_id,
+      instance_id: instanceId,
+      now,
+      actor: actorId(actor),
+      reason,
+      record: liftRecord(actor, now, reason),
+    })
+    return { ...result, at: now }
+  }
+
+  /** The standing quarantine of one instance, or null (a read: the transactions re-check). */
+  async quarantineOf(addressId: string, instanceId: string): Promise<InstanceQuarantineRow | null> {
+    return (await this.#store.getQuarantine(addressId, instanceId)) ?? null
+  }
+
+  /** An agent's standing quarantines. */
+  async quarantines(addressId: string): Promise<InstanceQuarantineRow[]> {
+    return this.#store.listQuarantines(addressId)
+  }
+
   get resumeRatePerSecond(): number {
     return this.#resumeRate
   }
@@ -170,4 +234,55 @@ export function resumeRecord(actor: KillActor, now: number, reason: string | nul
           created_at: now,
         },
       })
+}
+
+const quarantineState = (q: InstanceQuarantineRow | null) =>
+  q === null
+    ? { quarantined: false }
+    : { quarantined: true, quarantined_at: iso(q.quarantined_at), actor: q.actor, reason: q.reason }
+
+/** The audit entry (`instance.kill`) and mesh event (`instance.quarantined`) of a quarantine. */
+export function quarantineRecord(actor: KillActor, now: number, reason: string | null): QuarantineInput['record'] {
+  return (agent, quarantine, requeued) => ({
+    audit: {
+      at: iso(now),
+      actor: actorId(actor),
+      action: 'instance.kill',
+      target: agent.address,
+      reason,
+      before: { instance_id: quarantine.instance_id, ...quarantineState(null) },
+      after: { instance_id: quarantine.instance_id, ...quarantineState(quarantine), requeued },
+    },
+    event: {
+      address_id: agent.address_id,
+      address: agent.address,
+      event_type: 'instance.quarantined',
+      details: { instance_id: quarantine.instance_id, reason, requeued },
+      actor_id: actorId(actor),
+      created_at: now,
+    },
+  })
+}
+
+/** The audit entry (`instance.resume`) and mesh event (`instance.resumed`) of a lifted quarantine. */
+export function liftRecord(actor: KillActor, now: number, reason: string | null): LiftQuarantineInput['record'] {
+  return (agent, lifted) => ({
+    audit: {
+      at: iso(now),
+      actor: actorId(actor),
+      action: 'instance.resume',
+      target: agent.address,
+      reason,
+      before: { instance_id: lifted.instance_id, ...quarantineState(lifted) },
+      after: { instance_id: lifted.instance_id, ...quarantineState(null) },
+    },
+    event: {
+      address_id: agent.address_id,
+      address: agent.address,
+      event_type: 'instance.resumed',
+      details: { instance_id: lifted.instance_id, reason },
+      actor_id: actorId(actor),
+      created_at: now,
+    },
+  })
 }

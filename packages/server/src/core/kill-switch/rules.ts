@@ -1,4 +1,4 @@
-import type { AgentRow, Parties } from '../../store/store.js'
+import type { AgentRow, InstanceQuarantineRow, Parties } from '../../store/store.js'
 import { GatewayError } from '../errors.js'
 
 /**
@@ -14,10 +14,41 @@ export function assertNotKilled(agent: AgentRow): void {
   }
 }
 
-/** Accepting an intent: neither the sender nor the recipient may be killed. */
+/**
+ * The instance quarantine rule, written once: a quarantined instance is refused like a killed
+ * agent (`403 agent_killed`, `details.quarantined: true`) while its siblings keep working. Stores
+ * read the quarantine row of the acting instance in the same transaction as the agent rows.
+ */
+export function assertInstanceLive(agent: AgentRow, quarantine: InstanceQuarantineRow | null): void {
+  if (quarantine === null) return
+  throw new GatewayError(
+    'agent_killed',
+    `instance ${quarantine.instance_id} of agent ${agent.address} is quarantined; the gateway refuses its traffic (its sibling instances are not affected)`,
+    {
+      details: {
+        address: agent.address,
+        address_id: agent.address_id,
+        instance_id: quarantine.instance_id,
+        quarantined: true,
+        quarantined_at: new Date(quarantine.quarantined_at).toISOString(),
+      },
+    },
+  )
+}
+
+/** True for the error of assertInstanceLive (streams end with `instance.quarantined`, not `agent.killed`). */
+export function isQuarantineError(error: GatewayError): boolean {
+  return error.code === 'agent_killed' && error.details?.['quarantined'] === true
+}
+
+/**
+ * Accepting an intent: neither the sender nor the recipient may be killed, and a send that
+ * names its instance (`x-instance-id`) may not come from a quarantined one.
+ */
 export function acceptRule(parties: Parties): void {
   assertNotKilled(parties.from)
   assertNotKilled(parties.to)
+  assertInstanceLive(parties.from, parties.from_quarantine)
 }
 
 /**
@@ -25,11 +56,13 @@ export function acceptRule(parties: Parties): void {
  * a killed sender's never-delivered intents (`delivery_attempt = 0`) are not handed out —
  * is the sender filter in each store's claim query, since it applies per candidate row.
  */
-export function deliveryRule(recipient: AgentRow): void {
+export function deliveryRule(recipient: AgentRow, quarantine: InstanceQuarantineRow | null = null): void {
   assertNotKilled(recipient)
+  assertInstanceLive(recipient, quarantine)
 }
 
-/** Acknowledging or resolving: the recipient doing it may not be killed. */
-export function settleRule(recipient: AgentRow): void {
+/** Acknowledging or resolving: the recipient doing it may not be killed, nor its instance quarantined. */
+export function settleRule(recipient: AgentRow, quarantine: InstanceQuarantineRow | null = null): void {
   assertNotKilled(recipient)
+  assertInstanceLive(recipient, quarantine)
 }

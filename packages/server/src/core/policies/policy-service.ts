@@ -227,6 +227,7 @@ export class PolicyService {
       {
         from: from.agent,
         to: to.agent,
+        from_quarantine: null,
         from_policies: from.policies,
         to_policies: to.policies,
         from_counters: from.counters,

@@ -21,6 +21,15 @@ export function instanceIdOf(req: IncomingMessage): string {
   return header
 }
 
+/**
+ * The sending instance of `POST /v1/intents`: the `x-instance-id` header, or null when absent. A
+ * send without the header is not attributed to any instance (not even "default"), so a
+ * quarantine cannot refuse it: only the agent kill stops all of an agent's sends.
+ */
+export function sendingInstanceOf(req: IncomingMessage): string | null {
+  return req.headers['x-instance-id'] === undefined ? null : instanceIdOf(req)
+}
+
 export function inboxRoutes(s: Services): Route[] {
   return [
     route<undefined, z.output<typeof InboxStreamQuery>>({
@@ -44,7 +53,8 @@ export function inboxRoutes(s: Services): Route[] {
           throw error instanceof GatewayError && error.code === 'not_found' ? notFound(`agent ${address}`) : error
         })
         assertActsFor(principal, agent.address_id, "read another agent's inbox")
-        deliveryRule(agent) // a killed agent's reconnect is refused before the stream opens
+        // A killed agent's or quarantined instance's reconnect is refused before the stream opens.
+        deliveryRule(agent, await s.killSwitch.quarantineOf(agent.address_id, instanceId))
         const stream = new InboxStream(s.store, s.clock, new SseSink(res), {
           agent,
           instanceId,

@@ -13,6 +13,7 @@ import {
   ResolveBody,
 } from '../schemas.js'
 import type { Services } from '../services.js'
+import { instanceIdOf, sendingInstanceOf } from './inbox.js'
 
 export function intentRoutes(s: Services): Route[] {
   return [
@@ -23,10 +24,14 @@ export function intentRoutes(s: Services): Route[] {
       tag: 'intents',
       summary: 'Send an intent (durable before the 200); Idempotency-Key makes retries safe',
       body: CreateIntentBody,
-      headers: ['idempotency-key'],
+      headers: ['idempotency-key', 'x-instance-id'],
       handler: async ({ req, res, principal, body, traceId }) => {
         const key = req.headers['idempotency-key'] as string | undefined
-        const { intent, recipientRegistered } = await s.intents.create(principal, body, { idempotencyKey: key, traceId })
+        const { intent, recipientRegistered } = await s.intents.create(principal, body, {
+          idempotencyKey: key,
+          traceId,
+          instanceId: sendingInstanceOf(req),
+        })
         const answer = { intent_id: intent.intent_id, status: intent.status, created_at: new Date(intent.created_at).toISOString() }
         if (recipientRegistered) return answer
         // Accepted and kept, but the address was never registered, bound to a key or seen sending:
@@ -101,8 +106,9 @@ export function intentRoutes(s: Services): Route[] {
       tag: 'intents',
       summary: 'Acknowledge a delivered intent; extends its lease (repeat as a keep-alive)',
       body: AckBody,
-      handler: async ({ principal, params }) => {
-        const { intent } = await s.intents.ack(principal, params['intent_id'] as string)
+      headers: ['x-instance-id'],
+      handler: async ({ req, principal, params }) => {
+        const { intent } = await s.intents.ack(principal, params['intent_id'] as string, instanceIdOf(req))
         return { intent: intentView(intent) }
       },
     }),
@@ -113,8 +119,14 @@ export function intentRoutes(s: Services): Route[] {
       tag: 'intents',
       summary: 'Resolve an intent: COMPLETED, FAILED or CANCELED (operators: CANCELED only)',
       body: ResolveBody,
-      handler: async ({ principal, params, body }) => {
-        const { intent, event, follow_up } = await s.intents.resolve(principal, params['intent_id'] as string, body)
+      headers: ['x-instance-id'],
+      handler: async ({ req, principal, params, body }) => {
+        const { intent, event, follow_up } = await s.intents.resolve(
+          principal,
+          params['intent_id'] as string,
+          body,
+          instanceIdOf(req),
+        )
         let completion: Record<string, unknown>
         if (intent.reply_to === null) completion = { delivered: false, reason: 'reply_to_not_set' }
         else if (follow_up?.accepted) {

@@ -6,6 +6,7 @@ import {
   FleetKillsQuery,
   FleetResumeBody,
   HeartbeatBody,
+  InstanceControlBody,
   KillBody,
   MeshAgentsQuery,
   MeshEventsQuery,
@@ -22,6 +23,15 @@ import { STREAMED } from '../router.js'
 import { iso } from '../../core/clock.js'
 import { policyView } from '../../core/policies/policy-spec.js'
 import { instanceIdOf } from './inbox.js'
+import { GatewayError } from '../../core/errors.js'
+import { isInstanceId } from '../../core/ids.js'
+
+/** The `{instance_id}` path parameter: the same rule as `x-instance-id` (DESIGN §11), else 400. */
+function instanceParam(params: Record<string, string>): string {
+  const id = params['instance_id'] as string
+  if (!isInstanceId(id)) throw new GatewayError('invalid_request', 'instance_id must be 1–128 printable ASCII characters')
+  return id
+}
 import type { Services } from '../services.js'
 
 export function meshRoutes(s: Services): Route[] {
@@ -211,6 +221,72 @@ export function meshRoutes(s: Services): Route[] {
           resumed_at: agent.resumed_at === null ? null : iso(agent.resumed_at),
           redelivering,
         }
+      },
+    }),
+    route<z.output<typeof InstanceControlBody>>({
+      method: 'POST',
+      path: '/v1/mesh/agents/:address_id/instances/:instance_id/kill',
+      access: 'operator',
+      control: true,
+      tag: 'kill-switch',
+      summary:
+        "Quarantine one instance: its streams are cut, it can no longer receive, ack or resolve (nor send with its x-instance-id), its leased intents go to its siblings at once",
+      body: InstanceControlBody,
+      handler: async ({ params, principal, body }) => {
+        const instanceId = instanceParam(params)
+        const { agent, quarantine, changed, requeued } = await s.killSwitch.quarantineInstance(
+          { kind: 'key', key_id: principal.key_id },
+          params['address_id'] as string,
+          instanceId,
+          body,
+        )
+        return {
+          address_id: agent.address_id,
+          address: agent.address,
+          instance_id: instanceId,
+          quarantined: true,
+          quarantined_at: iso(quarantine.quarantined_at),
+          reason: quarantine.reason,
+          changed,
+          requeued,
+        }
+      },
+    }),
+    route<z.output<typeof InstanceControlBody>>({
+      method: 'POST',
+      path: '/v1/mesh/agents/:address_id/instances/:instance_id/resume',
+      access: 'operator',
+      control: true,
+      tag: 'kill-switch',
+      summary: "Lift an instance's quarantine; resuming an instance that is not quarantined is a no-op",
+      body: InstanceControlBody,
+      handler: async ({ params, principal, body }) => {
+        const instanceId = instanceParam(params)
+        const { agent, changed, at } = await s.killSwitch.liftQuarantine(
+          { kind: 'key', key_id: principal.key_id },
+          params['address_id'] as string,
+          instanceId,
+          body,
+        )
+        return {
+          address_id: agent.address_id,
+          address: agent.address,
+          instance_id: instanceId,
+          quarantined: false,
+          changed,
+          resumed_at: changed ? iso(at) : null,
+        }
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/v1/mesh/agents/:address_id/instances',
+      access: 'viewer',
+      tag: 'mesh',
+      summary: "An agent's instances (from heartbeats) with health and quarantine flag, plus quarantined instances never seen",
+      handler: async ({ params }) => {
+        const agent = await s.agents.resolve(params['address_id'] as string)
+        return { address_id: agent.address_id, address: agent.address, instances: await s.heartbeats.instances(agent) }
       },
     }),
     route<undefined, z.output<typeof MeshEventsQuery>>({

@@ -96,6 +96,8 @@ export class PostgresFeed implements ChangeFeed {
   #polling = false
   /** Kill state seen by the poll (address_id → killed_at); null until the first poll. */
   #killedSeen: Map<string, number> | null = null
+  /** Instance quarantines seen by the poll (address_id \n instance_id → quarantined_at); null until the first poll. */
+  #quarantinesSeen: Map<string, number> | null = null
 
   constructor(options: PostgresFeedOptions) {
     this.#options = options
@@ -250,7 +252,10 @@ export class PostgresFeed implements ChangeFeed {
     this.#pollTimer.unref()
   }
 
-  /** Publishes `agent.killed` for agents killed since the previous poll (all of them on the first). */
+  /**
+   * Publishes `agent.killed` for agents killed since the previous poll (all of them on the first),
+   * and `instance.quarantined` for instances quarantined since then.
+   */
   async #pollKillState(): Promise<void> {
     if (this.#polling) return
     this.#polling = true
@@ -268,6 +273,20 @@ export class PostgresFeed implements ChangeFeed {
         }
       }
       this.#killedSeen = next
+      // Quarantined instances too: their streams must be cut on this replica within the same bound.
+      const quarantines = await this.#options.query<{ address_id: string; instance_id: string; quarantined_at: number }>(
+        'SELECT address_id, instance_id, quarantined_at FROM instance_quarantines',
+      )
+      const seenQ = this.#quarantinesSeen
+      const nextQ = new Map<string, number>()
+      for (const row of quarantines) {
+        const key = `${row.address_id}\n${row.instance_id}`
+        nextQ.set(key, row.quarantined_at)
+        if (seenQ === null || seenQ.get(key) !== row.quarantined_at) {
+          this.#local.publish({ type: 'instance.quarantined', address_id: row.address_id, instance_id: row.instance_id })
+        }
+      }
+      this.#quarantinesSeen = nextQ
     } catch {
       // The database itself is unreachable: nothing can be accepted or delivered either.
     } finally {
@@ -282,6 +301,12 @@ export class PostgresFeed implements ChangeFeed {
         'SELECT address_id FROM agents WHERE killed_at IS NOT NULL',
       )
       for (const row of killed) this.#local.publish({ type: 'agent.killed', address_id: row.address_id })
+      const quarantined = await this.#options.query<{ address_id: string; instance_id: string }>(
+        'SELECT address_id, instance_id FROM instance_quarantines',
+      )
+      for (const row of quarantined) {
+        this.#local.publish({ type: 'instance.quarantined', address_id: row.address_id, instance_id: row.instance_id })
+      }
       const queued = await this.#options.query<{ address_id: string }>(
         "SELECT DISTINCT to_address_id AS address_id FROM intents WHERE delivery_state = 'queued'",
       )

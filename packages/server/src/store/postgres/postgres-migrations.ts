@@ -252,4 +252,15 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
     updated_at bigint NOT NULL
   );
   `,
+  // Quarantined instances (see the SQLite migration): a row exists while the quarantine stands.
+  `
+  CREATE TABLE instance_quarantines (
+    address_id     text NOT NULL,
+    instance_id    text NOT NULL,
+    quarantined_at bigint NOT NULL,
+    actor          text NOT NULL,
+    reason         text,
+    PRIMARY KEY (address_id, instance_id)
+  );
+  `,
 ]

@@ -34,6 +34,10 @@ import type {
   HeartbeatInput,
   HoldInput,
   InstanceRow,
+  InstanceQuarantineRow,
+  LiftQuarantineInput,
+  QuarantineInput,
+  QuarantineResult,
   IntentEventRow,
   IntentListQuery,
   IntentRow,
@@ -718,7 +722,11 @@ export class PostgresStore implements Store {
           )
         }
       }
-      const row = await this.#acceptLocked(tx, from, to, intent, input.actor, now, input.decide)
+      // Read after the shared gate: a quarantine of the sending instance either committed before
+      // (seen here) or waits for this transaction (its exclusive gate).
+      const fromInstance = input.from_instance ?? null
+      const fromQuarantine = fromInstance === null ? null : await this.#quarantine(tx, from.address_id, fromInstance)
+      const row = await this.#acceptLocked(tx, from, to, intent, input.actor, now, input.decide, fromQuarantine)
       return { intent: row, replayed: false }
     })
   }
@@ -732,6 +740,7 @@ export class PostgresStore implements Store {
     actor: string,
     now: number,
     decide: AcceptDecision,
+    fromQuarantine: InstanceQuarantineRow | null = null,
   ): Promise<IntentRow> {
     const withPolicies = [from, to].filter((a) => a.policy_version !== 0).map((a) => a.address_id)
     const policies =
@@ -743,6 +752,7 @@ export class PostgresStore implements Store {
     const parties: Parties = {
       from,
       to,
+      from_quarantine: fromQuarantine,
       from_policies: from.policy_version === 0 ? [] : policies.filter((p) => p.address_id === from.address_id || p.address_id === DEFAULT_POLICY_OWNER),
       to_policies: to.policy_version === 0 ? [] : policies.filter((p) => p.address_id === to.address_id || p.address_id === DEFAULT_POLICY_OWNER),
       from_counters: counters.get(from.address_id) as AgentCounters,
@@ -907,7 +917,10 @@ export class PostgresStore implements Store {
       await this.#gateById(tx, input.address_id, false)
       const recipient = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR SHARE', [input.address_id])
       if (!recipient) throw new GatewayError('not_found', 'agent not found')
-      input.decide(recipient)
+      // Its own statement after the gate and the row lock: a quarantine that committed while this
+      // transaction waited is seen; one that starts now waits for this transaction (and then
+      // requeues whatever this claim leases).
+      input.decide(recipient, await this.#quarantine(tx, input.address_id, input.instance_id))
       // One claim at a time per (address, instance), so max_in_flight holds across replicas.
       await tx.run('SELECT pg_advisory_xact_lock($1::int, hashtext($2))', [LOCK_CLASS + LOCK_CLAIM, `${input.address_id}\n${input.instance_id}`])
       const inFlight =
@@ -1013,7 +1026,9 @@ export class PostgresStore implements Store {
       if (!intent) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
       const recipient = agents.get(intent.to_address_id) as AgentRow
       const sender = agents.get(intent.from_address_id) as AgentRow
-      const change = input.decide({ intent, recipient, sender })
+      const instanceId = input.instance_id ?? null
+      const quarantine = instanceId === null ? null : await this.#quarantine(tx, intent.to_address_id, instanceId)
+      const change = input.decide({ intent, recipient, sender, quarantine })
       await tx.run(
         `UPDATE intents SET status = $2, delivery_state = $3, lease_expires_at = $4,
            lease_instance = CASE WHEN $3 = 'leased' THEN lease_instance ELSE NULL END,
@@ -1219,6 +1234,82 @@ export class PostgresStore implements Store {
       const record = atKillTime(input.record, input.now, killedAt)
       return { agent: await this.#recordKill(tx, before, after, { ...input, record }), changed: true }
     }, this.#controlPool)
+  }
+
+  async #quarantine(tx: Tx, addressId: string, instanceId: string): Promise<InstanceQuarantineRow | null> {
+    return (
+      (await tx.one<InstanceQuarantineRow>('SELECT * FROM instance_quarantines WHERE address_id = $1 AND instance_id = $2', [
+        addressId,
+        instanceId,
+      ])) ?? null
+    )
+  }
+
+  /**
+   * Like a kill, a quarantine takes the agent's gate exclusively: it waits for every in-flight
+   * claim, ack, resolve and send of the agent (shared gate, FOR SHARE), so the leases it takes
+   * back include any claim that committed before it, and every one that starts later reads the
+   * quarantine row.
+   */
+  async quarantineInstance(input: QuarantineInput): Promise<QuarantineResult> {
+    return this.#tx(async (tx) => {
+      await this.#gateById(tx, input.address_id, true)
+      const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
+      if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      const inserted = await tx.one<InstanceQuarantineRow>(
+        `INSERT INTO instance_quarantines (address_id, instance_id, quarantined_at, actor, reason)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING *`,
+        [input.address_id, input.instance_id, input.now, input.actor, input.reason],
+      )
+      if (!inserted) {
+        const existing = (await this.#quarantine(tx, input.address_id, input.instance_id)) as InstanceQuarantineRow
+        return { agent, quarantine: existing, changed: false, requeued: 0 }
+      }
+      // Its leases back to the queue, due now; the dropped lease is not a delivery attempt.
+      const requeued = await tx.rows<{ intent_id: string }>(
+        `UPDATE intents SET delivery_state = 'queued', lease_instance = NULL, lease_expires_at = NULL,
+           kill_dropped = kill_dropped + 1, available_at = $3, updated_at = $3
+         WHERE to_address_id = $1 AND delivery_state = 'leased' AND lease_instance = $2 RETURNING intent_id`,
+        [input.address_id, input.instance_id, input.now],
+      )
+      const { audit, event } = input.record(agent, inserted, requeued.length)
+      this.#audit(tx, audit)
+      this.#meshEvent(tx, event)
+      // NOTIFYed in this order: every replica cuts the instance's streams before it wakes a sibling.
+      tx.changes.push({ type: 'instance.quarantined', address_id: input.address_id, instance_id: input.instance_id })
+      if (requeued.length > 0) tx.changes.push({ type: 'intent.available', address_id: input.address_id })
+      return { agent, quarantine: inserted, changed: true, requeued: requeued.length }
+    }, this.#controlPool)
+  }
+
+  async liftQuarantine(input: LiftQuarantineInput): Promise<{ agent: AgentRow; changed: boolean; lifted: InstanceQuarantineRow | null }> {
+    return this.#tx(async (tx) => {
+      await this.#gateById(tx, input.address_id, true)
+      const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
+      if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      const lifted = await tx.one<InstanceQuarantineRow>(
+        'DELETE FROM instance_quarantines WHERE address_id = $1 AND instance_id = $2 RETURNING *',
+        [input.address_id, input.instance_id],
+      )
+      if (!lifted) return { agent, changed: false, lifted: null }
+      const { audit, event } = input.record(agent, lifted)
+      this.#audit(tx, audit)
+      this.#meshEvent(tx, event)
+      return { agent, changed: true, lifted }
+    }, this.#controlPool)
+  }
+
+  async getQuarantine(addressId: string, instanceId: string): Promise<InstanceQuarantineRow | undefined> {
+    return this.#readOne<InstanceQuarantineRow>('SELECT * FROM instance_quarantines WHERE address_id = $1 AND instance_id = $2', [
+      addressId,
+      instanceId,
+    ])
+  }
+
+  async listQuarantines(addressId: string): Promise<InstanceQuarantineRow[]> {
+    return this.#read<InstanceQuarantineRow>('SELECT * FROM instance_quarantines WHERE address_id = $1 ORDER BY instance_id', [
+      addressId,
+    ])
   }
 
   /** The rest of a kill's transaction once the agent row flipped: audit, event, notification. */

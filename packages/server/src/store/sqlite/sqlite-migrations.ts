@@ -236,4 +236,17 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
     updated_at INTEGER NOT NULL
   );
   `,
+  // Quarantined instances: one instance of an agent refused (stream, delivery, ack, resolve and
+  // sends naming it) while its siblings keep working. A row exists while the quarantine stands;
+  // resume deletes it (the audit log keeps the history).
+  `
+  CREATE TABLE instance_quarantines (
+    address_id     TEXT NOT NULL,
+    instance_id    TEXT NOT NULL,
+    quarantined_at INTEGER NOT NULL,
+    actor          TEXT NOT NULL,
+    reason         TEXT,
+    PRIMARY KEY (address_id, instance_id)
+  ) WITHOUT ROWID;
+  `,
 ]

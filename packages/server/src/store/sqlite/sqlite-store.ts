@@ -21,6 +21,10 @@ import type {
   HealthSweepInput,
   HeartbeatInput,
   InstanceRow,
+  InstanceQuarantineRow,
+  LiftQuarantineInput,
+  QuarantineInput,
+  QuarantineResult,
   MetricsWindow,
   WebhookRow,
   AgentCounters,
@@ -400,6 +404,21 @@ function prepare(db: Db) {
     ),
     purgeEvents: s('DELETE FROM intent_events WHERE intent_id = ?'),
     purgeIdem: s('DELETE FROM idempotency_keys WHERE created_at < ?'),
+    quarantineOf: s('SELECT * FROM instance_quarantines WHERE address_id = ? AND instance_id = ?'),
+    quarantinesOf: s('SELECT * FROM instance_quarantines WHERE address_id = ? ORDER BY instance_id'),
+    insertQuarantine: s(
+      `INSERT INTO instance_quarantines (address_id, instance_id, quarantined_at, actor, reason)
+       VALUES (@address_id, @instance_id, @quarantined_at, @actor, @reason) ON CONFLICT DO NOTHING RETURNING *`,
+    ),
+    deleteQuarantine: s('DELETE FROM instance_quarantines WHERE address_id = ? AND instance_id = ? RETURNING *'),
+    // A quarantine takes the instance's leases back: queued and due now, the dropped lease not
+    // counted as a delivery attempt (like a kill's, kill_dropped).
+    requeueInstance: s(
+      `UPDATE intents SET delivery_state = 'queued', lease_instance = NULL, lease_expires_at = NULL,
+         kill_dropped = kill_dropped + 1, available_at = @now, updated_at = @now
+       WHERE to_address_id = @address_id AND delivery_state = 'leased' AND lease_instance = @instance_id
+       RETURNING intent_id`,
+    ),
   }
 }
 
@@ -681,7 +700,7 @@ export class SqliteStore implements Store {
           if (original) return { intent: original, replayed: true }
         }
       }
-      const row = this.#accept(intent, input.actor, now, input.decide, changes)
+      const row = this.#accept(intent, input.actor, now, input.decide, changes, input.from_instance ?? null)
       if (input.idempotency) {
         this.#q.idemPut.run(row.from_address_id, input.idempotency.key, input.idempotency.request_hash, row.intent_id, now)
       }
@@ -696,12 +715,14 @@ export class SqliteStore implements Store {
     now: number,
     decide: AcceptDecision,
     changes: Change[],
+    fromInstance: string | null = null,
   ): IntentRow {
     const from = this.#ensureAgent(intent.from_agent, now, true, changes)
     const to = this.#ensureAgent(intent.to_agent, now, false, changes)
     const parties: Parties = {
       from,
       to,
+      from_quarantine: fromInstance === null ? null : this.#quarantine(from.address_id, fromInstance),
       from_policies: from.policy_version === 0 ? [] : (this.#q.effectivePolicies.all(from.address_id) as PolicyRow[]),
       to_policies: to.policy_version === 0 ? [] : (this.#q.effectivePolicies.all(to.address_id) as PolicyRow[]),
       from_counters: this.#counters(from.address_id, now),
@@ -758,7 +779,7 @@ export class SqliteStore implements Store {
     return this.#write((changes) => {
       const recipient = this.#q.agentById.get(input.address_id) as AgentRow | undefined
       if (!recipient) throw new GatewayError('not_found', 'agent not found')
-      input.decide(recipient)
+      input.decide(recipient, this.#quarantine(input.address_id, input.instance_id))
       const inFlight = (this.#q.inFlight.get(input.address_id, input.instance_id) as { n: number }).n
       const room = Math.min(input.max_in_flight - inFlight, input.max_batch)
       if (room <= 0) return { deliveries: [], has_room: false, next_due_at: null }
@@ -815,7 +836,9 @@ export class SqliteStore implements Store {
       if (!intent) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
       const recipient = this.#q.agentById.get(intent.to_address_id) as AgentRow
       const sender = this.#q.agentById.get(intent.from_address_id) as AgentRow
-      const change = input.decide({ intent, recipient, sender })
+      const instanceId = input.instance_id ?? null
+      const quarantine = instanceId === null ? null : this.#quarantine(intent.to_address_id, instanceId)
+      const change = input.decide({ intent, recipient, sender, quarantine })
       this.#q.updateIntent.run({
         intent_id: intent.intent_id,
         status: change.status,
@@ -1022,6 +1045,62 @@ export class SqliteStore implements Store {
       for (const id of recipients) changes.push({ type: 'intent.available', address_id: id })
       return { agent: after, redelivering: rows.length, audit }
     }
+  }
+
+  #quarantine(addressId: string, instanceId: string): InstanceQuarantineRow | null {
+    return (this.#q.quarantineOf.get(addressId, instanceId) as InstanceQuarantineRow | undefined) ?? null
+  }
+
+  async quarantineInstance(input: QuarantineInput): Promise<QuarantineResult> {
+    return this.#write((changes) => {
+      const agent = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      const inserted = this.#q.insertQuarantine.get({
+        address_id: input.address_id,
+        instance_id: input.instance_id,
+        quarantined_at: input.now,
+        actor: input.actor,
+        reason: input.reason,
+      }) as InstanceQuarantineRow | undefined
+      if (!inserted) {
+        const existing = this.#quarantine(input.address_id, input.instance_id) as InstanceQuarantineRow
+        return { agent, quarantine: existing, changed: false, requeued: 0 }
+      }
+      const requeued = this.#q.requeueInstance.all({
+        address_id: input.address_id,
+        instance_id: input.instance_id,
+        now: input.now,
+      }) as { intent_id: string }[]
+      const { audit, event } = input.record(agent, inserted, requeued.length)
+      this.#audit(audit)
+      this.#meshEvent(event, changes)
+      // Published in this order after the commit: the instance's streams are cut first, so the
+      // wake-up of intent.available goes to a sibling.
+      changes.push({ type: 'instance.quarantined', address_id: input.address_id, instance_id: input.instance_id })
+      if (requeued.length > 0) changes.push({ type: 'intent.available', address_id: input.address_id })
+      return { agent, quarantine: inserted, changed: true, requeued: requeued.length }
+    })
+  }
+
+  async liftQuarantine(input: LiftQuarantineInput): Promise<{ agent: AgentRow; changed: boolean; lifted: InstanceQuarantineRow | null }> {
+    return this.#write((changes) => {
+      const agent = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
+      const lifted = this.#q.deleteQuarantine.get(input.address_id, input.instance_id) as InstanceQuarantineRow | undefined
+      if (!lifted) return { agent, changed: false, lifted: null }
+      const { audit, event } = input.record(agent, lifted)
+      this.#audit(audit)
+      this.#meshEvent(event, changes)
+      return { agent, changed: true, lifted }
+    })
+  }
+
+  async getQuarantine(addressId: string, instanceId: string): Promise<InstanceQuarantineRow | undefined> {
+    return this.#quarantine(addressId, instanceId) ?? undefined
+  }
+
+  async listQuarantines(addressId: string): Promise<InstanceQuarantineRow[]> {
+    return this.#q.quarantinesOf.all(addressId) as InstanceQuarantineRow[]
   }
 
   async killFleet(input: FleetKillInput): Promise<FleetKillResult> {
