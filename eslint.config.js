@@ -54,6 +54,20 @@ const boundaries = {
       ],
     },
   },
+  dashboard: {
+    files: ['packages/dashboard/src/**/*.{ts,tsx}'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            { group: ['@chokepoint/server', '**/server/**'], message: 'the console talks to the public API through the SDK only' },
+            { group: ['node:*'], message: 'the console runs in a browser: no Node built-ins' },
+          ],
+        },
+      ],
+    },
+  },
   cli: {
     files: ['packages/cli/src/**/*.ts'],
     rules: {

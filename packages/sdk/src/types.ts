@@ -185,6 +185,8 @@ export interface MeshAgent {
   instances_healthy: number
   killed_at?: string
   kill_reason?: string | null
+  /** Who killed it: `key:<key_id>` or `policy:<policy_id>`. */
+  killed_by?: string | null
 }
 
 /** One agent with its instances and policies (`GET /v1/mesh/agents/{id}`). */

@@ -1,6 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { existsSync } from 'node:fs'
 import { basename } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { AgentService } from './core/agents/agent-service.js'
 import { DEFAULT_KEY_CACHE, KeyService } from './core/auth/key-service.js'
 import { systemClock, type Clock } from './core/clock.js'
@@ -12,6 +14,7 @@ import { ConfigError, type GatewayConfig } from './config.js'
 import { lockDataDir } from './data-dir-lock.js'
 import { createRequestHandler, refuseConnect } from './http/app.js'
 import { Router } from './http/router.js'
+import { dashboardHandler } from './http/static.js'
 import { inboxRoutes } from './http/routes/inbox.js'
 import { intentRoutes } from './http/routes/intents.js'
 import { keyRoutes } from './http/routes/keys.js'
@@ -57,9 +60,20 @@ export const stderrLogger: Logger = (level, message, fields) => {
 }
 
 /** Composition root: config → store → core services → HTTP → listen. */
+/** The dashboard built next to this package in the repository (`npm ci` builds it), if any. */
+function defaultDashboardDir(): string | null {
+  const dir = fileURLToPath(new URL('../../dashboard/dist/', import.meta.url))
+  return existsSync(dir) ? dir : null
+}
+
 export async function startGateway(
   config: GatewayConfig,
-  options: { clock?: Clock; log?: Logger } = {},
+  options: {
+    clock?: Clock
+    log?: Logger
+    /** The built dashboard to serve at `/` (null: none); default packages/dashboard/dist. */
+    dashboardDir?: string | null
+  } = {},
 ): Promise<Gateway> {
   const log = options.log ?? stderrLogger
   // The port is bound before any state exists: a start that cannot listen (EADDRINUSE, EACCES)
@@ -212,7 +226,8 @@ export async function startGateway(
     // Alert sends run beside the sweep, never inside it: a slow receiver must not delay lease expiry.
     tasks: [() => services.heartbeats.sweep(), () => deadman.sweep(), async () => void dispatcher.tick().catch(onDispatchError)],
   })
-  ready = createRequestHandler({ router, keys, audit, bodyLimitBytes: config.bodyLimitBytes, log })
+  const fallback = dashboardHandler(options.dashboardDir === undefined ? defaultDashboardDir() : options.dashboardDir)
+  ready = createRequestHandler({ router, keys, audit, bodyLimitBytes: config.bodyLimitBytes, fallback, log })
   sweeper.start()
   const port = (server.address() as AddressInfo).port
   const shownHost = config.host.includes(':') ? `[${config.host}]` : config.host

@@ -16,6 +16,8 @@ export interface HttpDeps {
   keys: KeyService
   audit: AuditService
   bodyLimitBytes: number
+  /** Answers GET paths no route has (the dashboard); false when it has nothing either. */
+  fallback?: ((req: IncomingMessage, res: ServerResponse, path: string) => boolean) | undefined
   log: (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void
 }
 
@@ -113,6 +115,7 @@ async function handle(
   const matched = deps.router.match(req.method ?? 'GET', path)
   if (!matched) {
     req.resume()
+    if (deps.fallback?.(req, res, path)) return
     throw new GatewayError('not_found', `no route for ${req.method ?? 'GET'} ${path.slice(0, 200)}`)
   }
   const { route, params } = matched

@@ -36,6 +36,8 @@ export function agentView(agent: AgentRow, stats: AgentStats = NO_STATS): Record
   if (agent.killed_at !== null) {
     view['killed_at'] = new Date(agent.killed_at).toISOString()
     view['kill_reason'] = agent.kill_reason
+    // Who: `key:<key_id>` or `policy:<policy_id>` (the same actor the audit entry names).
+    view['killed_by'] = agent.kill_actor
   }
   return view
 }

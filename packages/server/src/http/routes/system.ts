@@ -48,6 +48,23 @@ export function systemRoutes(deps: {
     }),
     route({
       method: 'GET',
+      path: '/v1/whoami',
+      access: 'agent_or_viewer',
+      tag: 'system',
+      summary: "The calling key: its id, name, role and (agent keys) bound agent — what a console may show",
+      handler: async ({ principal }) => {
+        const key = await deps.store.getKey(principal.key_id)
+        return {
+          key_id: principal.key_id,
+          name: key?.name ?? null,
+          role: principal.role,
+          agent: principal.address,
+          address_id: principal.address_id,
+        }
+      },
+    }),
+    route({
+      method: 'GET',
       path: '/openapi.json',
       access: 'public',
       tag: 'system',
