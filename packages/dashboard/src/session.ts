@@ -34,7 +34,7 @@ export function operatorFor(key: string): Operator {
 }
 
 export async function whoami(op: Operator): Promise<Me> {
-  return (await op.client.get('/v1/whoami')) as Me
+  return op.whoami()
 }
 
 export const canAct = (me: Me | null): boolean => me !== null && (me.role === 'operator' || me.role === 'admin')

@@ -16,7 +16,7 @@ export type {
 } from './agent.js'
 export type { ListenOptions, ReconnectOptions } from './inbox.js'
 export { Operator } from './operator.js'
-export type { HealthResponse, OperatorOptions } from './operator.js'
+export type { HealthResponse, OperatorOptions, WhoamiResponse } from './operator.js'
 export { APIClient, DEFAULT_BASE_URL } from './core/client.js'
 export type { ClientOptions, Fetch, RequestOptions } from './core/client.js'
 export {

@@ -41,10 +41,25 @@ export class Operator {
     this.policies = new Policies(this.client)
   }
 
+  /** `GET /v1/whoami`: the calling key — id, name, role and (agent keys) the bound agent. */
+  whoami(options?: RequestOptions): Promise<WhoamiResponse> {
+    return this.client.get('/v1/whoami', undefined, options)
+  }
+
   /** `GET /health`: gateway version and store engine (503 when the store is down). */
   health(options?: RequestOptions): Promise<HealthResponse> {
     return this.client.get('/health', undefined, options)
   }
+}
+
+export interface WhoamiResponse {
+  ok: true
+  key_id: string
+  name: string | null
+  role: 'admin' | 'operator' | 'viewer' | 'agent'
+  /** The agent an agent key is bound to; null for staff keys. */
+  agent: string | null
+  address_id: string | null
 }
 
 export interface HealthResponse {

@@ -230,6 +230,10 @@ describe('Operator against a real gateway', () => {
     expect(actions).toEqual(['policy.create', 'policy.update', 'policy.delete'])
   })
 
+  it('whoami names the key', async () => {
+    expect(await operator.whoami()).toMatchObject({ ok: true, role: 'admin', agent: null })
+  })
+
   it('monitor mode and default policies: would-be decisions in evaluate, defaults in effective policies', async () => {
     const { address, agent } = await newAgent()
     const watched = await operator.policies.create(address, { kind: 'action', direction: 'send', mode: 'denylist', patterns: ['deploy.**'], enforcement: 'monitor' })

@@ -81,6 +81,24 @@ describe('keys', () => {
     expect(agentRow).toMatchObject({ role: 'agent', agent: 'agent://acme/prod/auth-k1' })
   })
 
+  it('GET /v1/whoami names the calling key: id, name, role and, for an agent key, its agent', async () => {
+    const viewer = await api(gw.url, gw.adminKey, 'POST', '/v1/keys', { role: 'viewer', name: 'night shift' })
+    expect((await api(gw.url, viewer.body.key, 'GET', '/v1/whoami')).body).toEqual({
+      ok: true,
+      key_id: viewer.body.key_id,
+      name: 'night shift',
+      role: 'viewer',
+      agent: null,
+      address_id: null,
+    })
+    const key = await agentKey(gw, 'agent://acme/prod/whoami')
+    const me = (await api(gw.url, key, 'GET', '/v1/whoami')).body
+    expect(me).toMatchObject({ role: 'agent', agent: 'agent://acme/prod/whoami' })
+    expect(me.address_id).toMatch(/^addr_/)
+    expect((await api(gw.url, gw.adminKey, 'GET', '/v1/whoami')).body.role).toBe('admin')
+    expect((await api(gw.url, null, 'GET', '/v1/whoami')).status).toBe(401)
+  })
+
   it('each new key works right away with its role', async () => {
     const viewer = await api(gw.url, gw.adminKey, 'POST', '/v1/keys', { role: 'viewer' })
     const ok = await api(gw.url, viewer.body.key, 'GET', '/v1/mesh/agents')

@@ -146,6 +146,8 @@ const MATRIX: Record<string, MatrixRow> = {
   'GET /health': { access: 'public', cell: () => ({}) },
   'GET /metrics': { access: 'public', raw: true, cell: () => ({}) },
   'GET /openapi.json': { access: 'public', raw: true, cell: () => ({}) },
+  // Any valid key learns who it is; it is about the caller, so there is no "other agent".
+  'GET /v1/whoami': { access: 'agent_or_viewer', except: { other_agent: OK }, cell: () => ({}) },
 
   // --- keys (admin) --------------------------------------------------------------------------
   'POST /v1/keys': {
