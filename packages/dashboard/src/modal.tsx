@@ -7,8 +7,9 @@ import { useEffect, useRef } from 'preact/hooks'
  */
 export function Modal(props: { title: string; onClose: () => void; children: ComponentChildren }) {
   const box = useRef<HTMLDivElement>(null)
+  // What had focus when the modal opened (read at the first render, before anything moves it).
+  const opener = useRef(document.activeElement as HTMLElement | null)
   useEffect(() => {
-    const opener = document.activeElement as HTMLElement | null
     const root = box.current
     const focusables = (): HTMLElement[] =>
       root ? [...root.querySelectorAll<HTMLElement>('button, [href], input, select, textarea')].filter((e) => !e.hasAttribute('disabled')) : []
@@ -34,7 +35,9 @@ export function Modal(props: { title: string; onClose: () => void; children: Com
     document.addEventListener('keydown', onKey)
     return () => {
       document.removeEventListener('keydown', onKey)
-      opener?.focus?.()
+      const back = opener.current
+      // After the modal is gone from the page: focusing earlier would be undone by its removal.
+      setTimeout(() => back?.isConnected && back.focus(), 0)
     }
     // Mounted once per opening: closing only needs the first onClose.
   }, [])

@@ -170,6 +170,48 @@ describe.skipIf(!CHROMIUM)('dashboard in a real browser', () => {
     await page.close()
   })
 
+  it('one list request per refresh, never one per row', async () => {
+    const page = await signedIn()
+    await row(page, PLANNER).waitFor()
+    const calls: string[] = []
+    page.on('request', (r) => {
+      const path = new URL(r.url()).pathname
+      if (path.startsWith('/v1/')) calls.push(path)
+    })
+    await op.agents.kill(BILLING, { reason: 'count the requests' })
+    await expect.poll(() => row(page, BILLING).textContent()).toMatch(/count the requests/)
+    expect(calls.filter((p) => p.startsWith('/v1/mesh/agents'))).toEqual(['/v1/mesh/agents'])
+    await op.agents.resume(BILLING)
+    await page.close()
+  })
+
+  it('keyboard: Tab stays inside the Kill modal; phone width still shows every agent and its Kill button', async () => {
+    const page = await signedIn()
+    await row(page, PLANNER).getByRole('button', { name: `Kill ${PLANNER}` }).click()
+    const dialog = page.getByRole('dialog')
+    for (let i = 0; i < 6; i++) {
+      await page.keyboard.press('Tab')
+      expect(await dialog.evaluate((d) => d.contains(document.activeElement))).toBe(true)
+    }
+    await page.keyboard.press('Escape')
+    await expect.poll(() => page.getByRole('dialog').count()).toBe(0)
+    // Focus goes back to the button that opened it.
+    await expect.poll(() => page.evaluate(() => document.activeElement?.getAttribute('aria-label'))).toBe(`Kill ${PLANNER}`)
+    await page.setViewportSize({ width: 390, height: 844 })
+    for (const a of [PLANNER, DEPLOYER, BILLING]) expect(await row(page, a).isVisible()).toBe(true)
+    expect(await row(page, PLANNER).getByRole('button', { name: `Kill ${PLANNER}` }).isVisible()).toBe(true)
+    await page.close()
+  })
+
+  it('an agent key is told it cannot use the console', async () => {
+    const page = await context.newPage()
+    await page.goto(`${gw.url}/agents`)
+    await page.getByLabel('API key').fill(keys[PLANNER] as string)
+    await page.getByRole('button', { name: 'Sign in' }).click()
+    await expect.poll(() => page.getByRole('alert').textContent()).toMatch(/agent key/)
+    await page.close()
+  })
+
   it('a viewer sees no Kill or Resume and no editors', async () => {
     const page = await signedIn('/agents', viewerKey)
     await row(page, PLANNER).waitFor()
