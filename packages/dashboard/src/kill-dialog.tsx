@@ -8,6 +8,8 @@ export interface KillTarget {
   address_id: string
   address: string
   display_name: string
+  /** Quarantine (kill) or release (resume) this one instance instead of the agent. */
+  instance_id?: string
 }
 
 /**
@@ -21,6 +23,7 @@ export function KillDialog(props: { op: Operator; target: KillTarget; onClose: (
   const [error, setError] = useState<string | null>(null)
   const [result, setResult] = useState<string | null>(null)
   const kill = target.action === 'kill'
+  const instance = target.instance_id
 
   async function confirm(event: Event): Promise<void> {
     event.preventDefault()
@@ -32,7 +35,15 @@ export function KillDialog(props: { op: Operator; target: KillTarget; onClose: (
     setError(null)
     try {
       const body = reason.trim() === '' ? {} : { reason: reason.trim() }
-      if (kill) {
+      if (instance !== undefined) {
+        if (kill) {
+          const res = await props.op.agents.killInstance(target.address_id, instance, body)
+          setResult(`Quarantined ${instance}: ${res.requeued} leased intent${res.requeued === 1 ? '' : 's'} went back to the other instances.`)
+        } else {
+          await props.op.agents.resumeInstance(target.address_id, instance, body)
+          setResult(`${instance} may work again.`)
+        }
+      } else if (kill) {
         const res = await props.op.agents.kill(target.address_id, body)
         setResult(`Killed at ${new Date(res.killed_at).toLocaleTimeString()}: ${res.held_intents} intent${res.held_intents === 1 ? '' : 's'} held.`)
       } else {
@@ -52,14 +63,27 @@ export function KillDialog(props: { op: Operator; target: KillTarget; onClose: (
   }
 
   return (
-    <Modal title={kill ? `Kill ${target.display_name}?` : `Resume ${target.display_name}?`} onClose={props.onClose}>
+    <Modal
+      title={
+        instance !== undefined
+          ? `${kill ? 'Quarantine' : 'Release'} ${instance} of ${target.display_name}?`
+          : kill
+            ? `Kill ${target.display_name}?`
+            : `Resume ${target.display_name}?`
+      }
+      onClose={props.onClose}
+    >
       <p class="address">{target.address}</p>
       {result === null ? (
         <form onSubmit={(e) => void confirm(e)}>
           <p>
-            {kill
-              ? 'Every instance, on every replica, stops sending, receiving and finishing work at once. Pending work is held, not lost.'
-              : 'The agent works again; its held intents are redelivered, oldest first.'}
+            {instance !== undefined
+              ? kill
+                ? 'This instance stops receiving, acknowledging and resolving; its leased work goes to the other instances at once. The agent keeps working.'
+                : 'This instance may receive and finish work again.'
+              : kill
+                ? 'Every instance, on every replica, stops sending, receiving and finishing work at once. Pending work is held, not lost.'
+                : 'The agent works again; its held intents are redelivered, oldest first.'}
           </p>
           <label for="kill-reason">Reason{kill ? '' : ' (optional)'}</label>
           <textarea
@@ -80,7 +104,7 @@ export function KillDialog(props: { op: Operator; target: KillTarget; onClose: (
               Cancel
             </button>
             <button type="submit" class={kill ? 'danger' : 'primary'} disabled={busy}>
-              {busy ? 'Working…' : kill ? 'Kill agent' : 'Resume agent'}
+              {busy ? 'Working…' : instance !== undefined ? (kill ? 'Quarantine instance' : 'Release instance') : kill ? 'Kill agent' : 'Resume agent'}
             </button>
           </div>
         </form>

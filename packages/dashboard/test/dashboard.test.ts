@@ -203,6 +203,25 @@ describe.skipIf(!CHROMIUM)('dashboard in a real browser', () => {
     await page.close()
   })
 
+  it('quarantines one instance from the agent page, and releases it', async () => {
+    const deployer = (await op.agents.retrieve(DEPLOYER)).agent
+    const page = await signedIn(`/agents/${enc(deployer.address_id)}`)
+    await page.getByRole('button', { name: 'Quarantine instance pod-2' }).click()
+    const dialog = page.getByRole('dialog', { name: 'Quarantine pod-2 of Deployer?' })
+    await dialog.getByLabel('Reason').fill('bad node')
+    await dialog.getByRole('button', { name: 'Quarantine instance' }).click()
+    await expect.poll(() => dialog.getByRole('status').textContent()).toMatch(/^Quarantined pod-2: \d+ leased intents? went back to the other instances\.$/)
+    await dialog.getByRole('button', { name: 'Close' }).click()
+    const instances = (await op.agents.retrieve(DEPLOYER)).agent.instances
+    expect(instances.find((i) => i.instance_id === 'pod-2')?.quarantined).toBe(true)
+    expect(instances.find((i) => i.instance_id === 'pod-1')?.quarantined ?? false).toBe(false)
+    await page.getByRole('button', { name: 'Release instance pod-2' }).click()
+    await page.getByRole('dialog').getByRole('button', { name: 'Release instance' }).click()
+    await expect.poll(() => page.getByRole('dialog').getByRole('status').textContent()).toBe('pod-2 may work again.')
+    expect((await op.agents.retrieve(DEPLOYER)).agent.instances.find((i) => i.instance_id === 'pod-2')?.quarantined ?? false).toBe(false)
+    await page.close()
+  })
+
   it('an agent key is told it cannot use the console', async () => {
     const page = await context.newPage()
     await page.goto(`${gw.url}/agents`)

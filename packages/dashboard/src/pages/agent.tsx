@@ -97,6 +97,7 @@ export function AgentPage(props: { op: Operator; id: string; canAct: boolean; ti
                 <th scope="col">Instance</th>
                 <th scope="col">Health</th>
                 <th scope="col">Last heartbeat</th>
+                {props.canAct && <th scope="col">Action</th>}
               </tr>
             </thead>
             <tbody>
@@ -109,6 +110,25 @@ export function AgentPage(props: { op: Operator; id: string; canAct: boolean; ti
                   <td>
                     <time title={exact(i.last_heartbeat_at)}>{relative(i.last_heartbeat_at)}</time>
                   </td>
+                  {props.canAct && (
+                    <td>
+                      <button
+                        type="button"
+                        aria-label={`${i.quarantined ? 'Release' : 'Quarantine'} instance ${i.instance_id}`}
+                        onClick={() =>
+                          setTarget({
+                            action: i.quarantined ? 'resume' : 'kill',
+                            address_id: agent.address_id,
+                            address: agent.address,
+                            display_name: agent.display_name,
+                            instance_id: i.instance_id,
+                          })
+                        }
+                      >
+                        {i.quarantined ? 'Release' : 'Quarantine'}
+                      </button>
+                    </td>
+                  )}
                 </tr>
               ))}
               {agent.instances.length === 0 && (
