@@ -300,6 +300,41 @@ describe.skipIf(!CHROMIUM)('dashboard in a real browser', () => {
     await page.close()
   })
 
+  it('audit pages by cursor (the URL keeps it) and exports CSV and JSONL', async () => {
+    for (let i = 0; i < 30; i++) {
+      await op.agents.kill(PLANNER, { reason: `page filler ${i}` })
+      await op.agents.resume(PLANNER)
+    }
+    const page = await signedIn('/audit')
+    await page.getByRole('row').filter({ hasText: 'page filler 0' }).waitFor()
+    await page.getByRole('button', { name: 'Next page' }).click()
+    await expect.poll(() => new URL(page.url()).searchParams.get('after_seq')).toMatch(/^\d+$/)
+    const after = Number(new URL(page.url()).searchParams.get('after_seq'))
+    const firstSeq = async () => Number(await page.locator('table.audit tbody tr').first().locator('td').first().textContent())
+    await expect.poll(firstSeq).toBe(after + 1)
+    await page.reload()
+    await page.getByRole('heading', { name: 'Audit trail' }).waitFor()
+    await expect.poll(firstSeq).toBe(after + 1)
+
+    const [csv] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export CSV' }).click()])
+    const text = await (await csv.createReadStream()).toArray().then((chunks) => Buffer.concat(chunks).toString('utf8'))
+    let total = 0
+    for (let after = 0; ; ) {
+      const res = await op.audit.list({ after_seq: after, limit: 500 })
+      total += res.entries.length
+      if (res.next_after_seq === null || res.entries.length === 0) break
+      after = res.next_after_seq
+    }
+    expect(text.split('\n')[0]).toBe('seq,at,actor,action,target,reason,before,after,prev_hash,hash')
+    expect(text.trim().split('\n')).toHaveLength(total + 1)
+    const [jsonl] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export JSONL' }).click()])
+    expect(jsonl.suggestedFilename()).toBe('chokepoint-audit.jsonl')
+    const lines = (await (await jsonl.createReadStream()).toArray().then((c) => Buffer.concat(c).toString('utf8'))).trim().split('\n')
+    expect(lines).toHaveLength(total)
+    expect(JSON.parse(lines[0] as string).seq).toBe(1)
+    await page.close()
+  })
+
   it('the URL holds the state: reload and Back keep page, window and filters', async () => {
     const page = await signedIn('/agents?window=week&health=healthy')
     await expect.poll(() => page.getByRole('button', { name: '7 days' }).getAttribute('aria-pressed')).toBe('true')
