@@ -191,12 +191,12 @@ describe.skipIf(!CHROMIUM)('dashboard in a real browser', () => {
     const dialog = page.getByRole('dialog')
     for (let i = 0; i < 6; i++) {
       await page.keyboard.press('Tab')
-      expect(await dialog.evaluate((d) => d.contains(document.activeElement))).toBe(true)
+      expect(await dialog.evaluate((d) => d.contains((globalThis as any).document.activeElement))).toBe(true)
     }
     await page.keyboard.press('Escape')
     await expect.poll(() => page.getByRole('dialog').count()).toBe(0)
     // Focus goes back to the button that opened it.
-    await expect.poll(() => page.evaluate(() => document.activeElement?.getAttribute('aria-label'))).toBe(`Kill ${PLANNER}`)
+    await expect.poll(() => page.evaluate(() => (globalThis as any).document.activeElement?.getAttribute('aria-label'))).toBe(`Kill ${PLANNER}`)
     await page.setViewportSize({ width: 390, height: 844 })
     for (const a of [PLANNER, DEPLOYER, BILLING]) expect(await row(page, a).isVisible()).toBe(true)
     expect(await row(page, PLANNER).getByRole('button', { name: `Kill ${PLANNER}` }).isVisible()).toBe(true)
