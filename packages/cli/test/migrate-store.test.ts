@@ -305,7 +305,7 @@ describe.skipIf(NO_POSTGRES)('chokepoint migrate-store (SQLite → PostgreSQL)',
     expect(run.code, run.stderr).toBe(0)
     expect(run.stdout).toMatch(/Copying sqlite:.* → postgres:\/\/postgres:\*\*\*@127\.0\.0\.1/)
     expect(run.stdout).toMatch(/^ {2}intents\s+8 rows$/m)
-    expect(run.stdout).toMatch(/copied: \d+ rows in 20 tables/)
+    expect(run.stdout).toMatch(/copied: \d+ rows in 21 tables/)
     expect(run.stdout).toMatch(/audit trail: \d+ entries, hash chain intact/)
     expect(run.stdout).not.toContain('hunter2')
   })

@@ -2,6 +2,8 @@ import { readFileSync } from 'node:fs'
 import { isWellFormedKey } from './core/auth/key-service.js'
 import type { PolicyInput } from './core/policies/policy-service.js'
 import { DefaultPoliciesBody } from './http/schemas.js'
+import type { EgressUpstream } from './core/egress/egress-service.js'
+import { loadEgressConfig } from './egress-config.js'
 import { parseAddressClasses, type AddressClass } from './core/alerts/address-guard.js'
 
 /** Validated, frozen gateway configuration (DESIGN §5e). */
@@ -36,6 +38,8 @@ export interface GatewayConfig {
   readonly requireRegisteredRecipients: boolean
   /** Address classes alert webhooks may not reach (default: link-local, i.e. cloud metadata). */
   readonly webhookBlock: ReadonlySet<AddressClass>
+  /** `--egress-config <file>`: the upstreams agents' LLM calls go to through the gateway. */
+  readonly egress: { readonly file: string; readonly upstreams: readonly EgressUpstream[] } | undefined
   /** `--policy-defaults <file>`: the default policy set, applied at start and then read-only. */
   readonly policyDefaults: { readonly file: string; readonly policies: readonly PolicyInput[] } | undefined
   readonly quiet: boolean
@@ -43,7 +47,7 @@ export interface GatewayConfig {
 
 /** Flags as the CLI parsed them (strings), overriding the environment. */
 export type ConfigFlags = Partial<
-  Record<'port' | 'host' | 'data' | 'database-url' | 'durability' | 'metrics-key' | 'policy-defaults', string>
+  Record<'port' | 'host' | 'data' | 'database-url' | 'durability' | 'metrics-key' | 'policy-defaults' | 'egress-config', string>
 >
 
 export class ConfigError extends Error {
@@ -127,8 +131,21 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     requireRegisteredRecipients: bool('CHOKEPOINT_REQUIRE_REGISTERED_RECIPIENTS', env['CHOKEPOINT_REQUIRE_REGISTERED_RECIPIENTS'], false),
     webhookBlock: webhookBlockOf(env['CHOKEPOINT_WEBHOOK_BLOCK']),
     policyDefaults: policyDefaultsOf(flags, env),
+    egress: egressOf(flags, env),
     quiet: env['CHOKEPOINT_QUIET'] === '1',
   })
+}
+
+/** Reads and validates the egress config; a bad file (or a missing provider key) stops the start. */
+function egressOf(flags: ConfigFlags, env: NodeJS.ProcessEnv): GatewayConfig['egress'] {
+  const [name, raw] =
+    flags['egress-config'] !== undefined ? ['--egress-config', flags['egress-config']] : ['CHOKEPOINT_EGRESS_CONFIG', env['CHOKEPOINT_EGRESS_CONFIG']]
+  if (raw === undefined || raw.trim() === '') return undefined
+  try {
+    return { file: raw.trim(), upstreams: loadEgressConfig(raw.trim(), env) }
+  } catch (error) {
+    throw new ConfigError(name, (error as Error).message)
+  }
 }
 
 /** Reads and validates the default-policy file; a bad one stops the start naming the field. */

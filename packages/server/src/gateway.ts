@@ -30,6 +30,8 @@ import { alertRoutes } from './http/routes/alerts.js'
 import { alertFor } from './core/alerts/alerts.js'
 import { FleetService } from './core/fleet/fleet-service.js'
 import { DeadmanService } from './core/policies/deadman.js'
+import { EgressService } from './core/egress/egress-service.js'
+import { egressRoutes } from './http/routes/egress.js'
 import { AlertDispatcher } from './core/alerts/alert-dispatcher.js'
 import { WebhookService } from './core/alerts/webhook-service.js'
 import { HeartbeatService } from './core/health/heartbeat-service.js'
@@ -153,6 +155,7 @@ export async function startGateway(
   const killSwitch = new KillSwitchService(store, clock, agents, { resumeRatePerSecond: config.resumeRatePerSecond })
   const fleet = new FleetService(store, clock, killSwitch)
   const deadman = new DeadmanService(store, clock, killSwitch, metrics)
+  const egress = new EgressService({ store, clock, engine: policyEngine, killSwitch, metrics }, config.egress?.upstreams ?? [])
   const services: Services = {
     store,
     clock,
@@ -178,6 +181,7 @@ export async function startGateway(
       },
     ),
     webhooks: new WebhookService(store, clock, { blocked: config.webhookBlock }),
+    egress,
     defaults: { leaseMs, maxInFlight: config.maxInFlight },
   }
   if (config.policyDefaults) {
@@ -209,6 +213,7 @@ export async function startGateway(
     ...auditRoutes(services),
     ...policyRoutes(services),
     ...alertRoutes(services),
+    ...egressRoutes(services),
   )
   const onDispatchError = (error: unknown) => log('error', 'alert delivery pass failed', { error: String(error) })
   const dispatcher = new AlertDispatcher(store, clock, {
@@ -224,7 +229,7 @@ export async function startGateway(
     onError: (error) => log('error', 'sweeper pass failed', { error: String(error) }),
     onLeasesExpired: (n) => metrics.leasesExpired.inc(n),
     // Alert sends run beside the sweep, never inside it: a slow receiver must not delay lease expiry.
-    tasks: [() => services.heartbeats.sweep(), () => deadman.sweep(), async () => void dispatcher.tick().catch(onDispatchError)],
+    tasks: [() => services.heartbeats.sweep(), () => deadman.sweep(), () => egress.sweep(), async () => void dispatcher.tick().catch(onDispatchError)],
   })
   const fallback = dashboardHandler(options.dashboardDir === undefined ? defaultDashboardDir() : options.dashboardDir)
   ready = createRequestHandler({ router, keys, audit, bodyLimitBytes: config.bodyLimitBytes, fallback, log })

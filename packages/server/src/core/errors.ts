@@ -16,6 +16,10 @@ export const ERROR_CODES = [
   'budget_exceeded',
   'store_unavailable',
   'internal_error',
+  // Egress (agents' LLM calls through the gateway).
+  'model_not_priced',
+  'upstream_error',
+  'upstream_timeout',
 ] as const
 
 export type ErrorCode = (typeof ERROR_CODES)[number]

@@ -48,6 +48,27 @@ export class Metrics {
     labelNames: ['policy_id', 'decision'] as const,
     registers: [this.registry],
   })
+  readonly egressRequests = new Counter({
+    name: 'chokepoint_egress_requests_total',
+    help: 'Egress calls (agents to upstreams) by kind and admission result (admitted, or the refusal code)',
+    labelNames: ['kind', 'result'] as const,
+    registers: [this.registry],
+  })
+  readonly egressCost = new Counter({
+    name: 'chokepoint_egress_cost_usd_total',
+    help: 'USD charged for settled egress calls',
+    registers: [this.registry],
+  })
+  readonly egressReserved = new Gauge({
+    name: 'chokepoint_egress_reserved_usd',
+    help: 'USD reserved by open egress calls admitted on this replica',
+    registers: [this.registry],
+  })
+  readonly egressUnderestimates = new Counter({
+    name: 'chokepoint_egress_underestimates_total',
+    help: 'Settled egress calls whose reported usage cost more than their reservation (an upstream past its cap)',
+    registers: [this.registry],
+  })
   readonly alertDeliveries = new Counter({
     name: 'chokepoint_alert_deliveries_total',
     help: 'Webhook alert delivery attempts by result (delivered, failed, gave_up)',

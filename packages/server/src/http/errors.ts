@@ -16,6 +16,9 @@ export const CODE_TO_STATUS: Record<ErrorCode, number> = {
   budget_exceeded: 429,
   store_unavailable: 503,
   internal_error: 500,
+  model_not_priced: 422,
+  upstream_error: 502,
+  upstream_timeout: 504,
 }
 
 export interface ErrorPayload {

@@ -11,6 +11,7 @@ import type { HeartbeatService } from '../core/health/heartbeat-service.js'
 import type { WebhookService } from '../core/alerts/webhook-service.js'
 import type { Metrics } from '../core/metrics.js'
 import type { Store } from '../store/store.js'
+import type { EgressService } from '../core/egress/egress-service.js'
 
 /** What routes may call: core services (and the store only for feed/ping). */
 export interface Services {
@@ -27,5 +28,6 @@ export interface Services {
   heartbeats: HeartbeatService
   webhooks: WebhookService
   metrics: Metrics
+  egress: EgressService
   defaults: { leaseMs: number; maxInFlight: number }
 }

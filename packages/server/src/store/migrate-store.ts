@@ -53,10 +53,11 @@ export const MIGRATED_TABLES = [
   'fleet_kills',
   'default_policies',
   'instance_quarantines',
+  'egress_calls',
 ] as const
 
 /** Tables whose key is a PostgreSQL identity column, and the SQLite AUTOINCREMENT it continues. */
-const IDENTITY_COLUMNS: Record<string, string> = { intents: 'seqno', policies: 'seqno' }
+const IDENTITY_COLUMNS: Record<string, string> = { intents: 'seqno', policies: 'seqno', egress_calls: 'seqno' }
 
 export type MigrateStoreErrorCode =
   | 'source_missing'

@@ -271,6 +271,59 @@ export type PolicyKind = 'action' | 'rate' | 'cost' | 'deadman'
  */
 export const DEFAULT_POLICY_OWNER = '*'
 
+/** One metered call of an agent to an upstream (an LLM today), from admission to settlement. */
+export interface EgressCallRow {
+  call_id: string
+  address_id: string
+  upstream: string
+  endpoint: string
+  model: string
+  /** UTC day of admission: its reservation and its cost count for that day. */
+  day: string
+  /** Worst-case cost held while the call is open, micro-USD. */
+  reserved_micro: number
+  /** What was charged, micro-USD; null while open. */
+  cost_micro: number | null
+  state: 'open' | 'settled'
+  /** How the charge was decided: `usage`, `reservation` (usage unknown) or `refused` (0). */
+  outcome: string | null
+  /** JSON of the reported token usage, or null. */
+  usage: string | null
+  status: number | null
+  started_at: number
+  /** Past this, any replica's sweeper settles the call at its reservation. */
+  deadline_at: number
+  settled_at: number | null
+}
+
+/** What the admission transaction read, for core to decide on (kill, cost ceiling). */
+export interface EgressAdmitContext {
+  agent: AgentRow
+  /** Own and default policy rows (as Parties). */
+  policies: PolicyRow[]
+  counters: AgentCounters
+  /** Sum of the agent's open reservations for the call's day, micro-USD. */
+  reserved_micro: number
+}
+
+export interface EgressAdmitInput {
+  call: EgressCallRow
+  now: number
+  /** Runs on the rows read (locked) in the transaction; throws to refuse. */
+  decide: (ctx: EgressAdmitContext) => void
+}
+
+export interface EgressSettleInput {
+  call_id: string
+  now: number
+  cost_micro: number
+  outcome: 'usage' | 'reservation' | 'refused'
+  usage: string | null
+  status: number | null
+  /** Core's rule for the charged cost (thresholds, auto-kill), as for resolve costs. */
+  cost_rule: CostRule
+}
+
 /** Replaces the default policy set in one transaction (audited; every agent's version bumps). */
 export interface DefaultPoliciesWrite {
   now: number
@@ -760,6 +813,21 @@ export interface Store {
   getCounters(addressId: string, now: number): Promise<AgentCounters>
   /** Records a rate/budget breach once per policy and window, with its mesh event; false if already recorded. */
   recordBreach(policyId: string, windowKey: string, event: MeshEventDraft): Promise<boolean>
+
+  // ---- egress ----
+  /**
+   * Admits one egress call: reads the agent row (the kill check), its policies, counters and
+   * open reservations, lets core decide, and writes the open call, in one transaction that
+   * serializes with the agent's other admissions and settlements (PostgreSQL: the counter row
+   * lock), so `spent + reserved ≤ ceiling` holds after every commit.
+   */
+  admitEgress(input: EgressAdmitInput): Promise<EgressCallRow>
+  /** Settles an open call once (a second settle is a no-op: `changed: false`) and charges its cost. */
+  settleEgress(input: EgressSettleInput): Promise<{ call: EgressCallRow | undefined; changed: boolean }>
+  /** Open calls past their deadline (a replica died, a client vanished), oldest first. */
+  overdueEgressCalls(now: number, limit: number): Promise<EgressCallRow[]>
+  /** Calls newest first; `address_id` null: all agents; `before`: a call_id cursor. */
+  listEgressCalls(addressId: string | null, limit: number, before: string | null): Promise<EgressCallRow[]>
 
   // ---- heartbeats and health ----
   heartbeat(input: HeartbeatInput): Promise<{ agent: AgentRow; health_status: HealthStatus }>

@@ -66,3 +66,8 @@ export function settleRule(recipient: AgentRow, quarantine: InstanceQuarantineRo
   assertNotKilled(recipient)
   assertInstanceLive(recipient, quarantine)
 }
+
+/** An egress call (an LLM request through the gateway): the calling agent may not be killed. */
+export function egressRule(agent: AgentRow): void {
+  assertNotKilled(agent)
+}

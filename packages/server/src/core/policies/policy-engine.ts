@@ -169,6 +169,25 @@ export class PolicyEngine {
   }
 
   /**
+   * The tightest enforced cost ceiling of an agent, for admitting an egress call (micro-USD;
+   * `offset_micro` is the resume baseline of the policy that auto-killed it, if any).
+   */
+  egressCeiling(
+    agent: AgentRow,
+    rows: readonly PolicyRow[],
+    counters: AgentCounters,
+  ): { policy_id: string; label: string; max_micro: number; offset_micro: number } | null {
+    let best: { policy_id: string; label: string; max_micro: number; offset_micro: number } | null = null
+    for (const p of this.compiled(agent, rows)) {
+      if (p.kind !== 'cost' || p.monitor) continue
+      const offset = Math.round((baselineOf(agent, p.id, counters)?.cost_day_offset ?? 0) * 1_000_000)
+      const max = Math.round(p.spec.max_cost_per_day_usd * 1_000_000)
+      if (best === null || max - offset < best.max_micro - best.offset_micro) best = { policy_id: p.id, label: p.label, max_micro: max, offset_micro: offset }
+    }
+    return best
+  }
+
+  /**
    * Core's cost rule for resolve and heartbeat costs (DESIGN §6, §11). A monitored ceiling with
    * `on_breach: kill` does not kill: it is reported in `would_kill`.
    */

@@ -263,4 +263,28 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (address_id, instance_id)
   );
   `,
+  // Egress calls (see the SQLite migration).
+  `
+  CREATE TABLE egress_calls (
+    seqno          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    call_id        text NOT NULL UNIQUE,
+    address_id     text NOT NULL,
+    upstream       text NOT NULL,
+    endpoint       text NOT NULL,
+    model          text NOT NULL,
+    day            text NOT NULL,
+    reserved_micro bigint NOT NULL,
+    cost_micro     bigint,
+    state          text NOT NULL,
+    outcome        text,
+    usage          text,
+    status         integer,
+    started_at     bigint NOT NULL,
+    deadline_at    bigint NOT NULL,
+    settled_at     bigint
+  );
+  CREATE INDEX egress_calls_open ON egress_calls (address_id, day) WHERE state = 'open';
+  CREATE INDEX egress_calls_deadline ON egress_calls (deadline_at) WHERE state = 'open';
+  CREATE INDEX egress_calls_agent ON egress_calls (address_id, seqno);
+  `,
 ]

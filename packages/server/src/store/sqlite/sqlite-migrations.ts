@@ -249,4 +249,29 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (address_id, instance_id)
   ) WITHOUT ROWID;
   `,
+  // Egress: each metered call of an agent to an upstream (LLM), from admission (reservation)
+  // to settlement (charge). Open reservations count against the agent's cost ceiling.
+  `
+  CREATE TABLE egress_calls (
+    seqno          INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_id        TEXT NOT NULL UNIQUE,
+    address_id     TEXT NOT NULL,
+    upstream       TEXT NOT NULL,
+    endpoint       TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    day            TEXT NOT NULL,
+    reserved_micro INTEGER NOT NULL,
+    cost_micro     INTEGER,
+    state          TEXT NOT NULL,
+    outcome        TEXT,
+    usage          TEXT,
+    status         INTEGER,
+    started_at     INTEGER NOT NULL,
+    deadline_at    INTEGER NOT NULL,
+    settled_at     INTEGER
+  );
+  CREATE INDEX egress_calls_open ON egress_calls (address_id, day) WHERE state = 'open';
+  CREATE INDEX egress_calls_deadline ON egress_calls (deadline_at) WHERE state = 'open';
+  CREATE INDEX egress_calls_agent ON egress_calls (address_id, seqno);
+  `,
 ]

@@ -60,7 +60,7 @@ import type {
   Role,
   Store,
 } from '../store.js'
-import { DEFAULT_POLICY_OWNER, type DefaultPoliciesWrite } from '../store.js'
+import { DEFAULT_POLICY_OWNER, type DefaultPoliciesWrite, type EgressAdmitInput, type EgressCallRow, type EgressSettleInput } from '../store.js'
 import { SQLITE_MIGRATIONS } from './sqlite-migrations.js'
 import { newAddressId, randomBase62 } from '../../core/ids.js'
 import { blankAgent } from '../../core/agents/agent-row.js'
@@ -1293,6 +1293,73 @@ export class SqliteStore implements Store {
 
   async listPolicies(addressId: string): Promise<PolicyRow[]> {
     return this.#q.policiesOf.all(addressId) as PolicyRow[]
+  }
+
+  // ---- egress ----
+  async admitEgress(input: EgressAdmitInput): Promise<EgressCallRow> {
+    return this.#write(() => {
+      const { call } = input
+      const agent = this.#q.agentById.get(call.address_id) as AgentRow | undefined
+      if (!agent) throw new GatewayError('not_found', 'agent not found')
+      const policies = agent.policy_version === 0 ? [] : (this.#q.effectivePolicies.all(agent.address_id) as PolicyRow[])
+      const reserved =
+        policies.length === 0
+          ? 0
+          : (this.#db
+              .prepare("SELECT coalesce(sum(reserved_micro), 0) AS n FROM egress_calls WHERE address_id = ? AND day = ? AND state = 'open'")
+              .get(call.address_id, call.day) as { n: number }).n
+      // The single writer makes read (spent + reserved) → decide → reserve atomic.
+      input.decide({ agent, policies, counters: this.#counters(agent.address_id, input.now), reserved_micro: reserved })
+      this.#db
+        .prepare(
+          `INSERT INTO egress_calls (call_id, address_id, upstream, endpoint, model, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
+           VALUES (@call_id, @address_id, @upstream, @endpoint, @model, @day, @reserved_micro, @cost_micro, @state, @outcome, @usage, @status, @started_at, @deadline_at, @settled_at)`,
+        )
+        .run(call)
+      return call
+    })
+  }
+
+  async settleEgress(input: EgressSettleInput): Promise<{ call: EgressCallRow | undefined; changed: boolean }> {
+    return this.#write((changes) => {
+      const call = this.#db
+        .prepare(
+          `UPDATE egress_calls SET state = 'settled', cost_micro = ?, outcome = ?, usage = ?, status = ?, settled_at = ?
+           WHERE call_id = ? AND state = 'open' RETURNING *`,
+        )
+        .get(input.cost_micro, input.outcome, input.usage, input.status, input.now, input.call_id) as EgressCallRow | undefined
+      if (!call) {
+        return { call: this.#db.prepare('SELECT * FROM egress_calls WHERE call_id = ?').get(input.call_id) as EgressCallRow | undefined, changed: false }
+      }
+      // Charged to the day it was reserved on, so that day's `spent + reserved` never grows.
+      if (input.cost_micro > 0) {
+        const agent = this.#q.agentById.get(call.address_id) as AgentRow
+        this.#applyCost(agent, input.cost_micro / 1_000_000, call.started_at, input.cost_rule, changes)
+      }
+      return { call, changed: true }
+    })
+  }
+
+  async overdueEgressCalls(now: number, limit: number): Promise<EgressCallRow[]> {
+    return this.#db
+      .prepare("SELECT * FROM egress_calls WHERE state = 'open' AND deadline_at < ? ORDER BY deadline_at LIMIT ?")
+      .all(now, limit) as EgressCallRow[]
+  }
+
+  async listEgressCalls(addressId: string | null, limit: number, before: string | null): Promise<EgressCallRow[]> {
+    const where: string[] = []
+    const params: unknown[] = []
+    if (addressId !== null) {
+      where.push('address_id = ?')
+      params.push(addressId)
+    }
+    if (before !== null) {
+      where.push('seqno < coalesce((SELECT seqno FROM egress_calls WHERE call_id = ?), 0)')
+      params.push(before)
+    }
+    params.push(limit)
+    const sql = `SELECT * FROM egress_calls ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY seqno DESC LIMIT ?`
+    return (this.#db.prepare(sql).all(...params) as (EgressCallRow & { seqno?: number })[]).map(({ seqno: _s, ...row }) => row)
   }
 
   async listDefaultPolicies(): Promise<PolicyRow[]> {

@@ -1,0 +1,221 @@
+import type { AgentCounters, EgressCallRow, PolicyRow, Store } from '../../store/store.js'
+import type { Principal } from '../auth/principal.js'
+import type { Clock } from '../clock.js'
+import { GatewayError, forbidden, notFound } from '../errors.js'
+import { randomBase62 } from '../ids.js'
+import { egressRule } from '../kill-switch/rules.js'
+import type { KillSwitchService } from '../kill-switch/kill-switch-service.js'
+import type { Metrics } from '../metrics.js'
+import { costRule, noFindings } from '../policies/cost-rule.js'
+import type { PolicyEngine } from '../policies/policy-engine.js'
+import { usd, type PriceEntry } from './pricing.js'
+
+/** A configured upstream (`--egress-config`), with its provider key read from the environment. */
+export interface EgressUpstream {
+  id: string
+  kind: 'openai'
+  base_url: string
+  api_key: string
+  models: Map<string, PriceEntry>
+  /** Longest a call may take; the gateway aborts it then, and settles it at its reservation. */
+  timeout_ms: number
+}
+
+/** How long after its deadline an open call is settled by the sweeper (its replica may be gone). */
+const SWEEP_GRACE_MS = 30_000
+
+const newCallId = (): string => `egc_${randomBase62(20)}`
+
+/**
+ * Egress: agents' calls to LLM providers through the gateway, under the kill switch and exact
+ * cost ceilings. Each call is admitted in one store transaction (kill check, ceiling check with
+ * its worst-case cost reserved) and settled in one (real usage, else the reservation). In-flight
+ * calls of an agent are aborted when it is killed, on every replica (the change feed).
+ */
+export class EgressService {
+  readonly #store: Store
+  readonly #clock: Clock
+  readonly #engine: PolicyEngine
+  readonly #killSwitch: KillSwitchService
+  readonly #metrics: Metrics | undefined
+  readonly #upstreams: Map<string, EgressUpstream>
+  readonly #inFlight = new Map<string, Set<(reason: string) => void>>()
+
+  constructor(
+    deps: { store: Store; clock: Clock; engine: PolicyEngine; killSwitch: KillSwitchService; metrics?: Metrics },
+    upstreams: readonly EgressUpstream[],
+  ) {
+    this.#store = deps.store
+    this.#clock = deps.clock
+    this.#engine = deps.engine
+    this.#killSwitch = deps.killSwitch
+    this.#metrics = deps.metrics
+    this.#upstreams = new Map(upstreams.map((u) => [u.id, u]))
+    deps.store.feed.subscribe((change) => {
+      if (change.type === 'agent.killed') this.#abortAll(change.address_id, 'the agent was killed')
+    })
+  }
+
+  get configured(): boolean {
+    return this.#upstreams.size > 0
+  }
+
+  /** The upstream of a route, for an agent key (404 for an unknown one, like any unknown route). */
+  upstream(principal: Principal, id: string): EgressUpstream {
+    if (principal.role !== 'agent' || principal.address_id === null) throw forbidden('egress routes take an agent key')
+    const upstream = this.#upstreams.get(id)
+    if (!upstream) throw notFound(`upstream ${id} (not in --egress-config)`)
+    return upstream
+  }
+
+  /** The model's price; an unpriced model is refused (fail closed: no unmetered spend). */
+  price(upstream: EgressUpstream, model: unknown): { model: string; price: PriceEntry } {
+    if (typeof model !== 'string' || model === '') {
+      throw new GatewayError('schema_invalid', 'the request needs a "model"', { details: { field: 'model' } })
+    }
+    const price = upstream.models.get(model)
+    if (!price) {
+      throw new GatewayError('model_not_priced', `model ${model.slice(0, 200)} has no price in the egress config of upstream ${upstream.id}; it cannot be metered, so it is refused`, {
+        details: { field: 'model', upstream: upstream.id, model: model.slice(0, 200) },
+      })
+    }
+    return { model, price }
+  }
+
+  /**
+   * Admits a call: kill check, then every enforced cost ceiling of the agent must hold with this
+   * call's worst case reserved on top of what is spent and reserved today (near the ceiling a
+   * call that might not fit is refused: overshoot is never allowed).
+   */
+  async admit(principal: Principal, call: { upstream: string; endpoint: string; model: string; reserved_micro: number; timeout_ms: number }): Promise<EgressCallRow> {
+    const now = this.#clock.now()
+    const row: EgressCallRow = {
+      call_id: newCallId(),
+      address_id: principal.address_id as string,
+      upstream: call.upstream,
+      endpoint: call.endpoint,
+      model: call.model,
+      day: new Date(now).toISOString().slice(0, 10),
+      reserved_micro: call.reserved_micro,
+      cost_micro: null,
+      state: 'open',
+      outcome: null,
+      usage: null,
+      status: null,
+      started_at: now,
+      deadline_at: now + call.timeout_ms,
+      settled_at: null,
+    }
+    try {
+      const admitted = await this.#store.admitEgress({
+        call: row,
+        now,
+        decide: ({ agent, policies, counters, reserved_micro }) => {
+          egressRule(agent)
+          this.#checkCeilings(agent, policies, counters, reserved_micro, call.reserved_micro, now)
+        },
+      })
+      this.#metrics?.egressRequests.inc({ kind: 'llm', result: 'admitted' })
+      this.#metrics?.egressReserved.inc(usd(call.reserved_micro))
+      return admitted
+    } catch (error) {
+      this.#metrics?.egressRequests.inc({ kind: 'llm', result: error instanceof GatewayError ? error.code : 'error' })
+      throw error
+    }
+  }
+
+  #checkCeilings(
+    agent: Parameters<PolicyEngine['compiled']>[0],
+    policies: PolicyRow[],
+    counters: AgentCounters,
+    reserved: number,
+    reservation: number,
+    now: number,
+  ): void {
+    const ceiling = this.#engine.egressCeiling(agent, policies, counters)
+    if (ceiling === null) return
+    const spent = Math.round(counters.cost_day * 1_000_000) - ceiling.offset_micro
+    if (spent + reserved + reservation <= ceiling.max_micro) return
+    const resetS = Math.ceil((86_400_000 - (now % 86_400_000)) / 1000)
+    throw new GatewayError(
+      'budget_exceeded',
+      `${agent.address}: this call may cost up to $${usd(reservation)}; with $${usd(spent)} spent and $${usd(reserved)} reserved today it could pass the ceiling of $${usd(ceiling.max_micro)} (${ceiling.label})`,
+      {
+        extra: { policy_id: ceiling.policy_id, retry_after_s: Math.min(3600, resetS) },
+        details: { policy_id: ceiling.policy_id, spent_usd: usd(spent), reserved_usd: usd(reserved), call_worst_case_usd: usd(reservation), max_cost_per_day_usd: usd(ceiling.max_micro) },
+        headers: { 'retry-after': String(Math.min(3600, resetS)), 'x-should-retry': 'false' },
+      },
+    )
+  }
+
+  /** Settles a call once: usage → its cost; unknown → the reservation; refused before a body → 0. */
+  async settle(call: EgressCallRow, result: { outcome: 'usage' | 'reservation' | 'refused'; cost_micro: number; usage: unknown; status: number | null }): Promise<void> {
+    const now = this.#clock.now()
+    const found = noFindings()
+    const { changed } = await this.#store.settleEgress({
+      call_id: call.call_id,
+      now,
+      cost_micro: result.cost_micro,
+      outcome: result.outcome,
+      usage: result.usage === null || result.usage === undefined ? null : JSON.stringify(result.usage),
+      status: result.status,
+      cost_rule: costRule(this.#engine, call.started_at, found),
+    })
+    if (!changed) return
+    this.#metrics?.egressReserved.dec(usd(call.reserved_micro))
+    this.#metrics?.egressCost.inc(usd(result.cost_micro))
+    if (result.outcome === 'usage' && result.cost_micro > call.reserved_micro) this.#metrics?.egressUnderestimates.inc()
+    const k = found.kill
+    if (k) await this.#killSwitch.hold(k.address_id, { kind: 'policy', policy_id: k.policy_id }, k.reason)
+  }
+
+  /** Registers an in-flight call's abort; returns its unregister. A kill calls every abort. */
+  track(addressId: string, abort: (reason: string) => void): () => void {
+    let set = this.#inFlight.get(addressId)
+    if (!set) this.#inFlight.set(addressId, (set = new Set()))
+    set.add(abort)
+    return () => {
+      set.delete(abort)
+      if (set.size === 0 && this.#inFlight.get(addressId) === set) this.#inFlight.delete(addressId)
+    }
+  }
+
+  #abortAll(addressId: string, reason: string): void {
+    for (const abort of [...(this.#inFlight.get(addressId) ?? [])]) abort(reason)
+  }
+
+  /** Sweeper task: settles open calls whose replica or client is gone, at their reservation. */
+  async sweep(): Promise<number> {
+    const now = this.#clock.now()
+    let settled = 0
+    for (const call of await this.#store.overdueEgressCalls(now - SWEEP_GRACE_MS, 500)) {
+      await this.settle(call, { outcome: 'reservation', cost_micro: call.reserved_micro, usage: null, status: null })
+      settled += 1
+    }
+    return settled
+  }
+
+  async list(addressId: string | null, limit: number, before: string | null): Promise<EgressCallRow[]> {
+    return this.#store.listEgressCalls(addressId, limit, before)
+  }
+}
+
+/** `{call_id, agent, upstream, model, state, reserved_usd, cost_usd, …}` for GET /v1/egress/calls. */
+export function egressCallView(row: EgressCallRow): Record<string, unknown> {
+  return {
+    call_id: row.call_id,
+    address_id: row.address_id,
+    upstream: row.upstream,
+    endpoint: row.endpoint,
+    model: row.model,
+    state: row.state,
+    outcome: row.outcome,
+    reserved_usd: usd(row.reserved_micro),
+    cost_usd: row.cost_micro === null ? null : usd(row.cost_micro),
+    usage: row.usage === null ? null : (JSON.parse(row.usage) as unknown),
+    status: row.status,
+    started_at: new Date(row.started_at).toISOString(),
+    deadline_at: new Date(row.deadline_at).toISOString(),
+    settled_at: row.settled_at === null ? null : new Date(row.settled_at).toISOString(),
+  }
+}
