@@ -249,4 +249,8 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (address_id, instance_id)
   ) WITHOUT ROWID;
   `,
+  // Cost by hour (the per-agent cost chart), counted with the day's cost.
+  `
+  ALTER TABLE counters_hour ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+  `,
 ]
