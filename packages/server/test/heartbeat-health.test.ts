@@ -600,7 +600,9 @@ describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id
       labels: {},
       instances_total: 1,
       instances_healthy: 1,
+      cost_ceiling_usd: null,
     })
+    expect(res.body).toMatchObject({ total: 4, next_offset: null })
     expect(byAddress.get(N)).toMatchObject({ display_name: N.slice(N.lastIndexOf('/') + 1), metadata: null, health_status: 'unknown', last_heartbeat_at: null, intents_period: 3, cost_period: 0 })
     expect(byAddress.get(O)).toMatchObject({ health_status: 'unknown', intents_period: 2, cost_period: 0, instances_total: 0 })
     expect(byAddress.get(Z)).toMatchObject({ health_status: 'killed', kill_reason: 'zombie', killed_at: iso(MAR_15), intents_period: 0 })
