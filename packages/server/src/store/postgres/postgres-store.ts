@@ -624,7 +624,6 @@ export class PostgresStore implements Store {
       where.push(`(a.address ILIKE $${params.length} ESCAPE '\\' OR a.display_name ILIKE $${params.length} ESCAPE '\\')`)
     }
     const filter = where.length === 0 ? '' : `WHERE ${where.join(' AND ')}`
-    const counted = this.#readOne<{ n: number }>(`SELECT count(*) AS n FROM agents a ${filter}`, params)
     const page = [...params]
     let join = ''
     if (sortsByCounters(query)) {
@@ -633,11 +632,14 @@ export class PostgresStore implements Store {
           WHERE day >= $${page.length - 1} AND day <= $${page.length} GROUP BY address_id) c ON c.address_id = a.address_id`
     }
     page.push(query.limit, query.offset)
-    const agents = this.#read<AgentRow>(
-      `SELECT a.* FROM agents a ${join} ${filter} ORDER BY ${agentOrderBy(query)} LIMIT $${page.length - 1} OFFSET $${page.length}`,
-      page,
-    )
-    return { agents: await agents, total: ((await counted) as { n: number }).n }
+    const [agents, counted] = await Promise.all([
+      this.#read<AgentRow>(
+        `SELECT a.* FROM agents a ${join} ${filter} ORDER BY ${agentOrderBy(query)} LIMIT $${page.length - 1} OFFSET $${page.length}`,
+        page,
+      ),
+      this.#readOne<{ n: number }>(`SELECT count(*) AS n FROM agents a ${filter}`, params),
+    ])
+    return { agents, total: (counted as { n: number }).n }
   }
 
   /**
