@@ -95,6 +95,37 @@ describe('chokepoint CLI against a real gateway', () => {
     expect(resume.stdout).toMatch(/resumed agent:\/\/acme\/prod\/cli-target/)
   })
 
+  it('agents --search, --sort cost, --offset; the cost column shows the ceiling', async () => {
+    const big = 'agent://clisort/prod/big'
+    const small = 'agent://clisort/prod/small'
+    for (const [address, cost] of [[big, 12.5], [small, 1]] as const) {
+      const key = await agentKey(gw, address)
+      expect((await api(gw.url, key, 'POST', '/v1/mesh/heartbeat', { metrics: { cost_usd: cost } }, { 'x-instance-id': 'i-1' })).status).toBe(200)
+    }
+    await cli(['agents', 'register', 'agent://clisort/prod/idle'], env)
+    const policy = await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${encodeURIComponent(big)}/policies`, {
+      kind: 'cost',
+      max_cost_per_day_usd: 50,
+      on_breach: 'block',
+    })
+    expect(policy.status).toBe(200)
+    const sorted = await cli(['agents', '--search', 'CLISORT/', '--sort', 'cost', '--limit', '2'], env)
+    expect(sorted.code, sorted.stderr).toBe(0)
+    const rows = sorted.stdout.split('\n').filter((l) => l.startsWith('agent://'))
+    expect(rows.map((l) => l.split(/\s+/)[0])).toEqual([big, small])
+    expect(rows[0]).toMatch(/\$12\.50 of \$50\.00/)
+    expect(sorted.stdout).toMatch(/agents 1–2 of 3 matching \(next: --offset 2\)/)
+    const rest = JSON.parse((await cli(['agents', '--search', 'clisort/', '--sort', 'cost', '--limit', '2', '--offset', '2', '--json'], env)).stdout)
+    expect(rest).toMatchObject({ total: 3, next_offset: null })
+    expect(rest.agents.map((a: { address: string }) => a.address)).toEqual(['agent://clisort/prod/idle'])
+    const asc = JSON.parse((await cli(['agents', '--search', 'clisort/', '--sort', 'cost', '--order', 'asc', '--json'], env)).stdout)
+    expect(asc.agents.map((a: { address: string }) => a.address)).toEqual(['agent://clisort/prod/idle', small, big])
+    const bad = await cli(['agents', '--sort', 'name'], env)
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toMatch(/--sort must be registered, cost, intents, last_heartbeat/)
+    expect((await cli(['agents', '--offset', '-3'], env)).code).toBe(2)
+  })
+
   it('kill --instance quarantines one instance, resume --instance lifts it; agents show marks it', async () => {
     const address = 'agent://acme/prod/cli-pods'
     const key = await agentKey(gw, address)

@@ -90,7 +90,17 @@ async function snapshot(url: string, admin: string, intentIds: string[]) {
     webhooks: (await get('/v1/alerts/webhooks')).webhooks,
     received: (await get(`/v1/intents?agent=${enc(WORKER)}&direction=received&limit=500`)).intents,
     agents: { planner: await agent(PLANNER), worker: await agent(WORKER), deployer: await agent(DEPLOYER), idle: await agent(IDLE) },
+    // Hour counters (cost_usd included); only hours with counts, so a turn of the hour between snapshots changes nothing.
+    hours: {
+      worker: await activeHours(get, WORKER),
+      deployer: await activeHours(get, DEPLOYER),
+    },
   }
+}
+
+async function activeHours(get: (path: string) => Promise<any>, address: string) {
+  const { hours } = await get(`/v1/mesh/agents/${enc(address)}/cost?hours=168`)
+  return (hours as { cost_usd: number; sent: number; received: number }[]).filter((h) => h.cost_usd > 0 || h.sent > 0 || h.received > 0)
 }
 
 describe.skipIf(NO_POSTGRES)('chokepoint migrate-store (SQLite → PostgreSQL)', () => {
@@ -166,6 +176,9 @@ describe.skipIf(NO_POSTGRES)('chokepoint migrate-store (SQLite → PostgreSQL)',
       return states.every((s) => s === 'held')
     }, { what: 'the deployer backlog to be held' })
     before = await snapshot(gw.url, adminKey, Object.values(ids).flat())
+    // The resolve's and the heartbeat's costs are in the hour counters the copy must carry.
+    expect(before.hours.worker.reduce((sum: number, h: { cost_usd: number }) => sum + h.cost_usd, 0)).toBe(0.25)
+    expect(before.hours.deployer.reduce((sum: number, h: { cost_usd: number }) => sum + h.cost_usd, 0)).toBe(0.5)
     expect(before.verify).toMatchObject({ valid: true })
     expect(before.audit.length).toBeGreaterThanOrEqual(10)
   }, 60_000)

@@ -41,10 +41,14 @@ export { SSEDecoder, iterSSE } from './core/sse.js'
 export type { SSEMessage } from './core/sse.js'
 export type * from './types.js'
 export type {
+  AgentCostHour,
+  AgentCostParams,
+  AgentCostResponse,
   AgentKillParams,
   AgentKillResponse,
   AgentListParams,
   AgentListResponse,
+  AgentSort,
   AgentRegisterParams,
   AgentRegisterResponse,
   AgentResumeParams,

@@ -183,14 +183,25 @@ export interface MeshAgent {
   metadata: JsonObject | null
   instances_total: number
   instances_healthy: number
+  /**
+   * The daily cost ceiling that applies: the smallest `max_cost_per_day_usd` of the agent's
+   * enabled cost policies, else of the enabled default ones; null when none. In list and
+   * retrieve answers (register and update answers do not compute it).
+   */
+  cost_ceiling_usd?: number | null
   killed_at?: string
   kill_reason?: string | null
   /** Who killed it: `key:<key_id>` or `policy:<policy_id>`. */
   killed_by?: string | null
 }
 
+/** A row of `GET /v1/mesh/agents`: always carries the cost ceiling (`$18.60 of $50.00 today`). */
+export interface MeshAgentListed extends MeshAgent {
+  cost_ceiling_usd: number | null
+}
+
 /** One agent with its instances and policies (`GET /v1/mesh/agents/{id}`). */
-export interface MeshAgentDetail extends MeshAgent {
+export interface MeshAgentDetail extends MeshAgentListed {
   instances: AgentInstance[]
   /** Its own policies. */
   policies: Policy[]

@@ -39,6 +39,41 @@ describe('Operator against a real gateway', () => {
     await gw?.close()
   })
 
+  it('agents table: search, sort over all pages, offset paging, cost ceiling, cost by hour', async () => {
+    const heavy = new Agent({ baseURL: gw.url, apiKey: await agentKey(gw, 'agent://sdktable/prod/heavy'), address: 'agent://sdktable/prod/heavy' })
+    const light = new Agent({ baseURL: gw.url, apiKey: await agentKey(gw, 'agent://sdktable/prod/light'), address: 'agent://sdktable/prod/light' })
+    await operator.agents.register({ address: 'agent://sdktable/prod/idle', display_name: 'Idle 50%' })
+    await heavy.heartbeat({ metrics: { cost_usd: 18.6 } })
+    await light.heartbeat({ metrics: { cost_usd: 0.4 } })
+    await operator.policies.create('agent://sdktable/prod/heavy', { kind: 'cost', max_cost_per_day_usd: 50, on_breach: 'block' })
+
+    const first = await operator.agents.list({ q: 'SDKTABLE/', sort: 'cost', limit: 2 })
+    expect(first.total).toBe(3)
+    expect(first.next_offset).toBe(2)
+    expect(first.agents.map((a) => [a.address, a.cost_period, a.cost_ceiling_usd])).toEqual([
+      ['agent://sdktable/prod/heavy', 18.6, 50],
+      ['agent://sdktable/prod/light', 0.4, null],
+    ])
+    const rest = await operator.agents.list({ q: 'sdktable/', sort: 'cost', limit: 2, offset: first.next_offset ?? 0 })
+    expect(rest).toMatchObject({ total: 3, next_offset: null })
+    expect(rest.agents.map((a) => a.address)).toEqual(['agent://sdktable/prod/idle'])
+    expect((await operator.agents.list({ q: '50%' })).agents.map((a) => a.address)).toEqual(['agent://sdktable/prod/idle'])
+    const byBeat = await operator.agents.list({ q: 'sdktable/', sort: 'last_heartbeat', order: 'desc' })
+    expect(byBeat.agents.at(-1)?.address).toBe('agent://sdktable/prod/idle') // never beat: last
+    expect((await operator.agents.retrieve('agent://sdktable/prod/heavy')).agent.cost_ceiling_usd).toBe(50)
+
+    const chart = await operator.agents.costByHour('agent://sdktable/prod/heavy', { hours: 3 })
+    expect(chart.hours).toHaveLength(3)
+    expect(chart.hours.map((h) => h.hour)).toEqual([...chart.hours.map((h) => h.hour)].sort())
+    expect(chart.hours[2]?.hour).toBe(new Date().toISOString().slice(0, 13))
+    expect(chart.hours.reduce((sum, h) => sum + h.cost_usd, 0)).toBeCloseTo(18.6, 6)
+    expect((await operator.agents.costByHour(chart.address_id)).hours).toHaveLength(24)
+    await expect(operator.agents.costByHour(chart.address_id, { hours: 0 })).rejects.toBeInstanceOf(UnprocessableEntityError)
+    await expect(operator.agents.list({ sort: 'name' as never })).rejects.toBeInstanceOf(UnprocessableEntityError)
+    heavy.close()
+    light.close()
+  })
+
   it('labels, kill by selector, the standing fleet kill list and resume by selector', async () => {
     const a = (await operator.agents.register({ address: 'agent://sdkfleet/prod/a', labels: { team: 'payments' } })).agent
     expect(a.labels).toEqual({ team: 'payments' })

@@ -36,6 +36,9 @@ const MESH_AGENT_KEYS = [
   'metadata',
 ].sort()
 const KILLED_MESH_AGENT_KEYS = [...MESH_AGENT_KEYS, 'kill_reason', 'killed_at'].sort()
+/** The list and the single-agent view also give the cost ceiling that applies. */
+const LISTED_AGENT_KEYS = [...MESH_AGENT_KEYS, 'cost_ceiling_usd'].sort()
+const KILLED_LISTED_AGENT_KEYS = [...KILLED_MESH_AGENT_KEYS, 'cost_ceiling_usd'].sort()
 
 /** One background pass a minute: explicit ticks decide what the sweeper sees. */
 const SLOW_SWEEPER = { CHOKEPOINT_SWEEP_INTERVAL_MS: '60000' }
@@ -382,7 +385,9 @@ describe.each(ENGINES)('health transitions (manual clock, sweeper driven by hand
     expect(kill.status).toBe(200)
     expect(kill.body).toMatchObject({ ok: true, address: K, health_status: 'killed', killed_at: iso(killedAt) })
     let { agent } = await c.show(K)
-    expect(Object.keys(agent).filter((k) => !['instances', 'policies'].includes(k)).sort()).toEqual(KILLED_MESH_AGENT_KEYS)
+    expect(Object.keys(agent).filter((k) => !['instances', 'policies', 'effective_policies'].includes(k)).sort()).toEqual(
+      KILLED_LISTED_AGENT_KEYS,
+    )
     expect(agent).toMatchObject({ health_status: 'killed', killed_at: iso(killedAt), kill_reason: 'runaway deploys', instances_healthy: 0 })
 
     // Its heartbeat is still recorded (last_heartbeat_at moves) and answered `killed`, even
@@ -569,11 +574,11 @@ describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id
   it('lists MeshAgents with exactly the §5c fields and a summary by health', async () => {
     const res = await api(gw.url, viewer, 'GET', '/v1/mesh/agents')
     expect(res.status).toBe(200)
-    expect(Object.keys(res.body).sort()).toEqual(['agents', 'ok', 'summary'])
+    expect(Object.keys(res.body).sort()).toEqual(['agents', 'next_offset', 'ok', 'summary', 'total'])
     const agents = res.body.agents as any[]
     expect(agents.map((a) => a.address).sort()).toEqual([M, O, N, Z].sort())
     for (const a of agents) {
-      expect(Object.keys(a).sort()).toEqual(a.address === Z ? KILLED_MESH_AGENT_KEYS : MESH_AGENT_KEYS)
+      expect(Object.keys(a).sort()).toEqual(a.address === Z ? KILLED_LISTED_AGENT_KEYS : LISTED_AGENT_KEYS)
       expect(a.address_id).toMatch(/^addr_[0-9A-Za-z]+$/)
       expect(a.created_at).toMatch(ISO_MS)
       expect(typeof a.intents_period).toBe('number')
@@ -595,7 +600,9 @@ describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id
       labels: {},
       instances_total: 1,
       instances_healthy: 1,
+      cost_ceiling_usd: null,
     })
+    expect(res.body).toMatchObject({ total: 4, next_offset: null })
     expect(byAddress.get(N)).toMatchObject({ display_name: N.slice(N.lastIndexOf('/') + 1), metadata: null, health_status: 'unknown', last_heartbeat_at: null, intents_period: 3, cost_period: 0 })
     expect(byAddress.get(O)).toMatchObject({ health_status: 'unknown', intents_period: 2, cost_period: 0, instances_total: 0 })
     expect(byAddress.get(Z)).toMatchObject({ health_status: 'killed', kill_reason: 'zombie', killed_at: iso(MAR_15), intents_period: 0 })
@@ -660,7 +667,7 @@ describe.each(ENGINES)('mesh views: GET /v1/mesh/agents, GET /v1/mesh/agents/{id
     expect(byAddress.status).toBe(200)
     expect(Object.keys(byAddress.body).sort()).toEqual(['agent', 'events', 'ok'])
     const agent = byAddress.body.agent
-    expect(Object.keys(agent).sort()).toEqual([...MESH_AGENT_KEYS, 'instances', 'policies'].sort())
+    expect(Object.keys(agent).sort()).toEqual([...LISTED_AGENT_KEYS, 'instances', 'policies', 'effective_policies'].sort())
     expect(agent).toMatchObject({ address: M, display_name: 'Main worker', health_status: 'healthy', intents_period: 5, cost_period: 0.75 })
     expect(agent.instances).toEqual([
       expect.objectContaining({ instance_id: 'm-1', health_status: 'healthy', last_heartbeat_at: iso(MAR_15) }),

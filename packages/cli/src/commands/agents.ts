@@ -1,18 +1,23 @@
-import type { MeshAgent } from '@chokepoint/sdk'
+import type { AgentListResponse, AgentSort, MeshAgent } from '@chokepoint/sdk'
 import { CONNECTION_HELP, UsageError, operatorFrom, parse } from '../context.js'
 import { EXIT, type CommandResult } from '../exit-codes.js'
 import { ago, bold, dim, health, printJson, table, usd } from '../output.js'
 
-export const AGENTS_HELP = `Usage: chokepoint agents [list] [--health <status>] [--window day|week|month] [--limit n]
+export const AGENTS_HELP = `Usage: chokepoint agents [list] [--health <status>] [--window day|week|month] [--limit n] [--offset n]
+                         [--search <text>] [--sort registered|cost|intents|last_heartbeat] [--order asc|desc]
        chokepoint agents show <address|addr_id>
        chokepoint agents register <address> [--name <display name>] [--metadata <json>] [--label key=value …]
        chokepoint agents label <address|addr_id> key=value … key- …
 
-List agents like "kubectl get pods": address, health, instances, last heartbeat, intents and cost.
+List agents like "kubectl get pods": address, health, instances, last heartbeat, intents and cost
+(with the daily cost ceiling, "$18.60 of $50.00"). --search matches the address or the display
+name; --sort orders every match (cost and intents over --window), then --limit/--offset page.
 
 Examples:
   chokepoint agents
   chokepoint agents --health unreachable
+  chokepoint agents --sort cost --limit 10                 (the ten most expensive today)
+  chokepoint agents --search payments --sort last_heartbeat --order asc
   chokepoint agents show agent://acme/prod/deployer
   chokepoint agents register agent://acme/prod/deployer --name "Deployer" --label team=platform
   chokepoint agents label agent://acme/prod/deployer tier=gold team-     (set tier, remove team)
@@ -24,6 +29,10 @@ export async function agents(argv: string[]): Promise<CommandResult> {
     health: { type: 'string' },
     window: { type: 'string' },
     limit: { type: 'string' },
+    offset: { type: 'string' },
+    search: { type: 'string' },
+    sort: { type: 'string' },
+    order: { type: 'string' },
     name: { type: 'string' },
     metadata: { type: 'string' },
     label: { type: 'string', multiple: true },
@@ -53,13 +62,22 @@ export async function agents(argv: string[]): Promise<CommandResult> {
     if (!['day', 'week', 'month'].includes(window)) throw new UsageError('--window must be day, week or month')
     const limit = values.limit === undefined ? undefined : Number(values.limit)
     if (limit !== undefined && !(Number.isInteger(limit) && limit > 0)) throw new UsageError('--limit must be a positive integer')
+    const offset = values.offset === undefined ? undefined : Number(values.offset)
+    if (offset !== undefined && !(Number.isInteger(offset) && offset >= 0)) throw new UsageError('--offset must be a whole number')
+    if (values.sort !== undefined && !SORTS.includes(values.sort as AgentSort)) throw new UsageError(`--sort must be ${SORTS.join(', ')}`)
+    if (values.order !== undefined && values.order !== 'asc' && values.order !== 'desc') throw new UsageError('--order must be asc or desc')
+    if (values.search === '') throw new UsageError('--search needs some text')
     const res = await op.agents.list({
       window: window as 'day',
       ...(values.health ? { health: values.health as 'healthy' } : {}),
       ...(limit ? { limit } : {}),
+      ...(offset ? { offset } : {}),
+      ...(values.search !== undefined ? { q: values.search } : {}),
+      ...(values.sort !== undefined ? { sort: values.sort as AgentSort } : {}),
+      ...(values.order !== undefined ? { order: values.order as 'asc' } : {}),
     })
     if (values.json) printJson(res)
-    else process.stdout.write(agentsTable(res.agents, window) + summaryLine(res.summary))
+    else process.stdout.write(agentsTable(res.agents, window) + pageLine(res, offset ?? 0) + summaryLine(res.summary))
     return EXIT.ok
   }
   if (sub === 'show') {
@@ -139,9 +157,18 @@ export function agentsTable(rows: MeshAgent[], window: string): string {
       `${a.instances_healthy}/${a.instances_total}`,
       ago(a.last_heartbeat_at),
       String(a.intents_period),
-      usd(a.cost_period),
+      typeof a.cost_ceiling_usd === 'number' ? `${usd(a.cost_period)} of ${usd(a.cost_ceiling_usd)}` : usd(a.cost_period),
     ]),
   )
+}
+
+const SORTS: readonly AgentSort[] = ['registered', 'cost', 'intents', 'last_heartbeat']
+
+/** "agents 11–20 of 42 matching (next: --offset 20)" when the list is one page of several. */
+function pageLine(res: AgentListResponse, offset: number): string {
+  if (offset === 0 && res.next_offset === null) return ''
+  const range = res.agents.length === 0 ? 'none' : `${offset + 1}–${offset + res.agents.length}`
+  return dim(`\nagents ${range} of ${res.total} matching${res.next_offset === null ? '' : ` (next: --offset ${res.next_offset})`}`)
 }
 
 function summaryLine(s: { total: number; healthy: number; degraded: number; unreachable: number; killed: number; unknown: number }): string {

@@ -1,16 +1,25 @@
 import type { RequestOptions } from '../core/client.js'
 import { APIResource } from '../core/resource.js'
 import { path } from '../internal/path.js'
-import type { AgentInstance, HealthStatus, JsonObject, MeshAgent, MeshAgentDetail, MeshEvent } from '../types.js'
+import type { AgentInstance, HealthStatus, JsonObject, MeshAgent, MeshAgentDetail, MeshAgentListed, MeshEvent } from '../types.js'
 
 /**
  * Agents of the mesh. Methods that take `addressOrId` accept an `addr_…` id or an
  * `agent://org/workspace/name` address (sent percent-encoded).
  */
 export class Agents extends APIResource {
-  /** Lists agents with health, instances and the period's intents and cost. */
+  /**
+   * Lists agents with health, instances, the period's intents and cost, and the cost ceiling:
+   * searched (`q`), sorted over every match (`sort`, `order`) and paged (`offset`; the next page
+   * starts at `next_offset`, null at the end).
+   */
   list(params: AgentListParams = {}, options?: RequestOptions): Promise<AgentListResponse> {
     return this._client.get('/v1/mesh/agents', { ...params }, options)
+  }
+
+  /** An agent's cost and intents per UTC hour, oldest first, ending with the current hour (`hours` 1–168, default 24). */
+  costByHour(addressOrId: string, params: AgentCostParams = {}, options?: RequestOptions): Promise<AgentCostResponse> {
+    return this._client.get(path`/v1/mesh/agents/${addressOrId}/cost`, { ...params }, options)
   }
 
   /** One agent with its instances, policies and recent events. */
@@ -165,15 +174,51 @@ export interface FleetKillListResponse {
 export interface AgentListParams {
   /** 1–500, default 100. */
   limit?: number | undefined
+  /** 0–1,000,000, default 0: where the page starts in the sorted matches. */
+  offset?: number | undefined
   health?: HealthStatus | undefined
-  /** Period of `intents_period` / `cost_period` (UTC). Default `day`. */
+  /** Period of `intents_period` / `cost_period` (UTC), and of the `cost` / `intents` sorts. Default `day`. */
   window?: 'day' | 'week' | 'month' | undefined
+  /** Case-insensitive substring of the address or the display name (1–200 characters; no wildcards). */
+  q?: string | undefined
+  /** Default `registered` (registration order). Ties are ordered by address. */
+  sort?: AgentSort | undefined
+  /** Default `asc` for `registered`, `desc` for the others; agents that never beat come last in `last_heartbeat` `desc`. */
+  order?: 'asc' | 'desc' | undefined
 }
+
+export type AgentSort = 'registered' | 'cost' | 'intents' | 'last_heartbeat'
 
 export interface AgentListResponse {
   ok: true
-  agents: MeshAgent[]
+  agents: MeshAgentListed[]
+  /** Over every agent, whatever the filters. */
   summary: { total: number; healthy: number; degraded: number; unreachable: number; killed: number; unknown: number }
+  /** Agents matching `health` and `q`. */
+  total: number
+  /** The `offset` of the next page; null at the end. */
+  next_offset: number | null
+}
+
+export interface AgentCostParams {
+  /** 1–168, default 24. */
+  hours?: number | undefined
+}
+
+export interface AgentCostHour {
+  /** `YYYY-MM-DDTHH` (UTC). */
+  hour: string
+  cost_usd: number
+  /** Accepted intents the agent sent / received in that hour. */
+  sent: number
+  received: number
+}
+
+export interface AgentCostResponse {
+  ok: true
+  address_id: string
+  /** Oldest first, one per hour, ending with the current hour; hours without activity are zeros. */
+  hours: AgentCostHour[]
 }
 
 export interface AgentRetrieveResponse {

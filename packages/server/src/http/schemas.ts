@@ -280,8 +280,16 @@ export const HeartbeatBody = z.object({
 
 export const MeshAgentsQuery = z.object({
   limit: intParam(1, 500).optional(),
+  offset: intParam(0, 1_000_000).optional(),
   health: z.enum(['healthy', 'degraded', 'unreachable', 'killed', 'unknown']).optional(),
   window: z.enum(['day', 'week', 'month']).optional(),
+  q: shortText(200).min(1).optional().describe('Case-insensitive substring of the address or the display name'),
+  sort: z.enum(['registered', 'cost', 'intents', 'last_heartbeat']).optional(),
+  order: z.enum(['asc', 'desc']).optional(),
+})
+
+export const AgentCostQuery = z.object({
+  hours: intParam(1, 168).optional(),
 })
 
 export const CreateWebhookBody = z.strictObject({

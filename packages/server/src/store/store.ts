@@ -728,6 +728,11 @@ export interface Store {
   registerAgent(agent: AgentRow, event: MeshEventDraft): Promise<AgentRow | undefined>
   /** Agents in registration order; `health` filters on the shown status (killed overrides). */
   listAgents(limit: number, health: HealthStatus | null): Promise<AgentRow[]>
+  /**
+   * One page of agents filtered by health and search text, sorted in SQL over every match
+   * (ties by address), with the number of matches.
+   */
+  listAgentsPage(query: AgentPageQuery): Promise<{ agents: AgentRow[]; total: number }>
   /** Every agent the selection matches, in address order (read outside a transaction: dry runs). */
   selectAgents(selection: AgentSelection): Promise<AgentRow[]>
   /** Changes an agent's name, labels or metadata, audited; a standing fleet kill may apply. */
@@ -797,6 +802,8 @@ export interface Store {
   listPolicies(addressId: string): Promise<PolicyRow[]>
   /** The default policy set, in order (rows carry `address_id` DEFAULT_POLICY_OWNER). */
   listDefaultPolicies(): Promise<PolicyRow[]>
+  /** The given agents' own policies, then the default set, in one read (core picks the effective ones per agent). */
+  listPoliciesOf(addressIds: readonly string[]): Promise<PolicyRow[]>
   /**
    * Replaces the default set. Serialized with the creation of agents (PostgreSQL: the fleet
    * lock), so an agent appearing meanwhile is created under the old set or the new one, and
@@ -856,6 +863,33 @@ export interface Store {
     toDay: string,
     addressIds: readonly string[],
   ): Promise<Map<string, { sent: number; received: number; cost_usd: number }>>
+  /** One agent's hour counter rows in [fromHour, toHour] (inclusive, `YYYY-MM-DDTHH`), oldest first; hours without a row are absent. */
+  listHourCounters(addressId: string, fromHour: string, toHour: string): Promise<HourCounters[]>
+}
+
+/** An hour counter row: accepted intents sent and received, and cost counted for the agent. */
+export interface HourCounters {
+  /** `YYYY-MM-DDTHH` (UTC). */
+  hour: string
+  sent: number
+  received: number
+  cost_usd: number
+}
+
+export type AgentSort = 'registered' | 'cost' | 'intents' | 'last_heartbeat'
+
+export interface AgentPageQuery {
+  limit: number
+  offset: number
+  /** Filters on the shown status (killed overrides). */
+  health: HealthStatus | null
+  /** Case-insensitive substring of the address or the display name; matched literally (no wildcards). */
+  search: string | null
+  sort: AgentSort
+  order: 'asc' | 'desc'
+  /** The counter days (`YYYY-MM-DD`, inclusive) that `cost` and `intents` sort over. */
+  from_day: string
+  to_day: string
 }
 
 export interface PolicyWrite {

@@ -338,6 +338,10 @@ const MATRIX: Record<string, MatrixRow> = {
     access: 'viewer', // like GET /v1/mesh/agents/{address_id}
     cell: () => ({ params: { address_id: S.address_id } }),
   },
+  'GET /v1/mesh/agents/{address_id}/cost': {
+    access: 'viewer', // like GET /v1/mesh/agents/{address_id}: operator views read it, the agent itself does not
+    cell: () => ({ params: { address_id: S.address_id }, query: { hours: '2' } }),
+  },
   'PATCH /v1/mesh/agents/{address_id}': {
     access: 'operator',
     cell: async () => {

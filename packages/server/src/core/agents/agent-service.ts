@@ -1,10 +1,12 @@
-import type { AgentRow, HealthStatus, Store } from '../../store/store.js'
+import type { AgentRow, AgentSort, HealthStatus, PolicyRow, Store } from '../../store/store.js'
 import type { Clock } from '../clock.js'
 import { GatewayError, conflict, notFound } from '../errors.js'
 import { isAddress, isAddressId, newAddressId } from '../ids.js'
 import { blankAgent } from './agent-row.js'
 import { canonicalLabels, parseLabels } from '../fleet/selector.js'
 import { iso } from '../clock.js'
+import { effectiveRows } from '../policies/policy-engine.js'
+import { DEFAULT_OWNER, specOf } from '../policies/policy-spec.js'
 
 /** What a table row needs beyond the agent row (one list call, no request per row). */
 export interface AgentStats {
@@ -12,9 +14,13 @@ export interface AgentStats {
   cost_period: number
   instances_total: number
   instances_healthy: number
+  /** The daily cost ceiling that applies (smallest effective enabled cost policy), null for none; absent when not computed. */
+  cost_ceiling_usd?: number | null
 }
 
 const NO_STATS: AgentStats = { intents_period: 0, cost_period: 0, instances_total: 0, instances_healthy: 0 }
+
+const HOUR_MS = 3_600_000
 
 /** `MeshAgent` (DESIGN §5c). Health is the last status core computed; killed overrides it. */
 export function agentView(agent: AgentRow, stats: AgentStats = NO_STATS): Record<string, unknown> {
@@ -33,6 +39,7 @@ export function agentView(agent: AgentRow, stats: AgentStats = NO_STATS): Record
     instances_total: stats.instances_total,
     instances_healthy: stats.instances_healthy,
   }
+  if (stats.cost_ceiling_usd !== undefined) view['cost_ceiling_usd'] = stats.cost_ceiling_usd
   if (agent.killed_at !== null) {
     view['killed_at'] = new Date(agent.killed_at).toISOString()
     view['kill_reason'] = agent.kill_reason
@@ -59,6 +66,36 @@ export function windowDays(window: StatsWindow, now: number): [string, string] {
   if (window === 'month') return [`${end.slice(0, 8)}01`, end]
   const dow = (today.getUTCDay() + 6) % 7 // Monday = 0
   return [new Date(now - dow * 86_400_000).toISOString().slice(0, 10), end]
+}
+
+/** The smallest `max_cost_per_day_usd` of an agent's effective enabled cost policies (own, else defaults), or null. */
+export function costCeiling(rows: readonly PolicyRow[]): number | null {
+  let ceiling: number | null = null
+  for (const row of effectiveRows(rows)) {
+    const spec = specOf(row)
+    if (spec.kind === 'cost' && (ceiling === null || spec.max_cost_per_day_usd < ceiling)) ceiling = spec.max_cost_per_day_usd
+  }
+  return ceiling
+}
+
+export interface AgentPageParams {
+  limit: number
+  offset: number
+  health: HealthStatus | null
+  search: string | null
+  sort: AgentSort
+  /** Default: `asc` for `registered`, `desc` for the others. */
+  order: 'asc' | 'desc' | null
+  window: StatsWindow
+}
+
+/** One hour of an agent's cost chart. */
+export interface HourCost {
+  /** `YYYY-MM-DDTHH` (UTC). */
+  hour: string
+  cost_usd: number
+  sent: number
+  received: number
 }
 
 /** Agents: lookup by `addr_…` id or address, registration, listing. */
@@ -174,23 +211,68 @@ export class AgentService {
     return this.#store.listAgents(limit, health)
   }
 
-  /** Stats of the given agents for a window: accepted intents sent or received, reported cost, instances. */
+  /**
+   * A page of agents sorted over every agent that matches (the store sorts in SQL; cost and
+   * intents over the window), the number of matches, and the offset of the next page.
+   */
+  async page(params: AgentPageParams): Promise<{ agents: AgentRow[]; total: number; next_offset: number | null }> {
+    const [from_day, to_day] = windowDays(params.window, this.#clock.now())
+    const { agents, total } = await this.#store.listAgentsPage({
+      limit: params.limit,
+      offset: params.offset,
+      health: params.health,
+      search: params.search,
+      sort: params.sort,
+      order: params.order ?? (params.sort === 'registered' ? 'asc' : 'desc'),
+      from_day,
+      to_day,
+    })
+    const end = params.offset + agents.length
+    return { agents, total, next_offset: agents.length > 0 && end < total ? end : null }
+  }
+
+  /** An agent's cost and intents per UTC hour, oldest first, ending with the current hour; hours without counts are zeros. */
+  async costByHour(agent: AgentRow, hours: number): Promise<HourCost[]> {
+    const current = Math.floor(this.#clock.now() / HOUR_MS) * HOUR_MS
+    const keys = Array.from({ length: hours }, (_, i) => new Date(current - (hours - 1 - i) * HOUR_MS).toISOString().slice(0, 13))
+    const rows = await this.#store.listHourCounters(agent.address_id, keys[0] as string, keys[keys.length - 1] as string)
+    const byHour = new Map(rows.map((r) => [r.hour, r]))
+    return keys.map((hour) => {
+      const row = byHour.get(hour)
+      return { hour, cost_usd: row ? Math.round(row.cost_usd * 1e6) / 1e6 : 0, sent: row?.sent ?? 0, received: row?.received ?? 0 }
+    })
+  }
+
+  /**
+   * Stats of the given agents for a window: accepted intents sent or received, reported cost,
+   * instances, cost ceiling. A fixed number of reads, whatever the number of agents.
+   */
   async stats(agents: readonly AgentRow[], window: StatsWindow, staleAfterMs: number): Promise<(agent: AgentRow) => AgentStats> {
     const now = this.#clock.now()
     const [from, to] = windowDays(window, now)
     const ids = agents.map((a) => a.address_id)
-    const [sums, instances] = await Promise.all([
+    const [sums, instances, policies] = await Promise.all([
       this.#store.sumCounters(from, to, ids),
       this.#store.instanceCounts(now - staleAfterMs, ids),
+      this.#store.listPoliciesOf(ids),
     ])
+    const defaults: PolicyRow[] = []
+    const own = new Map<string, PolicyRow[]>()
+    for (const row of policies) {
+      if (row.address_id === DEFAULT_OWNER) defaults.push(row)
+      else own.set(row.address_id, [...(own.get(row.address_id) ?? []), row])
+    }
+    const defaultCeiling = costCeiling(defaults)
     return (agent) => {
       const sum = sums.get(agent.address_id)
       const inst = instances.get(agent.address_id)
+      const mine = own.get(agent.address_id)
       return {
         intents_period: sum ? sum.sent + sum.received : 0,
         cost_period: sum?.cost_usd ?? 0,
         instances_total: inst?.total ?? 0,
         instances_healthy: agent.killed_at !== null ? 0 : (inst?.fresh ?? 0),
+        cost_ceiling_usd: mine === undefined ? defaultCeiling : costCeiling([...mine, ...defaults]),
       }
     }
   }

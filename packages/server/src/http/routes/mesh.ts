@@ -2,6 +2,7 @@ import type { z } from 'zod'
 import { agentView } from '../../core/agents/agent-service.js'
 import { route, type Route } from '../router.js'
 import {
+  AgentCostQuery,
   FleetKillBody,
   FleetKillsQuery,
   FleetResumeBody,
@@ -98,20 +99,35 @@ export function meshRoutes(s: Services): Route[] {
       path: '/v1/mesh/agents',
       access: 'viewer',
       tag: 'mesh',
-      summary: 'Agents with health, instances, intents and cost for the window, and a summary by health',
+      summary:
+        'Agents with health, instances, intents, cost for the window and cost ceiling, searched (q), sorted over all matches and paged (offset); a summary by health',
       query: MeshAgentsQuery,
       handler: async ({ query }) => {
-        const [rows, counts] = await Promise.all([
-          s.agents.list(query.limit ?? 100, query.health ?? null),
+        const window = query.window ?? 'day'
+        const [page, counts] = await Promise.all([
+          s.agents.page({
+            limit: query.limit ?? 100,
+            offset: query.offset ?? 0,
+            health: query.health ?? null,
+            search: query.q ?? null,
+            sort: query.sort ?? 'registered',
+            order: query.order ?? null,
+            window,
+          }),
           s.store.countAgentsByHealth(),
         ])
-        const stats = await s.agents.stats(rows, query.window ?? 'day', s.heartbeats.options.staleAfterMs)
+        const stats = await s.agents.stats(page.agents, window, s.heartbeats.options.staleAfterMs)
         const summary = { total: 0, healthy: 0, degraded: 0, unreachable: 0, killed: 0, unknown: 0 }
         for (const [health, n] of Object.entries(counts)) {
           if (health in summary) summary[health as keyof typeof summary] += n
           summary.total += n
         }
-        return { agents: rows.map((row) => agentView(row, stats(row))), summary }
+        return {
+          agents: page.agents.map((row) => agentView(row, stats(row))),
+          summary,
+          total: page.total,
+          next_offset: page.next_offset,
+        }
       },
     }),
     route({
@@ -138,6 +154,18 @@ export function meshRoutes(s: Services): Route[] {
           },
           events: events.map(meshEventView),
         }
+      },
+    }),
+    route<undefined, z.output<typeof AgentCostQuery>>({
+      method: 'GET',
+      path: '/v1/mesh/agents/:address_id/cost',
+      access: 'viewer',
+      tag: 'mesh',
+      summary: "An agent's cost and intents sent and received per UTC hour, oldest first, ending with the current hour (zeros where none)",
+      query: AgentCostQuery,
+      handler: async ({ params, query }) => {
+        const agent = await s.agents.resolve(params['address_id'] as string)
+        return { address_id: agent.address_id, hours: await s.agents.costByHour(agent, query.hours ?? 24) }
       },
     }),
     route<z.output<typeof HeartbeatBody>>({

@@ -263,6 +263,10 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (address_id, instance_id)
   );
   `,
+  // Cost by hour (the per-agent cost chart), counted with the day's cost.
+  `
+  ALTER TABLE counters_hour ADD COLUMN cost_usd double precision NOT NULL DEFAULT 0;
+  `,
   // Egress calls (see the SQLite migration).
   `
   CREATE TABLE egress_calls (

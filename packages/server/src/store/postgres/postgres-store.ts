@@ -5,7 +5,10 @@ import { GatewayError } from '../../core/errors.js'
 import { newAddressId, randomBase62 } from '../../core/ids.js'
 import { standingKillRule } from '../../core/fleet/fleet-service.js'
 import type { Change } from '../change-feed.js'
+import { agentOrderBy, containsPattern, sortsByCounters } from '../agent-page.js'
 import type {
+  AgentPageQuery,
+  HourCounters,
   AcceptDecision,
   AcceptIntentInput,
   AcceptIntentResult,
@@ -606,6 +609,37 @@ export class PostgresStore implements Store {
       'SELECT * FROM agents WHERE killed_at IS NULL AND health_status = $1 ORDER BY created_at, address LIMIT $2',
       [health, limit],
     )
+  }
+
+  async listAgentsPage(query: AgentPageQuery): Promise<{ agents: AgentRow[]; total: number }> {
+    const where: string[] = []
+    const params: unknown[] = []
+    if (query.health === 'killed') where.push('a.killed_at IS NOT NULL')
+    else if (query.health !== null) {
+      params.push(query.health)
+      where.push(`a.killed_at IS NULL AND a.health_status = $${params.length}`)
+    }
+    if (query.search !== null) {
+      params.push(containsPattern(query.search))
+      where.push(`(a.address ILIKE $${params.length} ESCAPE '\\' OR a.display_name ILIKE $${params.length} ESCAPE '\\')`)
+    }
+    const filter = where.length === 0 ? '' : `WHERE ${where.join(' AND ')}`
+    const page = [...params]
+    let join = ''
+    if (sortsByCounters(query)) {
+      page.push(query.from_day, query.to_day)
+      join = `LEFT JOIN (SELECT address_id, sum(sent) + sum(received) AS intents, sum(cost_usd) AS cost FROM counters_day
+          WHERE day >= $${page.length - 1} AND day <= $${page.length} GROUP BY address_id) c ON c.address_id = a.address_id`
+    }
+    page.push(query.limit, query.offset)
+    const [agents, counted] = await Promise.all([
+      this.#read<AgentRow>(
+        `SELECT a.* FROM agents a ${join} ${filter} ORDER BY ${agentOrderBy(query)} LIMIT $${page.length - 1} OFFSET $${page.length}`,
+        page,
+      ),
+      this.#readOne<{ n: number }>(`SELECT count(*) AS n FROM agents a ${filter}`, params),
+    ])
+    return { agents, total: (counted as { n: number }).n }
   }
 
   /**
@@ -1672,13 +1706,19 @@ export class PostgresStore implements Store {
    * it; otherwise a kill asks for the transaction to be rerun with that lock (NeedsRowLock).
    */
   async #applyCost(tx: Tx, agent: AgentRow, amount: number, now: number, rule: CostRule, rowLocked: boolean): Promise<void> {
-    const { day } = windowOf(now)
+    const { day, hour } = windowOf(now)
     // The upsert's row lock makes read-add atomic: `before` is exactly what this amount follows.
     const added = (await tx.one<{ cost_usd: number }>(
       `INSERT INTO counters_day (address_id, day, cost_usd) VALUES ($1, $2, $3)
        ON CONFLICT (address_id, day) DO UPDATE SET cost_usd = counters_day.cost_usd + excluded.cost_usd RETURNING cost_usd`,
       [agent.address_id, day, amount],
     )) as { cost_usd: number }
+    // Also by hour (the per-hour chart): after the day row, the order every counter writer uses.
+    await tx.run(
+      `INSERT INTO counters_hour (address_id, hour, cost_usd) VALUES ($1, $2, $3)
+       ON CONFLICT (address_id, hour) DO UPDATE SET cost_usd = counters_hour.cost_usd + excluded.cost_usd`,
+      [agent.address_id, hour, amount],
+    )
     if (agent.policy_version === 0) return
     const policies = await tx.rows<PolicyRow>(EFFECTIVE_POLICIES, [[agent.address_id]])
     if (policies.length === 0) return
@@ -1795,6 +1835,10 @@ export class PostgresStore implements Store {
     return this.#read<PolicyRow>(DEFAULT_POLICIES)
   }
 
+  async listPoliciesOf(addressIds: readonly string[]): Promise<PolicyRow[]> {
+    return this.#read<PolicyRow>(EFFECTIVE_POLICIES, [addressIds])
+  }
+
   async replaceDefaultPolicies(input: DefaultPoliciesWrite): Promise<{ policies: PolicyRow[]; changed: boolean }> {
     return this.#tx(async (tx) => {
       // Exclusive fleet lock: no agent is being created meanwhile (they hold it shared), so each
@@ -1905,6 +1949,13 @@ export class PostgresStore implements Store {
       [fromDay, toDay, addressIds],
     )
     return new Map(rows.map((r) => [r.address_id, { sent: r.sent, received: r.received, cost_usd: r.cost_usd }]))
+  }
+
+  async listHourCounters(addressId: string, fromHour: string, toHour: string): Promise<HourCounters[]> {
+    return this.#read<HourCounters>(
+      'SELECT hour, sent, received, cost_usd FROM counters_hour WHERE address_id = $1 AND hour >= $2 AND hour <= $3 ORDER BY hour',
+      [addressId, fromHour, toHour],
+    )
   }
 
   async recordBreach(policyId: string, windowKey: string, event: MeshEventDraft): Promise<boolean> {

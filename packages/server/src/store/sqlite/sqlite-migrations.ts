@@ -249,6 +249,10 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (address_id, instance_id)
   ) WITHOUT ROWID;
   `,
+  // Cost by hour (the per-agent cost chart), counted with the day's cost.
+  `
+  ALTER TABLE counters_hour ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+  `,
   // Egress: each metered call of an agent to an upstream (LLM), from admission (reservation)
   // to settlement (charge). Open reservations count against the agent's cost ceiling.
   `

@@ -5,10 +5,13 @@ import type { Database as Db, Statement } from 'better-sqlite3'
 import { GatewayError } from '../../core/errors.js'
 import { standingKillRule } from '../../core/fleet/fleet-service.js'
 import { LocalFeed, type Change } from '../change-feed.js'
+import { agentOrderBy, containsPattern, sortsByCounters } from '../agent-page.js'
 import type {
   AcceptDecision,
   AcceptIntentInput,
+  AgentPageQuery,
   AgentSelection,
+  HourCounters,
   AgentUpdateInput,
   FleetKillInput,
   FleetKillResult,
@@ -162,6 +165,14 @@ function prepare(db: Db) {
          SELECT policy_id, '${DEFAULT_POLICY_OWNER}', kind, spec, enabled, version, created_at, updated_at, 1, position FROM default_policies
        ) ORDER BY src, ord`,
     ),
+    policiesOfMany: s(
+      `SELECT policy_id, address_id, kind, spec, enabled, version, created_at, updated_at FROM (
+         SELECT policy_id, address_id, kind, spec, enabled, version, created_at, updated_at, 0 AS src, seqno AS ord
+         FROM policies WHERE address_id IN (SELECT value FROM json_each(?))
+         UNION ALL
+         SELECT policy_id, '${DEFAULT_POLICY_OWNER}', kind, spec, enabled, version, created_at, updated_at, 1, position FROM default_policies
+       ) ORDER BY src, ord`,
+    ),
     defaultPolicies: s(
       `SELECT policy_id, '${DEFAULT_POLICY_OWNER}' AS address_id, kind, spec, enabled, version, created_at, updated_at
        FROM default_policies ORDER BY position`,
@@ -205,6 +216,14 @@ function prepare(db: Db) {
     countAcceptHour: s(
       `INSERT INTO counters_hour (address_id, hour, sent, received) VALUES (@from, @hour, 1, 0), (@to, @hour, 0, 1)
        ON CONFLICT (address_id, hour) DO UPDATE SET sent = sent + excluded.sent, received = received + excluded.received`,
+    ),
+    // Cost counted for an agent, also by hour (the per-hour chart).
+    costHour: s(
+      `INSERT INTO counters_hour (address_id, hour, cost_usd) VALUES (?, ?, ?)
+       ON CONFLICT (address_id, hour) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd`,
+    ),
+    hourCounters: s(
+      'SELECT hour, sent, received, cost_usd FROM counters_hour WHERE address_id = ? AND hour >= ? AND hour <= ? ORDER BY hour',
     ),
     sumCounters: s(
       `SELECT address_id, sum(sent) AS sent, sum(received) AS received, sum(cost_usd) AS cost_usd
@@ -668,6 +687,32 @@ export class SqliteStore implements Store {
     if (health === null) return this.#q.listAgents.all(limit) as AgentRow[]
     if (health === 'killed') return this.#q.listAgentsKilled.all(limit) as AgentRow[]
     return this.#q.listAgentsByHealth.all(health, limit) as AgentRow[]
+  }
+
+  async listAgentsPage(query: AgentPageQuery): Promise<{ agents: AgentRow[]; total: number }> {
+    const where: string[] = []
+    const params: unknown[] = []
+    if (query.health === 'killed') where.push('a.killed_at IS NOT NULL')
+    else if (query.health !== null) {
+      where.push('a.killed_at IS NULL AND a.health_status = ?')
+      params.push(query.health)
+    }
+    if (query.search !== null) {
+      // LIKE is case-insensitive (ASCII) in SQLite.
+      where.push("(a.address LIKE ? ESCAPE '\\' OR a.display_name LIKE ? ESCAPE '\\')")
+      const pattern = containsPattern(query.search)
+      params.push(pattern, pattern)
+    }
+    const filter = where.length === 0 ? '' : `WHERE ${where.join(' AND ')}`
+    const total = (this.#db.prepare(`SELECT count(*) AS n FROM agents a ${filter}`).get(...params) as { n: number }).n
+    const join = sortsByCounters(query)
+      ? `LEFT JOIN (SELECT address_id, sum(sent) + sum(received) AS intents, sum(cost_usd) AS cost FROM counters_day
+           WHERE day >= ? AND day <= ? GROUP BY address_id) c ON c.address_id = a.address_id`
+      : ''
+    const agents = this.#db
+      .prepare(`SELECT a.* FROM agents a ${join} ${filter} ORDER BY ${agentOrderBy(query)} LIMIT ? OFFSET ?`)
+      .all(...(join === '' ? [] : [query.from_day, query.to_day]), ...params, query.limit, query.offset) as AgentRow[]
+    return { agents, total }
   }
 
   /** The agent row, created if missing; `register` marks it registered (a recipient alone is not). */
@@ -1256,6 +1301,7 @@ export class SqliteStore implements Store {
   #applyCost(agent: AgentRow, amount: number, now: number, rule: CostRule, changes: Change[]): void {
     const before = this.#counters(agent.address_id, now)
     this.#q.countDay.run({ address_id: agent.address_id, day: before.day, sent: 0, received: 0, cost: amount })
+    this.#q.costHour.run(agent.address_id, before.hour, amount)
     const policies = agent.policy_version === 0 ? [] : (this.#q.effectivePolicies.all(agent.address_id) as PolicyRow[])
     if (policies.length === 0) return
     const outcome = rule({
@@ -1366,6 +1412,10 @@ export class SqliteStore implements Store {
     return this.#q.defaultPolicies.all() as PolicyRow[]
   }
 
+  async listPoliciesOf(addressIds: readonly string[]): Promise<PolicyRow[]> {
+    return this.#q.policiesOfMany.all(JSON.stringify(addressIds)) as PolicyRow[]
+  }
+
   async replaceDefaultPolicies(input: DefaultPoliciesWrite): Promise<{ policies: PolicyRow[]; changed: boolean }> {
     return this.#write((changes) => {
       const before = this.#q.defaultPolicies.all() as PolicyRow[]
@@ -1432,6 +1482,10 @@ export class SqliteStore implements Store {
     return new Map(rows.map((r) => [r.address_id, { sent: r.sent, received: r.received, cost_usd: r.cost_usd }]))
   }
 
+  async listHourCounters(addressId: string, fromHour: string, toHour: string): Promise<HourCounters[]> {
+    return this.#q.hourCounters.all(addressId, fromHour, toHour) as HourCounters[]
+  }
+
   async recordBreach(policyId: string, windowKey: string, event: MeshEventDraft): Promise<boolean> {
     return this.#write((changes) => {
       if (this.#q.insertBreach.run(policyId, windowKey, event.created_at).changes === 0) return false
@@ -1466,6 +1520,7 @@ export class SqliteStore implements Store {
         const ruled = m.cost_usd > 0 && agent.policy_version !== 0
         this.#q.reportDay.run(input.address_id, day, m.intents_total, m.intents_succeeded, m.intents_failed, ruled ? 0 : m.cost_usd)
         if (ruled) this.#applyCost(agent, m.cost_usd, input.now, input.cost_rule, changes)
+        else if (m.cost_usd > 0) this.#q.costHour.run(input.address_id, new Date(input.now).toISOString().slice(0, 13), m.cost_usd)
       }
       // Only the budget rule can have changed the agent row (an auto-kill).
       const current =
