@@ -16,18 +16,21 @@ const TYPES: Record<string, string> = {
 /** The dashboard's pages may load only what the gateway serves: no CDN, no inline script. */
 export const DASHBOARD_CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
+/** The console's own pages (it routes them in the browser): `/`, `/agents[/<id>]`, `/audit`. */
+const APP_PATH = /^\/(?:agents(?:\/[^/]+)?|audit)?\/?$/
+
 /**
  * Serves the built dashboard (`packages/dashboard/dist`): hashed files under `/assets/` with a
- * year of immutable caching, and `index.html` (never cached) for `/` and every other GET path
- * that is not an API route (the app routes in the browser). API paths (`/v1/…`) never fall back.
- * Returns false when the path is not the dashboard's (the caller answers 404).
+ * year of immutable caching, and `index.html` (never cached) for the console's pages, so a
+ * reload or a shared link works. Any other path — API paths (`/v1/…`), typos — is not the
+ * console's: the caller answers its JSON 404.
  */
 export function dashboardHandler(dir: string | null): (req: IncomingMessage, res: ServerResponse, path: string) => boolean {
   const index = dir !== null && existsSync(join(dir, 'index.html')) ? readFileSync(join(dir, 'index.html')) : null
   return (req, res, path) => {
     if (req.method !== 'GET' && req.method !== 'HEAD') return false
-    if (path.startsWith('/v1/') || path === '/v1' || path.startsWith('/llm/') || path.startsWith('/mcp/')) return false
     if (index === null || dir === null) return false
+    if (!path.startsWith('/assets/') && !APP_PATH.test(path)) return false
     res.setHeader('content-security-policy', DASHBOARD_CSP)
     res.setHeader('x-content-type-options', 'nosniff')
     res.setHeader('referrer-policy', 'no-referrer')

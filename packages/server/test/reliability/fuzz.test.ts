@@ -1913,6 +1913,16 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
     expect(verify.status).toBe(200)
     expect(verify.body).toMatchObject({ ok: true, valid: true, first_broken_seq: null })
 
+    // The fuzz may have left standing fleet kills (a selector can match agents that appear later,
+    // as it should) and default policies: an operator ends them first, through the API.
+    const standing = (await api(child.url, child.adminKey, 'GET', '/v1/mesh/fleet-kills?standing=true')).body.fleet_kills as any[]
+    for (const f of standing) {
+      const ended = await api(child.url, child.adminKey, 'POST', '/v1/mesh/resume', { selector: f.selector, confirm_all: true })
+      expect(ended.status, JSON.stringify(ended.body)).toBe(200)
+    }
+    expect((await api(child.url, child.adminKey, 'GET', '/v1/mesh/fleet-kills?standing=true')).body.fleet_kills).toEqual([])
+    expect((await api(child.url, child.adminKey, 'PUT', '/v1/policies/defaults', { policies: [] })).status).toBe(200)
+
     // A normal send → stream delivery → resolve, between two agents the fuzz never saw.
     const suffix = `${engine}${Date.now().toString(36)}`
     const from = `agent://fuzz/after/from-${suffix}`
@@ -1920,7 +1930,7 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
     const key = async (agent: string) => (await must(api(child.url, child.adminKey, 'POST', '/v1/keys', { role: 'agent', agent }), `key for ${agent}`)).key as string
     const [fromKey, toKey] = [await key(from), await key(to)]
     const sent = await api(child.url, fromKey, 'POST', '/v1/intents', { intent_type: 'fuzz.after.v1', to_agent: to, payload: { after: '😀\u202e' } })
-    expect(sent.status).toBe(200)
+    expect(sent.status, JSON.stringify(sent.body)).toBe(200)
     const inbox = `/v1/agents/fuzz/after/to-${suffix}/intents/stream?wait_seconds=5`
     const stream = await readSse(child.url, toKey, inbox, { 'x-instance-id': 'after-1' })
     expect(stream.status).toBe(200)
