@@ -149,6 +149,22 @@ const MATRIX: Record<string, MatrixRow> = {
   // Any valid key learns who it is; it is about the caller, so there is no "other agent".
   'GET /v1/whoami': { access: 'agent_or_viewer', except: { other_agent: OK }, cell: () => ({}) },
 
+  // --- egress (agent keys; this gateway has no --egress-config, so an allowed caller reaches
+  // the upstream lookup and gets its 404: the access check before it is what is reviewed) ------
+  'POST /llm/{upstream}/v1/chat/completions': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', messages: [] } }),
+  },
+  'POST /llm/{upstream}/v1/embeddings': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', input: 'x' } }),
+  },
+  'GET /llm/{upstream}/v1/models': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
+  // Without ?agent= an agent key lists its own calls, so there is no "other agent" here.
+  'GET /v1/egress/calls': { access: 'agent_or_viewer', except: { other_agent: OK }, cell: () => ({}) },
+
   // --- keys (admin) --------------------------------------------------------------------------
   'POST /v1/keys': {
     access: 'admin',
