@@ -35,7 +35,7 @@ const MESH_AGENT_KEYS = [
   'last_heartbeat_at',
   'metadata',
 ].sort()
-const KILLED_MESH_AGENT_KEYS = [...MESH_AGENT_KEYS, 'kill_reason', 'killed_at'].sort()
+const KILLED_MESH_AGENT_KEYS = [...MESH_AGENT_KEYS, 'kill_reason', 'killed_at', 'killed_by'].sort()
 /** The list and the single-agent view also give the cost ceiling that applies. */
 const LISTED_AGENT_KEYS = [...MESH_AGENT_KEYS, 'cost_ceiling_usd'].sort()
 const KILLED_LISTED_AGENT_KEYS = [...KILLED_MESH_AGENT_KEYS, 'cost_ceiling_usd'].sort()
