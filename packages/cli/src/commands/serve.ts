@@ -13,6 +13,10 @@ Options:
   --database-url <url> PostgreSQL URL (CHOKEPOINT_DATABASE_URL)
   --durability <mode>  normal (survives kill -9) or full (survives power loss)
   --metrics-key <key>  require this key for GET /metrics (CHOKEPOINT_METRICS_KEY)
+  --egress-config <file>
+                       upstreams agents' LLM calls go to through the gateway (JSON
+                       {"upstreams": [...]}, provider keys from the environment;
+                       CHOKEPOINT_EGRESS_CONFIG)
   --policy-defaults <file>
                        default policies from a JSON file {"policies": [...]}, applied at
                        start; the API cannot change them then (CHOKEPOINT_POLICY_DEFAULTS)
@@ -38,6 +42,7 @@ export async function serve(argv: string[]): Promise<CommandResult> {
       durability: { type: 'string' },
       'metrics-key': { type: 'string' },
       'policy-defaults': { type: 'string' },
+      'egress-config': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,

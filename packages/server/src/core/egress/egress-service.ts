@@ -22,7 +22,7 @@ export interface EgressUpstream {
 }
 
 /** How long after its deadline an open call is settled by the sweeper (its replica may be gone). */
-const SWEEP_GRACE_MS = 30_000
+const SWEEP_GRACE_MS = 5_000
 
 const newCallId = (): string => `egc_${randomBase62(20)}`
 
