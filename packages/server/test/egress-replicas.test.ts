@@ -66,7 +66,7 @@ describe('egress after a crash (SQLite, kill -9 mid-stream)', () => {
       const settled = await pollUntil(async () => {
         const [call] = await calls()
         return call?.state === 'settled' ? call : undefined
-      }, 15_000)
+      }, { timeoutMs: 15_000, what: 'the sweeper to settle the open call' })
       expect(settled).toMatchObject({ outcome: 'reservation' })
       expect(settled.cost_usd).toBe(settled.reserved_usd)
       const agent = (await api(second.url, adminKey, 'GET', `/v1/mesh/agents/${enc(address)}`)).body.agent

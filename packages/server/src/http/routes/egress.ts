@@ -1,4 +1,4 @@
-import type { ServerResponse } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import { z } from 'zod'
 import { assertActsFor, type Principal } from '../../core/auth/principal.js'
 import { egressCallView, type EgressService, type EgressUpstream } from '../../core/egress/egress-service.js'
@@ -103,7 +103,7 @@ async function forward(
   path: string,
   input: Record<string, unknown>,
   res: ServerResponse,
-  req: import('node:http').IncomingMessage,
+  req: IncomingMessage,
   requestId: string,
 ): Promise<void> {
   const { model, price } = egress.price(upstream, input['model'])
