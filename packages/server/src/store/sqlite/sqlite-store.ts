@@ -173,6 +173,17 @@ function prepare(db: Db) {
          SELECT policy_id, '${DEFAULT_POLICY_OWNER}', kind, spec, enabled, version, created_at, updated_at, 1, position FROM default_policies
        ) ORDER BY src, ord`,
     ),
+    egressReserved: s("SELECT coalesce(sum(reserved_micro), 0) AS n FROM egress_calls WHERE address_id = ? AND day = ? AND state = 'open'"),
+    egressInsert: s(
+      `INSERT INTO egress_calls (call_id, address_id, upstream, endpoint, model, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
+       VALUES (@call_id, @address_id, @upstream, @endpoint, @model, @day, @reserved_micro, @cost_micro, @state, @outcome, @usage, @status, @started_at, @deadline_at, @settled_at)`,
+    ),
+    egressSettle: s(
+      `UPDATE egress_calls SET state = 'settled', cost_micro = ?, outcome = ?, usage = ?, status = ?, settled_at = ?
+       WHERE call_id = ? AND state = 'open' RETURNING *`,
+    ),
+    egressById: s('SELECT * FROM egress_calls WHERE call_id = ?'),
+    egressOverdue: s("SELECT * FROM egress_calls WHERE state = 'open' AND deadline_at < ? ORDER BY deadline_at LIMIT ?"),
     defaultPolicies: s(
       `SELECT policy_id, '${DEFAULT_POLICY_OWNER}' AS address_id, kind, spec, enabled, version, created_at, updated_at
        FROM default_policies ORDER BY position`,
@@ -1351,32 +1362,20 @@ export class SqliteStore implements Store {
       const reserved =
         policies.length === 0
           ? 0
-          : (this.#db
-              .prepare("SELECT coalesce(sum(reserved_micro), 0) AS n FROM egress_calls WHERE address_id = ? AND day = ? AND state = 'open'")
-              .get(call.address_id, call.day) as { n: number }).n
+          : (this.#q.egressReserved.get(call.address_id, call.day) as { n: number }).n
       // The single writer makes read (spent + reserved) → decide → reserve atomic.
       input.decide({ agent, policies, counters: this.#counters(agent.address_id, input.now), reserved_micro: reserved })
-      this.#db
-        .prepare(
-          `INSERT INTO egress_calls (call_id, address_id, upstream, endpoint, model, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
-           VALUES (@call_id, @address_id, @upstream, @endpoint, @model, @day, @reserved_micro, @cost_micro, @state, @outcome, @usage, @status, @started_at, @deadline_at, @settled_at)`,
-        )
-        .run(call)
+      this.#q.egressInsert.run(call)
       return call
     })
   }
 
   async settleEgress(input: EgressSettleInput): Promise<{ call: EgressCallRow | undefined; changed: boolean }> {
     return this.#write((changes) => {
-      const call = this.#db
-        .prepare(
-          `UPDATE egress_calls SET state = 'settled', cost_micro = ?, outcome = ?, usage = ?, status = ?, settled_at = ?
-           WHERE call_id = ? AND state = 'open' RETURNING *`,
-        )
-        .get(input.cost_micro, input.outcome, input.usage, input.status, input.now, input.call_id) as EgressCallRow | undefined
-      if (!call) {
-        return { call: this.#db.prepare('SELECT * FROM egress_calls WHERE call_id = ?').get(input.call_id) as EgressCallRow | undefined, changed: false }
-      }
+      const call = this.#q.egressSettle.get(input.cost_micro, input.outcome, input.usage, input.status, input.now, input.call_id) as
+        | EgressCallRow
+        | undefined
+      if (!call) return { call: this.#q.egressById.get(input.call_id) as EgressCallRow | undefined, changed: false }
       // Charged to the day it was reserved on, so that day's `spent + reserved` never grows.
       if (input.cost_micro > 0) {
         const agent = this.#q.agentById.get(call.address_id) as AgentRow
@@ -1387,9 +1386,7 @@ export class SqliteStore implements Store {
   }
 
   async overdueEgressCalls(now: number, limit: number): Promise<EgressCallRow[]> {
-    return this.#db
-      .prepare("SELECT * FROM egress_calls WHERE state = 'open' AND deadline_at < ? ORDER BY deadline_at LIMIT ?")
-      .all(now, limit) as EgressCallRow[]
+    return this.#q.egressOverdue.all(now, limit) as EgressCallRow[]
   }
 
   async listEgressCalls(addressId: string | null, limit: number, before: string | null): Promise<EgressCallRow[]> {
