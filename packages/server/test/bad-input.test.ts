@@ -32,8 +32,11 @@ const STATUS_OF_CODE: Record<string, number> = {
   rate_limited: 429,
   budget_exceeded: 429,
 }
-/** §4: "plus fields that help (e.g. retry_after_s, policy_id)". */
-const HELPER_ERROR_FIELDS = new Set(['retry_after_s', 'policy_id'])
+/**
+ * §4: "plus fields that help (e.g. retry_after_s, policy_id)"; `type` (= code) on the egress
+ * routes, which the provider SDKs read.
+ */
+const HELPER_ERROR_FIELDS = new Set(['retry_after_s', 'policy_id', 'type'])
 
 const BODY_LIMIT = 1024 * 1024 // default limit (DESIGN §2.9)
 const REQUEST_TIMEOUT_MS = 10_000
