@@ -108,6 +108,8 @@ describe.skipIf(!CHROMIUM)('dashboard in a real browser', () => {
     await row(page, DEPLOYER).waitFor()
     const summary = page.getByRole('region', { name: 'Summary' })
     await expect.poll(() => summary.textContent()).toContain(`Total${list.summary.total}`)
+    expect(await summary.textContent()).toContain(`Intents · Today${list.summary.intents_period}`)
+    expect(await summary.textContent()).toContain(`Cost · Today$${list.summary.cost_period.toFixed(2)}`)
     for (const a of list.agents) {
       const text = (await row(page, a.address).textContent()) as string
       expect(text).toContain(a.display_name)

@@ -13,7 +13,7 @@ interface Row extends MeshAgent {
 
 interface ListAnswer {
   agents: Row[]
-  summary: Record<'total' | 'healthy' | 'degraded' | 'unreachable' | 'killed' | 'unknown', number>
+  summary: Record<'total' | 'healthy' | 'degraded' | 'unreachable' | 'killed' | 'unknown' | 'intents_period' | 'cost_period', number>
   total?: number
   next_offset?: number | null
 }
@@ -98,8 +98,8 @@ export function AgentsPage(props: { op: Operator; route: Route; canAct: boolean;
         {HEALTH.map((h) => (
           <Card key={h} label={h[0]?.toUpperCase() + h.slice(1)} value={summary?.[h as keyof typeof summary]} tone={h} />
         ))}
-        <Card label={`Intents · ${windowLabel} · this page`} value={data ? data.agents.reduce((n, a) => n + a.intents_period, 0) : undefined} />
-        <Card label={`Cost · ${windowLabel} · this page`} text={data ? usd(data.agents.reduce((n, a) => n + a.cost_period, 0)) : undefined} />
+        <Card label={`Intents · ${windowLabel}`} value={summary?.intents_period} />
+        <Card label={`Cost · ${windowLabel}`} text={summary ? usd(summary.cost_period) : undefined} />
       </section>
 
       <div class="toolbar">

@@ -193,7 +193,17 @@ export interface AgentListResponse {
   ok: true
   agents: MeshAgentListed[]
   /** Over every agent, whatever the filters. */
-  summary: { total: number; healthy: number; degraded: number; unreachable: number; killed: number; unknown: number }
+  summary: {
+    total: number
+    healthy: number
+    degraded: number
+    unreachable: number
+    killed: number
+    unknown: number
+    /** The whole fleet over the window: intents sent (each counted once) and cost in USD. */
+    intents_period: number
+    cost_period: number
+  }
   /** Agents matching `health` and `q`. */
   total: number
   /** The `offset` of the next page; null at the end. */

@@ -863,6 +863,8 @@ export interface Store {
     toDay: string,
     addressIds: readonly string[],
   ): Promise<Map<string, { sent: number; received: number; cost_usd: number }>>
+  /** The whole fleet's intents sent and cost over [fromDay, toDay] (the console's summary cards). */
+  fleetTotals(fromDay: string, toDay: string): Promise<{ sent: number; cost_usd: number }>
   /** One agent's hour counter rows in [fromHour, toHour] (inclusive, `YYYY-MM-DDTHH`), oldest first; hours without a row are absent. */
   listHourCounters(addressId: string, fromHour: string, toHour: string): Promise<HourCounters[]>
 }

@@ -247,6 +247,12 @@ export class AgentService {
    * Stats of the given agents for a window: accepted intents sent or received, reported cost,
    * instances, cost ceiling. A fixed number of reads, whatever the number of agents.
    */
+  /** The fleet's intents sent and cost over the window. */
+  async fleetTotals(window: StatsWindow): Promise<{ sent: number; cost_usd: number }> {
+    const [from, to] = windowDays(window, this.#clock.now())
+    return this.#store.fleetTotals(from, to)
+  }
+
   async stats(agents: readonly AgentRow[], window: StatsWindow, staleAfterMs: number): Promise<(agent: AgentRow) => AgentStats> {
     const now = this.#clock.now()
     const [from, to] = windowDays(window, now)

@@ -116,8 +116,21 @@ export function meshRoutes(s: Services): Route[] {
           }),
           s.store.countAgentsByHealth(),
         ])
-        const stats = await s.agents.stats(page.agents, window, s.heartbeats.options.staleAfterMs)
-        const summary = { total: 0, healthy: 0, degraded: 0, unreachable: 0, killed: 0, unknown: 0 }
+        const [stats, totals] = await Promise.all([
+          s.agents.stats(page.agents, window, s.heartbeats.options.staleAfterMs),
+          s.agents.fleetTotals(window),
+        ])
+        const summary = {
+          total: 0,
+          healthy: 0,
+          degraded: 0,
+          unreachable: 0,
+          killed: 0,
+          unknown: 0,
+          // The whole fleet over the window: intents sent (each once) and cost.
+          intents_period: totals.sent,
+          cost_period: Math.round(totals.cost_usd * 1e6) / 1e6,
+        }
         for (const [health, n] of Object.entries(counts)) {
           if (health in summary) summary[health as keyof typeof summary] += n
           summary.total += n

@@ -1942,6 +1942,14 @@ export class PostgresStore implements Store {
     return counters.get(addressId) as AgentCounters
   }
 
+  async fleetTotals(fromDay: string, toDay: string): Promise<{ sent: number; cost_usd: number }> {
+    const row = await this.#readOne<{ sent: number; cost_usd: number }>(
+      'SELECT coalesce(sum(sent), 0)::bigint AS sent, coalesce(sum(cost_usd), 0)::double precision AS cost_usd FROM counters_day WHERE day BETWEEN $1 AND $2',
+      [fromDay, toDay],
+    )
+    return { sent: Number(row?.sent ?? 0), cost_usd: Number(row?.cost_usd ?? 0) }
+  }
+
   async sumCounters(fromDay: string, toDay: string, addressIds: readonly string[]) {
     const rows = await this.#read<{ address_id: string; sent: number; received: number; cost_usd: number }>(
       `SELECT address_id, sum(sent)::bigint AS sent, sum(received)::bigint AS received, sum(cost_usd) AS cost_usd

@@ -1479,6 +1479,13 @@ export class SqliteStore implements Store {
     return new Map(rows.map((r) => [r.address_id, { sent: r.sent, received: r.received, cost_usd: r.cost_usd }]))
   }
 
+  async fleetTotals(fromDay: string, toDay: string): Promise<{ sent: number; cost_usd: number }> {
+    const row = this.#db
+      .prepare('SELECT coalesce(sum(sent), 0) AS sent, coalesce(sum(cost_usd), 0) AS cost_usd FROM counters_day WHERE day BETWEEN ? AND ?')
+      .get(fromDay, toDay) as { sent: number; cost_usd: number }
+    return row
+  }
+
   async listHourCounters(addressId: string, fromHour: string, toHour: string): Promise<HourCounters[]> {
     return this.#q.hourCounters.all(addressId, fromHour, toHour) as HourCounters[]
   }
