@@ -170,6 +170,13 @@ async function quarantineStory(t: Topology, name: string): Promise<{ drainMs: nu
       }
     }
     await complete(siblings())
+    // A's late ack or resolve of an intent its sibling already completed is still the quarantine
+    // refusal (its SDK stops on agent_killed), not a 409 about the intent's state.
+    expectQuarantined(await api(t.a, workerKey, 'POST', `/v1/intents/${held[2]}/ack`, {}, as('a')), 'a')
+    expectQuarantined(
+      await api(t.a, workerKey, 'POST', `/v1/intents/${held[2]}/resolve`, { status: 'COMPLETED', result: { by: 'a' } }, as('a')),
+      'a',
+    )
     const fresh = await send(100)
     await pollFrames(() => siblings().some((f) => f.data.intent_id === fresh), 'the siblings receiving new work')
     await complete(siblings().filter((f) => f.data.intent_id === fresh))

@@ -283,8 +283,10 @@ export class IntentService {
       instance_id: principal.role === 'agent' ? instanceId : null,
       decide: ({ intent, recipient, quarantine }): IntentChange => {
         this.#assertRecipient(principal, intent)
-        if (isTerminal(intent.status)) throw conflict(`intent is already ${intent.status}`)
+        // The refusal comes before the intent's state: a quarantined instance acking an intent
+        // its sibling already finished is told it is quarantined, not that the intent is done.
         settleRule(recipient, quarantine)
+        if (isTerminal(intent.status)) throw conflict(`intent is already ${intent.status}`)
         if (intent.delivery_state !== 'leased') {
           throw conflict(`intent is ${intent.delivery_state}, not delivered: only a delivered intent can be acknowledged`)
         }
@@ -317,16 +319,17 @@ export class IntentService {
       decide: ({ intent, recipient, quarantine }): IntentChange => {
         this.#assertRecipient(principal, intent)
         resolver = recipient
+        // Killed or quarantined first, as for ack: the sibling that took over a quarantined
+        // instance's intent may have resolved it before the quarantined instance's resolve
+        // arrives, and that instance must still get `agent_killed` (its SDK stops on it), not 409.
+        if (principal.role === 'agent') settleRule(recipient, quarantine)
         if (isTerminal(intent.status)) {
           throw conflict(`intent is already ${intent.status}; a terminal status cannot change`, { status: intent.status })
         }
-        if (principal.role === 'agent') {
-          settleRule(recipient, quarantine)
-          // Held work (a killed sender's undelivered output, or work held for a resume) is not
-          // the recipient's to act on until it is delivered.
-          if (intent.delivery_state === 'held') {
-            throw conflict('this intent is held by a kill and has not been delivered; it cannot be resolved yet')
-          }
+        // Held work (a killed sender's undelivered output, or work held for a resume) is not
+        // the recipient's to act on until it is delivered.
+        if (principal.role === 'agent' && intent.delivery_state === 'held') {
+          throw conflict('this intent is held by a kill and has not been delivered; it cannot be resolved yet')
         }
         const result = input.result === undefined ? null : JSON.stringify(input.result)
         const error = input.error === undefined ? null : JSON.stringify(input.error)
