@@ -135,6 +135,17 @@ export class Agent {
   }
 
   /** This agent's address, if known (from the options or a heartbeat answer). */
+  /**
+   * The base URL to give an OpenAI client so that this agent's LLM calls go through the gateway
+   * (metered, under its kill switch and cost ceilings), with this agent's key as the API key:
+   * `new OpenAI({ baseURL: agent.llmBaseURL('openai'), apiKey: <the agent key> })`.
+   * `upstream` is an `id` of the gateway's `--egress-config`.
+   */
+  llmBaseURL(upstream: string): string {
+    if (!/^[a-z0-9][a-z0-9_-]{0,63}$/.test(upstream)) throw new ChokepointError(`not an upstream id: ${JSON.stringify(upstream)}`)
+    return `${this.client.baseURL}/llm/${upstream}/v1`
+  }
+
   get address(): string | undefined {
     return this.#address
   }

@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { Agent } from '@chokepoint/sdk'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { agentKey, api, startTestGateway, testEngines, type TestGateway } from './harness.js'
@@ -119,7 +120,9 @@ describe.each(ENGINES)('egress through the gateway (%s)', (engine) => {
     rmSync(dir, { recursive: true, force: true })
   })
 
-  const client = (key: string, upstream = 'fake') => new OpenAI({ apiKey: key, baseURL: `${gw.url}/llm/${upstream}/v1`, maxRetries: 0 })
+  // The SDK's helper gives the OpenAI client its base URL.
+  const client = (key: string, upstream = 'fake') =>
+    new OpenAI({ apiKey: key, baseURL: new Agent({ baseURL: gw.url, apiKey: key }).llmBaseURL(upstream), maxRetries: 0 })
   const calls = async (address: string) =>
     (await api(gw.url, gw.adminKey, 'GET', `/v1/egress/calls?agent=${encodeURIComponent(address)}`)).body.calls as any[]
 
@@ -138,6 +141,8 @@ describe.each(ENGINES)('egress through the gateway (%s)', (engine) => {
     expect(call.reserved_usd).toBeGreaterThan(call.cost_usd)
     const agent = (await api(gw.url, gw.adminKey, 'GET', `/v1/mesh/agents/${encodeURIComponent(address)}`)).body.agent
     expect(agent.cost_period).toBeCloseTo(0.00005, 9)
+    expect(new Agent({ baseURL: `${gw.url}/`, apiKey: key }).llmBaseURL('fake')).toBe(`${gw.url}/llm/fake/v1`)
+    expect(() => new Agent({ baseURL: gw.url, apiKey: key }).llmBaseURL('../v1')).toThrow(/not an upstream id/)
     const models = await client(key).models.list()
     expect(models.data.map((m) => m.id)).toEqual(['fake-model'])
   })
