@@ -21,15 +21,15 @@
 //
 // Runs under the dispatcher (`npm run bench -- egress`) or alone (`node bench/egress.mjs`).
 import http from 'node:http'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import os, { tmpdir } from 'node:os'
-import { join, relative, resolve } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
-import { parseArgs } from 'node:util'
+import { join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import ts from 'typescript'
-import { removeTempDir, startChild, stopAll, trackTempDir } from './lib/children.mjs'
+import { removeTempDir, startChild, trackTempDir } from './lib/children.mjs'
+import { runStandalone } from './lib/standalone.mjs'
 import { api, SERVER_ENTRY, startGateway } from './lib/gateway.mjs'
-import { fmt, renderTable, summarize } from './lib/stats.mjs'
+import { fmt, summarize } from './lib/stats.mjs'
 import { now, num, sleep } from './lib/util.mjs'
 
 const HERE = fileURLToPath(new URL('.', import.meta.url))
@@ -393,44 +393,4 @@ const cpuPer = ({ result, cpuUs }) => (cpuUs === null || !result.statuses.ok ? n
 
 // ---- standalone -----------------------------------------------------------------------------
 
-function machine() {
-  const cpus = os.cpus()
-  return { cpu_model: cpus[0]?.model ?? 'unknown', cores: cpus.length, node: process.version, os: `${os.type()} ${os.release()} ${os.arch()}` }
-}
-
-async function main() {
-  const parsed = parseArgs({
-    args: process.argv.slice(2),
-    options: {
-      ...Object.fromEntries(Object.entries(options).map(([k, { help: _h, ...spec }]) => [k, spec])),
-      quick: { type: 'boolean' },
-      out: { type: 'string' },
-    },
-    strict: true,
-  })
-  const info = machine()
-  process.stdout.write(`machine: ${info.cpu_model}, ${info.cores} cores, Node ${info.node}, ${info.os}\n`)
-  const started = new Date()
-  const result = await run({ ...parsed.values, log: (line) => process.stdout.write(`${line}\n`) })
-  process.stdout.write(`\n${renderTable(result.table)}\n\n${result.notes.join('\n')}\n`)
-  const dir = parsed.values.out ?? join(HERE, 'results')
-  mkdirSync(dir, { recursive: true })
-  const file = join(dir, `egress-${started.toISOString().replace(/[:.]/g, '-')}.json`)
-  writeFileSync(file, `${JSON.stringify({ benchmark: 'egress', date: started.toISOString(), machine: info, ...result }, null, 2)}\n`)
-  process.stdout.write(`\nresults: ${relative(process.cwd(), file) || file}\n`)
-  return result.ok ? 0 : 1
-}
-
-if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  main().then(
-    async (code) => {
-      await stopAll()
-      process.exitCode = code
-    },
-    async (error) => {
-      process.stderr.write(`bench/egress: ${error?.stack ?? error}\n`)
-      await stopAll()
-      process.exitCode = 1
-    },
-  )
-}
+runStandalone('egress', import.meta.url, options, run)

@@ -15,13 +15,13 @@
 // Runs under the dispatcher (`npm run bench -- policy`) or alone (`node bench/policy.mjs`).
 import http from 'node:http'
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync } from 'node:fs'
 import os, { tmpdir } from 'node:os'
-import { join, relative, resolve } from 'node:path'
+import { join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { parseArgs } from 'node:util'
-import { startChild, stopAll, trackTempDir, removeTempDir } from './lib/children.mjs'
-import { renderTable, summarize, fmt } from './lib/stats.mjs'
+import { startChild, trackTempDir, removeTempDir } from './lib/children.mjs'
+import { runStandalone } from './lib/standalone.mjs'
+import { summarize, fmt } from './lib/stats.mjs'
 import { num } from './lib/util.mjs'
 
 const HERE = fileURLToPath(new URL('.', import.meta.url))
@@ -478,45 +478,4 @@ export async function run(opts = {}) {
 
 // ---- standalone -----------------------------------------------------------------------------
 
-function machine() {
-  const cpus = os.cpus()
-  return { cpu_model: cpus[0]?.model ?? 'unknown', cores: cpus.length, node: process.version, os: `${os.type()} ${os.release()} ${os.arch()}` }
-}
-
-async function main() {
-  const parsed = parseArgs({
-    args: process.argv.slice(2),
-    options: {
-      ...Object.fromEntries(Object.entries(options).map(([k, { help: _h, ...spec }]) => [k, spec])),
-      quick: { type: 'boolean' },
-      server: { type: 'string' },
-      out: { type: 'string' },
-    },
-    strict: true,
-  })
-  const info = machine()
-  process.stdout.write(`machine: ${info.cpu_model}, ${info.cores} cores, Node ${info.node}, ${info.os}\n`)
-  const started = new Date()
-  const result = await run({ ...parsed.values, log: (line) => process.stdout.write(`${line}\n`) })
-  process.stdout.write(`\n${renderTable(result.table)}\n\n${result.notes.join('\n')}\n`)
-  const dir = parsed.values.out ?? join(HERE, 'results')
-  mkdirSync(dir, { recursive: true })
-  const file = join(dir, `policy-${started.toISOString().replace(/[:.]/g, '-')}.json`)
-  writeFileSync(file, `${JSON.stringify({ benchmark: 'policy', date: started.toISOString(), machine: info, ...result }, null, 2)}\n`)
-  process.stdout.write(`\nresults: ${relative(process.cwd(), file) || file}\n`)
-  return result.ok ? 0 : 1
-}
-
-if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  main().then(
-    async (code) => {
-      await stopAll()
-      process.exitCode = code
-    },
-    async (error) => {
-      process.stderr.write(`bench/policy: ${error?.stack ?? error}\n`)
-      await stopAll()
-      process.exitCode = 1
-    },
-  )
-}
+runStandalone('policy', import.meta.url, options, run, { server: { type: 'string' } })
