@@ -162,6 +162,14 @@ const MATRIX: Record<string, MatrixRow> = {
     cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', input: 'x' } }),
   },
   'GET /llm/{upstream}/v1/models': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
+  // MCP (Streamable HTTP) through the gateway: the same access as the LLM routes.
+  'POST /mcp/{upstream}': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { jsonrpc: '2.0', id: 1, method: 'tools/list' } }),
+  },
+  'GET /mcp/{upstream}': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
+  'DELETE /mcp/{upstream}': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
   // Without ?agent= an agent key lists its own calls, so there is no "other agent" here.
   'GET /v1/egress/calls': { access: 'agent_or_viewer', except: { other_agent: OK }, cell: () => ({}) },
 
