@@ -29,6 +29,7 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
   const json = new TestMcpServer({ token: MCP_TOKEN, tokenHeader: 'X-Mcp-Token', json: true })
   const dir = mkdtempSync(join(tmpdir(), 'chokepoint-egress-mcp-'))
   let gw: TestGateway
+  let gwEnv: Record<string, string> = {}
   const clients: Client[] = []
 
   beforeAll(async () => {
@@ -45,7 +46,8 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
         ],
       }),
     )
-    gw = await startTestGateway({ engine, env: { CHOKEPOINT_EGRESS_CONFIG: file, MCP_AUTH: `Bearer ${MCP_TOKEN}`, MCP_TOKEN, MCP_TENANT: 'acme' } })
+    gwEnv = { CHOKEPOINT_EGRESS_CONFIG: file, MCP_AUTH: `Bearer ${MCP_TOKEN}`, MCP_TOKEN, MCP_TENANT: 'acme' }
+    gw = await startTestGateway({ engine, env: gwEnv })
   })
   afterAll(async () => {
     for (const client of clients) await client.close().catch(() => undefined)
@@ -56,9 +58,9 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
   })
 
   /** The SDK's client, pointed at the gateway with the agent's key (the recipe in the README). */
-  const connect = async (key: string, upstream = 'tools') => {
+  const connect = async (key: string, upstream = 'tools', gatewayUrl = gw.url) => {
     const client = new Client({ name: 'test-agent', version: '1.0.0' })
-    const transport = new StreamableHTTPClientTransport(new URL(`${gw.url}/mcp/${upstream}`), {
+    const transport = new StreamableHTTPClientTransport(new URL(`${gatewayUrl}/mcp/${upstream}`), {
       requestInit: { headers: { Authorization: `Bearer ${key}` } },
       reconnectionOptions: { maxReconnectionDelay: 1000, initialReconnectionDelay: 100, reconnectionDelayGrowFactor: 1, maxRetries: 1 },
     })
@@ -88,6 +90,11 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
     expect(initialized.status).toBe(202)
     return sid
   }
+  /**
+   * Requests both servers received in one session, or without one (undefined): the clients of
+   * earlier tests stay connected and may reconnect their GET streams in the background.
+   */
+  const ofSession = (sid: string | undefined) => [...sse.requests, ...json.requests].filter((r) => r.headers['mcp-session-id'] === sid).length
   /** The JSON-RPC messages of an answer, JSON or SSE. */
   const messagesOf = async (res: Response): Promise<any[]> => {
     const text = await res.text()
@@ -228,7 +235,7 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
     expect((await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${enc(address)}/kill`, { reason: 'test' })).status).toBe(200)
     // The client's GET stream is cut by the kill; wait until it is gone upstream, then count.
     await pollUntil(() => sse.requests.filter((r) => r.method === 'GET' && r.headers['mcp-session-id'] === sid).every((r) => r.aborted), { what: 'the GET stream cut' })
-    const seen = sse.requests.length
+    const seen = ofSession(sid)
     const error = await client.callTool({ name: 'echo', arguments: { text: 'after' } }).catch((e: unknown) => e)
     expect((error as StreamableHTTPError).code).toBe(403)
     expect(String((error as Error).message)).toContain('agent_killed')
@@ -243,7 +250,7 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
       expect(res.status).toBe(403)
       expect(((await res.json()) as any).error).toMatchObject({ code: 'agent_killed' })
     }
-    expect(sse.requests.length).toBe(seen)
+    expect(ofSession(sid)).toBe(seen)
     expect(sse.sessions.has(sid)).toBe(true) // the DELETE did not get through either
   })
 
@@ -257,6 +264,7 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
     expect(stream.status).toBe(200)
     await pollUntil(() => sse.requests.some((r) => r.method === 'GET' && r.headers['mcp-session-id'] === sid), { what: 'the raw GET stream upstream' })
 
+    const seenBefore = sse.requests.length
     let progress = 0
     let killedAt = 0
     let kill: Promise<{ status: number }> | undefined
@@ -280,8 +288,9 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
     expect(progress).toBeGreaterThanOrEqual(3)
     expect(progress).toBeLessThan(400)
     expect(cutMs).toBeLessThan(1000)
-    expect(sse.requests.filter((r) => r.tools.includes('slow'))).toHaveLength(1)
-    await expect.poll(() => sse.requests.find((r) => r.tools.includes('slow'))?.aborted, { timeout: 1000 }).toBe(true)
+    const slowCalls = sse.requests.slice(seenBefore).filter((r) => r.tools.includes('slow'))
+    expect(slowCalls).toHaveLength(1)
+    await expect.poll(() => slowCalls[0]?.aborted, { timeout: 1000 }).toBe(true)
 
     // The server's stream: one MCP log message naming the kill, then the end.
     await stream.done
@@ -294,12 +303,43 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
     console.log(`mcp egress (${engine}): stream cut ${cutMs} ms after the kill call started, after ${progress} progress notifications`)
   })
 
+  it.runIf(engine === 'postgres')('a kill through one replica cuts the stream another replica serves (the change feed)', async () => {
+    const replica = await startTestGateway({ databaseUrl: gw.databaseUrl as string, env: { ...gwEnv, CHOKEPOINT_ADMIN_KEY: gw.adminKey } })
+    try {
+      const address = `agent://mcp-${engine}/prod/elsewhere`
+      const key = await agentKey(gw, address)
+      const { client } = await connect(key, 'tools', replica.url)
+      const seenBefore = sse.requests.length
+      let progress = 0
+      let kill: Promise<{ status: number }> | undefined
+      const error = await client
+        .callTool({ name: 'slow', arguments: { steps: 400 } }, undefined, {
+          timeout: 60_000,
+          onprogress: () => {
+            progress += 1
+            if (progress === 2) kill = api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${enc(address)}/kill`, { reason: 'elsewhere' })
+          },
+        })
+        .catch((e: unknown) => e)
+      expect((await kill)?.status).toBe(200)
+      expect((error as McpError).code).toBe(GATEWAY_RPC_ERROR)
+      expect((error as McpError).data).toMatchObject({ code: 'agent_killed' })
+      expect(progress).toBeLessThan(400)
+      const upstreamCall = sse.requests.slice(seenBefore).find((r) => r.tools.includes('slow'))
+      expect(upstreamCall).toBeDefined()
+      await expect.poll(() => upstreamCall?.aborted, { timeout: 1000 }).toBe(true)
+      await client.close()
+    } finally {
+      await replica.close()
+    }
+  })
+
   it('a quarantined instance is refused 403 (details.quarantined); its siblings are not', async () => {
     const address = `agent://mcp-${engine}/prod/pods`
     const key = await agentKey(gw, address)
     const q = await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${enc(address)}/instances/pod-bad/kill`, { reason: 'bad pod' })
     expect(q.status, JSON.stringify(q.body)).toBe(200)
-    const seen = sse.requests.length
+    const seen = ofSession(undefined)
     const init = { jsonrpc: '2.0', id: 0, method: 'initialize', params: { protocolVersion: LATEST_PROTOCOL_VERSION, capabilities: {}, clientInfo: { name: 'raw', version: '1' } } }
     const call = { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'echo', arguments: { text: 'x' } } }
     for (const body of [init, call]) {
@@ -307,7 +347,7 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
       expect(res.status).toBe(403)
       expect(((await res.json()) as any).error).toMatchObject({ code: 'agent_killed', details: { quarantined: true, instance_id: 'pod-bad' } })
     }
-    expect(sse.requests.length).toBe(seen)
+    expect(ofSession(undefined)).toBe(seen)
     const sid = await rawSession(key, 'tools', { 'x-instance-id': 'pod-good' })
     const ok = await post(key, 'tools', call, { 'x-instance-id': 'pod-good', 'mcp-session-id': sid, 'mcp-protocol-version': LATEST_PROTOCOL_VERSION })
     expect(ok.status).toBe(200)
@@ -317,10 +357,12 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
   it('DELETE ends the session on the server; a later request on it gets the server 404 passed through', async () => {
     const address = `agent://mcp-${engine}/prod/leaver`
     const key = await agentKey(gw, address)
-    const { transport } = await connect(key)
+    const { client, transport } = await connect(key)
     const sid = transport.sessionId as string
     expect(sse.sessions.has(sid)).toBe(true)
     await transport.terminateSession()
+    // The client would reconnect its GET stream, now without a session id: it is done here.
+    await client.close()
     const del = sse.requests.find((r) => r.method === 'DELETE' && r.headers['mcp-session-id'] === sid)
     expect(del?.headers.authorization).toBe(`Bearer ${MCP_TOKEN}`)
     expect(JSON.stringify(del?.headers)).not.toContain('cp_')
@@ -332,7 +374,7 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
 
   it('fails closed: unknown upstream or one of another kind 404, staff keys 403, no key 401, a body that is not JSON-RPC 422 — nothing reaches a server', async () => {
     const key = await agentKey(gw, `agent://mcp-${engine}/prod/careless`)
-    const before = sse.requests.length + json.requests.length
+    const before = ofSession(undefined)
     const list = { jsonrpc: '2.0', id: 1, method: 'tools/list' }
     expect((await post(key, 'nope', list)).status).toBe(404)
     const llm = await post(key, 'llm', list)
@@ -347,6 +389,9 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
     expect(noName.status).toBe(422)
     expect(((await noName.json()) as any).error.details.field).toBe('params.name')
     expect((await post(key, 'tools', { jsonrpc: '2.0', method: 'tools/call', params: { name: 'echo' } })).status).toBe(422)
-    expect(sse.requests.length + json.requests.length).toBe(before)
+    // The gateway's body limit (1 MiB by default) holds here too.
+    const big = await post(key, 'tools', { jsonrpc: '2.0', id: 4, method: 'tools/call', params: { name: 'echo', arguments: { text: 'x'.repeat(1_100_000) } } })
+    expect(big.status).toBe(413)
+    expect(ofSession(undefined)).toBe(before)
   })
 })

@@ -27,6 +27,8 @@ export interface SeenRequest {
   tools: string[]
   /** The client went away (or the gateway aborted) before the answer was complete. */
   aborted: boolean
+  /** When it was received (its body read), ms since the epoch. */
+  at: number
 }
 
 export interface McpServerOptions {
@@ -78,6 +80,7 @@ export class TestMcpServer {
           rpc: messages.filter((m) => typeof m?.['method'] === 'string').map((m) => m['method'] as string),
           tools: messages.filter((m) => m?.['method'] === 'tools/call').map((m) => String(m['params']?.['name'])),
           aborted: false,
+          at: Date.now(),
         }
         this.requests.push(seen)
         res.on('close', () => {
