@@ -218,6 +218,20 @@ describe.each(ENGINES)('MCP egress through the gateway (%s)', (engine) => {
     expect(raw.status).toBe(429)
     expect(raw.headers.get('x-should-retry')).toBe('false')
     expect(((await raw.json()) as any).error).toMatchObject({ code: 'budget_exceeded', policy_id: policyId })
+    // In a batch the refusal is in-band, and the rest of the batch goes on.
+    const batch = await post(
+      key,
+      'tools',
+      [
+        { jsonrpc: '2.0', id: 'l', method: 'tools/list' },
+        { jsonrpc: '2.0', id: 'c', method: 'tools/call', params: { name: 'echo', arguments: { text: 'x' } } },
+      ],
+      { 'mcp-session-id': transport.sessionId as string, 'mcp-protocol-version': '2025-03-26' },
+    )
+    expect(batch.status).toBe(200)
+    const answers = await messagesOf(batch)
+    expect(answers.find((m) => m.id === 'l')?.result?.tools).toHaveLength(4)
+    expect(answers.find((m) => m.id === 'c')?.error).toMatchObject({ code: GATEWAY_RPC_ERROR, data: { code: 'budget_exceeded', policy_id: policyId } })
     expect(sse.calls('echo') - before).toBe(3)
     // Listing costs nothing and is not refused by the ceiling.
     expect((await client.listTools()).tools.length).toBe(4)
