@@ -142,7 +142,6 @@ export function normaliseUpstreamPath(raw: string): string {
       if (next === decoded) break
       decoded = next
     }
-    // eslint-disable-next-line no-control-regex
     if (/[\x00-\x1f\x7f]/.test(decoded)) throw badPath('has a control character', raw)
     if (decoded.split(/[/\\]/).some((part) => part === '.' || part === '..')) throw badPath('has a . or .. segment', raw)
   })
