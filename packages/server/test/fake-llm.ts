@@ -492,7 +492,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
     }
 
     /** Events of an SSE stream with `event:` names (Responses, Anthropic): drop/stall apply per content chunk. */
-    async function typedStream(events: { before: unknown[]; chunk: (i: number) => unknown[]; after: unknown[] }, merged: FakeBehaviour): Promise<void> {
+    async function typedStream(events: { before: unknown[]; chunk: (i: number) => unknown[]; after: () => unknown[] }, merged: FakeBehaviour): Promise<void> {
       head(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
       res.flushHeaders()
       const send = async (list: unknown[]) => {
@@ -507,7 +507,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
       }
       if (merged.drop !== undefined) return cut()
       if (merged.stall !== undefined) return
-      await send(events.after)
+      await send(events.after())
       res.end()
     }
 
@@ -579,7 +579,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
             ev('response.content_part.added', { item_id: msgId, output_index: 0, content_index: 0, part: { type: 'output_text', text: '', annotations: [] } }),
           ],
           chunk: (i) => [ev('response.output_text.delta', { item_id: msgId, output_index: 0, content_index: 0, delta: `c${i} `, logprobs: [] })],
-          after: [
+          after: () => [
             ev('response.output_text.done', { item_id: msgId, output_index: 0, content_index: 0, text: text(chunkCount), logprobs: [] }),
             ev('response.content_part.done', { item_id: msgId, output_index: 0, content_index: 0, part: { type: 'output_text', text: text(chunkCount), annotations: [] } }),
             ev('response.output_item.done', { output_index: 0, item: message(text(chunkCount), 'completed') }),
@@ -663,7 +663,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
             { type: 'ping' },
           ],
           chunk: (i) => [{ type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: `c${i} ` } }],
-          after: [
+          after: () => [
             { type: 'content_block_stop', index: 0 },
             ...Array.from({ length: deltas }, (_, k) => ({
               type: 'message_delta',
