@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Agent } from '@chokepoint/sdk'
-import type { APIError } from 'openai';
+import type { APIError } from 'openai'
 import OpenAI from 'openai'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { promptTokensOf, startFakeLlm, type FakeLlm } from './fake-llm.js'

@@ -2,7 +2,7 @@
  * The fake OpenAI-compatible upstream (fake-llm.ts), exercised with the official `openai`
  * client pointed straight at it: what the gateway's egress tests will rely on.
  */
-import type { APIError as AnthropicError } from '@anthropic-ai/sdk';
+import type { APIError as AnthropicError } from '@anthropic-ai/sdk'
 import Anthropic from '@anthropic-ai/sdk'
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from 'openai'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
