@@ -198,13 +198,16 @@ describe.each(ENGINES)('Anthropic egress through the gateway (%s)', (engine) => 
     fake.once({ stall: 2 })
     const stream = await client(key).messages.create({ model: 'claude-fake', max_tokens: 100, messages: MESSAGES, stream: true })
     let deltas = 0
+    let killedAt = 0
     const error = await (async () => {
       for await (const event of stream) {
         if (event.type === 'content_block_delta' && ++deltas === 2) {
+          killedAt = Date.now()
           expect((await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${encodeURIComponent(address)}/kill`, { reason: 'looping' })).status).toBe(200)
         }
       }
     })().catch((e: unknown) => e)
+    console.log(`anthropic egress (${engine}): stream cut ${Date.now() - killedAt} ms after the kill call started`)
     expect(error).toBeInstanceOf(APIError)
     expect((error as APIError).type).toBe('agent_killed')
     await expect.poll(() => fake.requests.at(-1)?.outcome).toBe('aborted')
