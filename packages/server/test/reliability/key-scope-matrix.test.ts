@@ -161,6 +161,16 @@ const MATRIX: Record<string, MatrixRow> = {
     except: { own_agent: 404, other_agent: 404 },
     cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', input: 'x' } }),
   },
+  'POST /llm/{upstream}/v1/responses': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', input: 'x' } }),
+  },
+  'POST /llm/{upstream}/v1/messages': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', max_tokens: 1, messages: [] } }),
+  },
   'GET /llm/{upstream}/v1/models': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
   // MCP (Streamable HTTP) through the gateway: the same access as the LLM routes.
   'POST /mcp/{upstream}': {
