@@ -111,10 +111,13 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
     if (!res.writableFinished) stop('client')
   }
   res.on('close', onClose)
+  if (res.destroyed) stop('client') // gone while the call was being admitted
   try {
-    if (stopped === 'killed') {
+    // Killed (or the client left) while being admitted: nothing is sent, nothing charged.
+    if (stopped !== null) {
       await settle('refused', null)
-      throw killed()
+      if (stopped === 'killed') throw killed()
+      return
     }
     const base = new URL(upstream.base_url)
     const headers = upstreamRequestHeaders(req.headers, upstream.headers)
@@ -130,6 +133,8 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
       agent: false,
     })
     upstreamReq = sent
+    // Errors are handled where they matter (below); a late one (after a stop) must not go unheard.
+    sent.on('error', () => undefined)
     let connected = false
     sent.on('socket', (socket) => {
       if (!socket.connecting) connected = true
@@ -152,6 +157,7 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
       throw new GatewayError('upstream_error', `upstream ${upstream.id} cannot be reached: ${code || (error as Error).message}`)
     }
     // The upstream answered: the call is charged whatever happens to the rest of the body.
+    answer.on('error', () => undefined)
     const status = answer.statusCode ?? 502
     if (stopped !== null) {
       answer.destroy()
@@ -185,6 +191,7 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
 
 /** Waits until `res` can take more, or is gone. */
 function drained(res: ServerResponse): Promise<void> {
+  if (res.destroyed) return Promise.resolve()
   return new Promise((resolve) => {
     const done = (): void => {
       res.off('drain', done).off('close', done)
