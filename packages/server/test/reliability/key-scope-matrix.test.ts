@@ -161,6 +161,16 @@ const MATRIX: Record<string, MatrixRow> = {
     except: { own_agent: 404, other_agent: 404 },
     cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', input: 'x' } }),
   },
+  'POST /llm/{upstream}/v1/responses': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', input: 'x' } }),
+  },
+  'POST /llm/{upstream}/v1/messages': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', max_tokens: 1, messages: [] } }),
+  },
   'GET /llm/{upstream}/v1/models': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
   // HTTP-tool egress: one row per method of the catch-all `/egress/{upstream}/{path…}`. HEAD
   // answers carry no body: only the status and x-request-id are compared.
@@ -174,6 +184,14 @@ const MATRIX: Record<string, MatrixRow> = {
       },
     ]),
   ),
+  // MCP (Streamable HTTP) through the gateway: the same access as the LLM routes.
+  'POST /mcp/{upstream}': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { jsonrpc: '2.0', id: 1, method: 'tools/list' } }),
+  },
+  'GET /mcp/{upstream}': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
+  'DELETE /mcp/{upstream}': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
   // Without ?agent= an agent key lists its own calls, so there is no "other agent" here.
   'GET /v1/egress/calls': { access: 'agent_or_viewer', except: { other_agent: OK }, cell: () => ({}) },
 
