@@ -417,8 +417,10 @@ describe.each(ENGINES)('HTTP-tool egress (%s)', (engine) => {
     const stream = await openStream(gw.url, '/egress/api/stream?n=400&delay=25', key)
     expect(stream.res.statusCode).toBe(200)
     await pollUntil(() => stream.chunks.length >= 2 || undefined, { timeoutMs: 5000, what: 'the stream to flow' })
+    const killedAt = Date.now()
     expect((await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${enc(address)}/kill`, { reason: 'looping' })).status).toBe(200)
     const { complete } = await stream.done
+    console.log(`egress-http (${engine}): stream cut ${Date.now() - killedAt} ms after the kill call started, after ${stream.chunks.length} chunks`)
     expect(complete).toBe(false) // cut, not a clean end
     expect(stream.chunks.join('')).not.toContain('chunk-399')
     await expect.poll(() => fake.aborted - abortedBefore, { timeout: 1000 }).toBe(1)
