@@ -37,6 +37,8 @@ class FakeApi {
   requests: Seen[] = []
   /** Responses whose connection closed before the upstream finished them (aborted by the gateway). */
   aborted = 0
+  /** Bytes `/flood` has written. */
+  flooded = 0
 
   async start(): Promise<void> {
     this.server = createServer((req, res) => void this.#handle(req, res))
@@ -68,6 +70,14 @@ class FakeApi {
         await sleep(num('delay', 0))
       }
       res.end()
+    } else if (url.pathname.endsWith('/flood')) {
+      // 64 KiB chunks for as long as the reader keeps up (it waits when the gateway stops reading).
+      res.writeHead(200, { 'content-type': 'application/octet-stream' })
+      const chunk = Buffer.alloc(64 * 1024, 0x61)
+      while (!res.destroyed) {
+        this.flooded += chunk.length
+        if (!res.write(chunk)) await new Promise((resolve) => (res.once('drain', resolve), res.once('close', resolve)))
+      }
     } else if (url.pathname.endsWith('/slow')) {
       await sleep(num('ms', 300))
       if (!res.destroyed) res.writeHead(200, { 'content-type': 'application/json' }).end('{"slow":true}')
@@ -426,6 +436,30 @@ describe.each(ENGINES)('HTTP-tool egress (%s)', (engine) => {
     await expect.poll(() => fake.aborted - abortedBefore, { timeout: 1000 }).toBe(1)
     const [call] = await calls(address)
     expect(call).toMatchObject({ state: 'settled', outcome: 'usage', status: 200, cost_usd: 0.01 })
+  })
+
+  it('a kill cuts the answer of a client that stopped reading (the gateway is waiting on backpressure)', async () => {
+    const { address, key } = await agent('stalled')
+    const abortedBefore = fake.aborted
+    const floodedBefore = fake.flooded
+    const stream = await openStream(gw.url, '/egress/api/flood', key)
+    stream.res.pause()
+    // More than the socket buffers hold: the gateway's writes are refused and it waits for a drain.
+    await pollUntil(async () => {
+      const seen = fake.flooded
+      await sleep(200)
+      return (seen - floodedBefore > 1024 * 1024 && fake.flooded === seen) || undefined
+    }, { timeoutMs: 10_000, what: 'the upstream to wait on the stalled gateway' })
+    expect((await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${enc(address)}/kill`, { reason: 'stalled' })).status).toBe(200)
+    await expect.poll(() => fake.aborted - abortedBefore, { timeout: 1000 }).toBe(1)
+    // Settled while the client still does not read: the gateway stopped waiting on it.
+    const settled = await pollUntil(async () => {
+      const [call] = await calls(address)
+      return call?.state === 'settled' ? call : undefined
+    }, { timeoutMs: 5000, what: 'the call to settle while the client is stalled' })
+    expect(settled).toMatchObject({ outcome: 'usage', cost_usd: 0.01 })
+    stream.res.resume()
+    expect((await stream.done).complete).toBe(false)
   })
 
   it('a client that goes away mid-stream: the upstream request is aborted and the call settled (the API answered: charged)', async () => {

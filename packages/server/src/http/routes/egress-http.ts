@@ -76,6 +76,8 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
     if (stopped !== null) return
     stopped = why
     upstreamReq?.destroy(new Error(`stopped: ${why}`))
+    // Mid-answer the client's response is cut at once, even while it is not reading (backpressure).
+    if (res.headersSent) res.destroy()
   }
   // Tracked before admission: a kill that lands while the call is being admitted still stops it.
   const untrack = egress.track(principal.address_id as string, (reason) => {
@@ -170,10 +172,10 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
     let complete = false
     try {
       for await (const chunk of answer as AsyncIterable<Buffer>) {
-        if (stopped !== null) break
+        if (stopped !== null || res.destroyed) break
         if (!res.write(chunk)) await drained(res)
       }
-      complete = stopped === null && answer.complete
+      complete = stopped === null && !res.destroyed && answer.complete
     } catch {
       // The upstream dropped mid-body, or the call was stopped: the client's response is cut below.
     }
