@@ -14,6 +14,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { clientResponseHeaders, hopByHopNames, normaliseUpstreamPath, upstreamRequestHeaders } from '../src/core/egress/http-proxy.js'
 import { agentKey, api, pollUntil, startTestGateway, testEngines, type TestGateway } from './harness.js'
 
 const ENGINES = testEngines('egress-http.test.ts')
@@ -36,6 +37,8 @@ class FakeApi {
   requests: Seen[] = []
   /** Responses whose connection closed before the upstream finished them (aborted by the gateway). */
   aborted = 0
+  /** Bytes `/flood` has written. */
+  flooded = 0
 
   async start(): Promise<void> {
     this.server = createServer((req, res) => void this.#handle(req, res))
@@ -67,6 +70,14 @@ class FakeApi {
         await sleep(num('delay', 0))
       }
       res.end()
+    } else if (url.pathname.endsWith('/flood')) {
+      // 64 KiB chunks for as long as the reader keeps up (it waits when the gateway stops reading).
+      res.writeHead(200, { 'content-type': 'application/octet-stream' })
+      const chunk = Buffer.alloc(64 * 1024, 0x61)
+      while (!res.destroyed) {
+        this.flooded += chunk.length
+        if (!res.write(chunk)) await new Promise((resolve) => (res.once('drain', resolve), res.once('close', resolve)))
+      }
     } else if (url.pathname.endsWith('/slow')) {
       await sleep(num('ms', 300))
       if (!res.destroyed) res.writeHead(200, { 'content-type': 'application/json' }).end('{"slow":true}')
@@ -142,6 +153,34 @@ function openStream(base: string, path: string, key: string): Promise<{ res: Inc
     req.end()
   })
 }
+
+describe('proxy header filtering and path normalisation (pure functions, shared with other proxies)', () => {
+  const key = `cp_${'a1B2'.repeat(11)}`
+  it('drops hop-by-hop headers, those Connection names, proxy-*, the gateway key headers and cp_ values; injects credentials', () => {
+    expect([...hopByHopNames({ Connection: 'close, X-Foo', 'proxy-foo': '1' })].sort()).toEqual(
+      ['close', 'connection', 'keep-alive', 'proxy-connection', 'proxy-foo', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'x-foo'].sort(),
+    )
+    const out = upstreamRequestHeaders(
+      { host: 'gw', 'content-length': '3', expect: '100-continue', authorization: `Bearer ${key}`, 'x-api-key': key, 'x-note': `see ${key} here`, cookie: ['a=1', `k=${key}`], connection: 'x-foo', 'x-foo': '1', 'x-ok': 'yes', 'X-Token': 'agent' },
+      { 'X-Token': 'injected', authorization: 'Bearer upstream' },
+    )
+    expect(out).toEqual({ 'x-ok': 'yes', 'x-token': 'injected', authorization: 'Bearer upstream' })
+    expect(clientResponseHeaders({ 'x-request-id': 'u1', 'transfer-encoding': 'chunked', 'retry-after': '3', 'set-cookie': ['a=1', 'b=2'] })).toEqual({
+      'x-upstream-request-id': 'u1',
+      'retry-after': '3',
+      'set-cookie': ['a=1', 'b=2'],
+    })
+  })
+
+  it('normalises escapes of plain characters and refuses whatever could climb out of base_url', () => {
+    expect(normaliseUpstreamPath('')).toBe('/')
+    expect(normaliseUpstreamPath('/a/b/')).toBe('/a/b/')
+    expect(normaliseUpstreamPath('/%7euser/%2fx/%c3%a9')).toBe('/~user/%2Fx/%C3%A9')
+    expect(normaliseUpstreamPath('/a..b/.well-known/...')).toBe('/a..b/.well-known/...')
+    for (const bad of ['/..', '/a/../b', '/.', '/%2e', '/%2E%2E', '/%252e%252e', '/%25252e%25252e/x', '/a/..%2F', '/..%5c', '//h', '/a//b', '/a%00', '/a%0a', '/a b', '/a\\b', '/%zz', 'relative'])
+      expect(() => normaliseUpstreamPath(bad), bad).toThrow(/upstream path/)
+  })
+})
 
 describe.each(ENGINES)('HTTP-tool egress (%s)', (engine) => {
   const fake = new FakeApi()
@@ -388,13 +427,53 @@ describe.each(ENGINES)('HTTP-tool egress (%s)', (engine) => {
     const stream = await openStream(gw.url, '/egress/api/stream?n=400&delay=25', key)
     expect(stream.res.statusCode).toBe(200)
     await pollUntil(() => stream.chunks.length >= 2 || undefined, { timeoutMs: 5000, what: 'the stream to flow' })
+    const killedAt = Date.now()
     expect((await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${enc(address)}/kill`, { reason: 'looping' })).status).toBe(200)
     const { complete } = await stream.done
+    console.log(`egress-http (${engine}): stream cut ${Date.now() - killedAt} ms after the kill call started, after ${stream.chunks.length} chunks`)
     expect(complete).toBe(false) // cut, not a clean end
     expect(stream.chunks.join('')).not.toContain('chunk-399')
     await expect.poll(() => fake.aborted - abortedBefore, { timeout: 1000 }).toBe(1)
     const [call] = await calls(address)
     expect(call).toMatchObject({ state: 'settled', outcome: 'usage', status: 200, cost_usd: 0.01 })
+  })
+
+  it('a kill cuts the answer of a client that stopped reading (the gateway is waiting on backpressure)', async () => {
+    const { address, key } = await agent('stalled')
+    const abortedBefore = fake.aborted
+    const floodedBefore = fake.flooded
+    const stream = await openStream(gw.url, '/egress/api/flood', key)
+    stream.res.pause()
+    // More than the socket buffers hold: the gateway's writes are refused and it waits for a drain.
+    await pollUntil(async () => {
+      const seen = fake.flooded
+      await sleep(200)
+      return (seen - floodedBefore > 1024 * 1024 && fake.flooded === seen) || undefined
+    }, { timeoutMs: 10_000, what: 'the upstream to wait on the stalled gateway' })
+    expect((await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${enc(address)}/kill`, { reason: 'stalled' })).status).toBe(200)
+    await expect.poll(() => fake.aborted - abortedBefore, { timeout: 1000 }).toBe(1)
+    // Settled while the client still does not read: the gateway stopped waiting on it.
+    const settled = await pollUntil(async () => {
+      const [call] = await calls(address)
+      return call?.state === 'settled' ? call : undefined
+    }, { timeoutMs: 5000, what: 'the call to settle while the client is stalled' })
+    expect(settled).toMatchObject({ outcome: 'usage', cost_usd: 0.01 })
+    stream.res.resume()
+    expect((await stream.done).complete).toBe(false)
+  })
+
+  it('a client that goes away mid-stream: the upstream request is aborted and the call settled (the API answered: charged)', async () => {
+    const { address, key } = await agent('leaver')
+    const abortedBefore = fake.aborted
+    const stream = await openStream(gw.url, '/egress/api/stream?n=400&delay=25', key)
+    await pollUntil(() => stream.chunks.length >= 2 || undefined, { timeoutMs: 5000, what: 'the stream to flow' })
+    stream.res.destroy()
+    await expect.poll(() => fake.aborted - abortedBefore, { timeout: 2000 }).toBe(1)
+    const settled = await pollUntil(async () => {
+      const [call] = await calls(address)
+      return call?.state === 'settled' ? call : undefined
+    }, { timeoutMs: 5000, what: 'the call to settle' })
+    expect(settled).toMatchObject({ outcome: 'usage', cost_usd: 0.01, status: 200 })
   })
 
   it('a kill while the upstream has not answered yet: 403 agent_killed and the upstream request aborted', async () => {

@@ -76,6 +76,8 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
     if (stopped !== null) return
     stopped = why
     upstreamReq?.destroy(new Error(`stopped: ${why}`))
+    // Mid-answer the client's response is cut at once, even while it is not reading (backpressure).
+    if (res.headersSent) res.destroy()
   }
   // Tracked before admission: a kill that lands while the call is being admitted still stops it.
   const untrack = egress.track(principal.address_id as string, (reason) => {
@@ -111,10 +113,13 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
     if (!res.writableFinished) stop('client')
   }
   res.on('close', onClose)
+  if (res.destroyed) stop('client') // gone while the call was being admitted
   try {
-    if (stopped === 'killed') {
+    // Killed (or the client left) while being admitted: nothing is sent, nothing charged.
+    if (stopped !== null) {
       await settle('refused', null)
-      throw killed()
+      if (stopped === 'killed') throw killed()
+      return
     }
     const base = new URL(upstream.base_url)
     const headers = upstreamRequestHeaders(req.headers, upstream.headers)
@@ -130,6 +135,8 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
       agent: false,
     })
     upstreamReq = sent
+    // Errors are handled where they matter (below); a late one (after a stop) must not go unheard.
+    sent.on('error', () => undefined)
     let connected = false
     sent.on('socket', (socket) => {
       if (!socket.connecting) connected = true
@@ -152,6 +159,7 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
       throw new GatewayError('upstream_error', `upstream ${upstream.id} cannot be reached: ${code || (error as Error).message}`)
     }
     // The upstream answered: the call is charged whatever happens to the rest of the body.
+    answer.on('error', () => undefined)
     const status = answer.statusCode ?? 502
     if (stopped !== null) {
       answer.destroy()
@@ -164,10 +172,10 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
     let complete = false
     try {
       for await (const chunk of answer as AsyncIterable<Buffer>) {
-        if (stopped !== null) break
+        if (stopped !== null || res.destroyed) break
         if (!res.write(chunk)) await drained(res)
       }
-      complete = stopped === null && answer.complete
+      complete = stopped === null && !res.destroyed && answer.complete
     } catch {
       // The upstream dropped mid-body, or the call was stopped: the client's response is cut below.
     }
@@ -185,6 +193,7 @@ async function forward(egress: EgressService, principal: Principal, upstream: Ht
 
 /** Waits until `res` can take more, or is gone. */
 function drained(res: ServerResponse): Promise<void> {
+  if (res.destroyed) return Promise.resolve()
   return new Promise((resolve) => {
     const done = (): void => {
       res.off('drain', done).off('close', done)
