@@ -27,6 +27,11 @@
  *      is the model that must be in options.models)
  * `<spec>` is a comma-separated list: `slow=200`, `no_usage`, `drop=3`, `stall=3`, `status=429`,
  * `over_cap` (= over_cap=10) or `over_cap=5`, `hang`.
+ *
+ * `fake.pause()` holds every chat/embeddings request that arrives (recorded, no headers sent)
+ * until `fake.resume()`, so a test decides when the answers go out. Every response carries
+ * `x-request-id: req_fake<n>`, as OpenAI's do. Each request records `receivedAt` and `closedAt`
+ * (performance.now(), the test process's clock) for latency bounds measured from the upstream.
  */
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -77,6 +82,10 @@ export interface FakeRequest {
   body: unknown
   /** Date.now() when the request arrived. */
   at: number
+  /** performance.now() when the request's body had arrived. */
+  receivedAt: number
+  /** performance.now() when its response closed (completed, aborted or cut), null while open. */
+  closedAt: number | null
   /** Whether the Authorization header carried the expected provider key. */
   authorized: boolean
   /** Whether any header name or value contained `cp_` (a Chokepoint key leaking upstream). */
@@ -98,6 +107,10 @@ export interface FakeLlm {
   behaviour: FakeBehaviour
   /** Queues a behaviour for the next chat/embeddings request (FIFO, one request per entry). */
   once(behaviour: FakeBehaviour): void
+  /** Holds chat/embeddings requests (recorded, unanswered) until resume(). */
+  pause(): void
+  /** Lets held requests, and the ones after them, be answered. */
+  resume(): void
   /** Every request received, in arrival order. */
   readonly requests: FakeRequest[]
   /** Requests whose client went away before the answer was completely written. */
@@ -224,6 +237,8 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
   let inFlight = 0
   let closing = false
   let seq = 0
+  let requestSeq = 0
+  let gate: { promise: Promise<void>; open: () => void } | null = null
   const waiters = new Set<() => void>()
   const notify = () => {
     for (const w of [...waiters]) w()
@@ -237,6 +252,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
     let onGone: (() => void) | null = null
     res.on('close', () => {
       inFlight -= 1
+      if (record) record.closedAt = performance.now()
       for (const t of timers) clearTimeout(t)
       if (!res.writableFinished) {
         if (cutByUs) {
@@ -270,9 +286,19 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
           reject(new Gone())
         }
       })
+    /** Resolves when the gate opens; rejects with Gone when the response closes first. */
+    const held = (opened: Promise<void>) =>
+      new Promise<void>((resolve, reject) => {
+        if (res.destroyed || res.writableEnded) return reject(new Gone())
+        onGone = () => reject(new Gone())
+        void opened.then(() => {
+          onGone = null
+          resolve()
+        })
+      })
     const head = (status: number, headers: http.OutgoingHttpHeaders) => {
       if (record) record.status = status
-      res.writeHead(status, headers)
+      res.writeHead(status, { 'x-request-id': `req_fake${++requestSeq}`, ...headers })
     }
     const json = (status: number, body: string, extra: http.OutgoingHttpHeaders = {}) => {
       head(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...extra })
@@ -315,6 +341,8 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
         headers: req.headers,
         body,
         at: Date.now(),
+        receivedAt: performance.now(),
+        closedAt: null,
         authorized,
         sawAgentKey: hasAgentKey(req.headers),
         behaviour: {},
@@ -356,6 +384,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
       }
       rec.behaviour = merged
 
+      if (gate && route !== 'GET /v1/models') await held(gate.promise)
       if (merged.hang) return // never answers; 'close' does the bookkeeping
       if (merged.slow) await wait(merged.slow)
       if (merged.status) return fail(merged.status)
@@ -485,6 +514,17 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
     once(b: FakeBehaviour) {
       queue.push({ ...b })
     },
+    pause() {
+      if (gate) return
+      let open: () => void = () => undefined
+      const promise = new Promise<void>((resolve) => (open = resolve))
+      gate = { promise, open }
+    },
+    resume() {
+      const g = gate
+      gate = null
+      g?.open()
+    },
     get requests() {
       return requests
     },
@@ -510,6 +550,8 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
     reset() {
       requests = []
       queue = []
+      gate?.open()
+      gate = null
       behaviour = {}
       aborted = 0
       dropped = 0
