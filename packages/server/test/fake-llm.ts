@@ -29,8 +29,8 @@
  * `over_cap` (= over_cap=10) or `over_cap=5`, `hang`.
  *
  * `fake.pause()` holds every chat/embeddings request that arrives (recorded, no headers sent)
- * until `fake.resume()`, so a test decides when the answers go out. Every response carries
- * `x-request-id: req_fake<n>`, as OpenAI's do. Each request records `receivedAt` and `closedAt`
+ * until `fake.resume()`, so a test decides when the answers go out. With `requestIds`, every
+ * response carries `x-request-id: req_fake<n>`, as OpenAI's do. Each request records `receivedAt` and `closedAt`
  * (performance.now(), the test process's clock) for latency bounds measured from the upstream.
  */
 import http from 'node:http'
@@ -70,6 +70,8 @@ export interface FakeLlmOptions {
   embeddingDimensions?: number
   /** The initial `fake.behaviour` (default {}). */
   behaviour?: FakeBehaviour
+  /** Send `x-request-id: req_fake<n>` on every response, as OpenAI does (default false). */
+  requestIds?: boolean
 }
 
 export type FakeOutcome = 'pending' | 'completed' | 'aborted' | 'dropped' | 'closed'
@@ -228,6 +230,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
   const chunkCount = options.chunks ?? 5
   const chunkDelayMs = options.chunkDelayMs ?? 0
   const dims = options.embeddingDimensions ?? 8
+  const requestIds = options.requestIds ?? false
 
   let behaviour: FakeBehaviour = { ...(options.behaviour ?? {}) }
   let queue: FakeBehaviour[] = []
@@ -298,7 +301,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
       })
     const head = (status: number, headers: http.OutgoingHttpHeaders) => {
       if (record) record.status = status
-      res.writeHead(status, { 'x-request-id': `req_fake${++requestSeq}`, ...headers })
+      res.writeHead(status, requestIds ? { 'x-request-id': `req_fake${++requestSeq}`, ...headers } : headers)
     }
     const json = (status: number, body: string, extra: http.OutgoingHttpHeaders = {}) => {
       head(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...extra })
