@@ -13,7 +13,9 @@
  *     `agent_killed` error frame and the upstream sees each of its requests aborted within 1 s
  *     of the kill returning (measured from the upstream's own close events);
  *  4. PostgreSQL down (a cluster of its own, halted): a chat call gets 503 store_unavailable in
- *     the gateway's error shape and nothing reaches the upstream; once it is back, calls work.
+ *     the gateway's error shape and nothing reaches the upstream; once it is back, calls work;
+ *  5. bad input only gets a 4xx: an absurd `n` is refused (it was a 500 on PostgreSQL, where its
+ *     reservation did not fit a bigint, and stored as a float on SQLite).
  * The client is node:http with a keep-alive agent sized above the burst (no client-side queue).
  */
 import http from 'node:http'
@@ -178,6 +180,12 @@ async function reservedGauge(gws: TestGateway[]): Promise<number> {
   return sum
 }
 
+/** Errors the gateways of this file logged (an unhandled error is a bug, whatever the client saw). */
+const gatewayErrors: string[] = []
+const log = (level: string, message: string, fields?: Record<string, unknown>): void => {
+  if (level === 'error') gatewayErrors.push(`${message} ${JSON.stringify(fields ?? {}).slice(0, 600)}`)
+}
+
 const micros = (usdValues: number[]): number => usdValues.reduce((n, v) => n + Math.round(v * 1_000_000), 0)
 
 /** 1. The burst against a ceiling worth exactly K reservations. */
@@ -259,6 +267,7 @@ async function killRace(gws: TestGateway[], fake: FakeLlm, label: string): Promi
   let started = 0
   let killStart = 0
   let killEnd = 0
+  const errorsBefore = gatewayErrors.length
   const killer = (async () => {
     await pollUntil(() => started >= 300, { timeoutMs: 30_000, intervalMs: 1, what: '300 calls sent' })
     const via = gws[1 % gws.length] as TestGateway
@@ -296,6 +305,9 @@ async function killRace(gws: TestGateway[], fake: FakeLlm, label: string): Promi
     return all.every((c) => c.state === 'settled') ? all : null
   }, { timeoutMs: 10_000, what: 'every call settled' })
   expect(calls).toHaveLength(reached.size)
+  // A kill landing while a call is being settled is no error (it once was: the answer's headers
+  // were set after the agent_killed refusal had been written).
+  expect(gatewayErrors.slice(errorsBefore)).toEqual([])
   console.log(
     `egress races (${label}): ${CALLS} calls racing a kill (${(killEnd - killStart).toFixed(1)} ms): ${reached.size} reached the upstream, ` +
       `${after.length} sent after the kill returned, all 403 agent_killed, none forwarded`,
@@ -308,7 +320,7 @@ describe.each(ENGINES)('egress races on one gateway (%s)', (engine) => {
   const dir = mkdtempSync(join(tmpdir(), 'chokepoint-egress-races-'))
   beforeAll(async () => {
     fake = await startFakeLlm()
-    gw = await startTestGateway({ engine, env: { CHOKEPOINT_EGRESS_CONFIG: egressConfig(dir, fake), FAKE_LLM_KEY: fake.apiKey } })
+    gw = await startTestGateway({ engine, log, env: { CHOKEPOINT_EGRESS_CONFIG: egressConfig(dir, fake), FAKE_LLM_KEY: fake.apiKey } })
   })
   afterAll(async () => {
     await gw?.close()
@@ -319,6 +331,21 @@ describe.each(ENGINES)('egress races on one gateway (%s)', (engine) => {
   it(`${BURST} concurrent calls against a ceiling of exactly ${K} reservations: ${K} reach the upstream, 0 overshoot`, async () => {
     await burst([gw], fake, engine)
   }, 60_000)
+
+  it('bad input only gets a 4xx: an absurd "n" (a worst case past 2^53 µUSD) is refused before anything is reserved or sent', async () => {
+    const address = `agent://egress-races/${engine}/greedy`
+    const key = await agentKey(gw, address)
+    fake.reset()
+    for (const n of [1e300, 2 ** 53, 1e15]) {
+      const res = await api(gw.url, key, 'POST', '/llm/fake/v1/chat/completions', { model: 'fake-model', messages: [{ role: 'user', content: 'x' }], n })
+      expect(res.status, JSON.stringify(res.body)).toBe(422)
+      expect(res.body.error).toMatchObject({ code: 'schema_invalid', type: 'schema_invalid', details: { field: 'n' } })
+    }
+    expect(fake.requests).toEqual([])
+    expect(await callsOf(gw, address)).toEqual([])
+    const fine = await api(gw.url, key, 'POST', '/llm/fake/v1/chat/completions', { model: 'fake-model', messages: [{ role: 'user', content: 'x' }], n: 2 })
+    expect(fine.status).toBe(200)
+  })
 
   it.runIf(engine === 'sqlite')('1,000 calls racing a kill: none sent after the kill returned reaches the upstream', async () => {
     await killRace([gw], fake, engine)
@@ -332,9 +359,9 @@ describe.runIf(HAVE_POSTGRES)('egress races on 3 PostgreSQL replicas', () => {
   beforeAll(async () => {
     fake = await startFakeLlm({ chunks: 1000 })
     const env = { CHOKEPOINT_EGRESS_CONFIG: egressConfig(dir, fake), FAKE_LLM_KEY: fake.apiKey }
-    const first = await startTestGateway({ engine: 'postgres', env })
+    const first = await startTestGateway({ engine: 'postgres', env, log })
     replicas = [first]
-    for (let i = 0; i < 2; i++) replicas.push(await startTestGateway({ databaseUrl: first.databaseUrl as string, env: { ...env, CHOKEPOINT_ADMIN_KEY: first.adminKey } }))
+    for (let i = 0; i < 2; i++) replicas.push(await startTestGateway({ databaseUrl: first.databaseUrl as string, log, env: { ...env, CHOKEPOINT_ADMIN_KEY: first.adminKey } }))
   })
   afterAll(async () => {
     await Promise.all(replicas.map((r) => r.close()))
