@@ -46,6 +46,11 @@
  * `<spec>` is a comma-separated list: `slow=200`, `no_usage`, `drop=3`, `stall=3`, `status=429`,
  * `over_cap` (= over_cap=10) or `over_cap=5`, `hang`, `deltas=3` (Anthropic streams: that many
  * message_delta events), `failed` (Responses streams: end in `response.failed`, with usage).
+ *
+ * `fake.pause()` holds every chat/embeddings request that arrives (recorded, no headers sent)
+ * until `fake.resume()`, so a test decides when the answers go out. With `requestIds`, every
+ * response carries `x-request-id: req_fake<n>`, as OpenAI's do. Each request records `receivedAt` and `closedAt`
+ * (performance.now(), the test process's clock) for latency bounds measured from the upstream.
  */
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -90,6 +95,8 @@ export interface FakeLlmOptions {
   embeddingDimensions?: number
   /** The initial `fake.behaviour` (default {}). */
   behaviour?: FakeBehaviour
+  /** Send `x-request-id: req_fake<n>` on every response, as OpenAI does (default false). */
+  requestIds?: boolean
 }
 
 export type FakeOutcome = 'pending' | 'completed' | 'aborted' | 'dropped' | 'closed'
@@ -102,6 +109,10 @@ export interface FakeRequest {
   body: unknown
   /** Date.now() when the request arrived. */
   at: number
+  /** performance.now() when the request's body had arrived. */
+  receivedAt: number
+  /** performance.now() when its response closed (completed, aborted or cut), null while open. */
+  closedAt: number | null
   /** Whether the request carried the expected provider key (Authorization: Bearer, or x-api-key for Anthropic requests). */
   authorized: boolean
   /** Whether it was answered as an Anthropic request (path /v1/messages or an anthropic-version header). */
@@ -125,6 +136,10 @@ export interface FakeLlm {
   behaviour: FakeBehaviour
   /** Queues a behaviour for the next chat/embeddings request (FIFO, one request per entry). */
   once(behaviour: FakeBehaviour): void
+  /** Holds chat/embeddings requests (recorded, unanswered) until resume(). */
+  pause(): void
+  /** Lets held requests, and the ones after them, be answered. */
+  resume(): void
   /** Every request received, in arrival order. */
   readonly requests: FakeRequest[]
   /** Requests whose client went away before the answer was completely written. */
@@ -258,6 +273,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
   const chunkCount = options.chunks ?? 5
   const chunkDelayMs = options.chunkDelayMs ?? 0
   const dims = options.embeddingDimensions ?? 8
+  const requestIds = options.requestIds ?? false
 
   let behaviour: FakeBehaviour = { ...(options.behaviour ?? {}) }
   let queue: FakeBehaviour[] = []
@@ -267,6 +283,8 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
   let inFlight = 0
   let closing = false
   let seq = 0
+  let requestSeq = 0
+  let gate: { promise: Promise<void>; open: () => void } | null = null
   const waiters = new Set<() => void>()
   const notify = () => {
     for (const w of [...waiters]) w()
@@ -280,6 +298,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
     let onGone: (() => void) | null = null
     res.on('close', () => {
       inFlight -= 1
+      if (record) record.closedAt = performance.now()
       for (const t of timers) clearTimeout(t)
       if (!res.writableFinished) {
         if (cutByUs) {
@@ -313,9 +332,19 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
           reject(new Gone())
         }
       })
+    /** Resolves when the gate opens; rejects with Gone when the response closes first. */
+    const held = (opened: Promise<void>) =>
+      new Promise<void>((resolve, reject) => {
+        if (res.destroyed || res.writableEnded) return reject(new Gone())
+        onGone = () => reject(new Gone())
+        void opened.then(() => {
+          onGone = null
+          resolve()
+        })
+      })
     const head = (status: number, headers: http.OutgoingHttpHeaders) => {
       if (record) record.status = status
-      res.writeHead(status, headers)
+      res.writeHead(status, requestIds ? { 'x-request-id': `req_fake${++requestSeq}`, ...headers } : headers)
     }
     const json = (status: number, body: string, extra: http.OutgoingHttpHeaders = {}) => {
       head(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...extra })
@@ -359,6 +388,8 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
         headers: req.headers,
         body,
         at: Date.now(),
+        receivedAt: performance.now(),
+        closedAt: null,
         authorized,
         anthropic,
         sawAgentKey: hasAgentKey(req.headers),
@@ -402,6 +433,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
       }
       rec.behaviour = merged
 
+      if (gate && route !== 'GET /v1/models') await held(gate.promise)
       if (merged.hang) return // never answers; 'close' does the bookkeeping
       if (merged.slow) await wait(merged.slow)
       if (merged.status) return fail(merged.status)
@@ -719,6 +751,17 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
     once(b: FakeBehaviour) {
       queue.push({ ...b })
     },
+    pause() {
+      if (gate) return
+      let open: () => void = () => undefined
+      const promise = new Promise<void>((resolve) => (open = resolve))
+      gate = { promise, open }
+    },
+    resume() {
+      const g = gate
+      gate = null
+      g?.open()
+    },
     get requests() {
       return requests
     },
@@ -744,6 +787,8 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
     reset() {
       requests = []
       queue = []
+      gate?.open()
+      gate = null
       behaviour = {}
       aborted = 0
       dropped = 0

@@ -171,6 +171,10 @@ async function forward(
   const reader = protocol.reader(shaped)
   const payload = JSON.stringify(shaped.body)
   const reserved = worstCaseMicro(price, { bytes: Buffer.byteLength(payload), opaque: shaped.opaque_input }, shaped.output_cap, shaped.choices)
+  // Only an absurd `n` gets a worst case past 2^53 µUSD: it cannot be reserved exactly (nor stored), so it is refused.
+  if (!Number.isSafeInteger(reserved)) {
+    throw new GatewayError('schema_invalid', `"n" (${shaped.choices} choices of up to ${shaped.output_cap} tokens) makes the worst case of this call too large to meter`, { details: { field: 'n' } })
+  }
   const call = await egress.admit(principal, { kind: 'llm', upstream: upstream.id, endpoint, model, tool: null, reserved_micro: reserved, timeout_ms: upstream.timeout_ms })
 
   const controller = new AbortController()
@@ -247,6 +251,7 @@ async function forward(
       if (upstreamRes.status >= 400) await settle('refused', 0, null, upstreamRes.status)
       else if (usage) await settle('usage', usageMicro(price, usage), usage, upstreamRes.status)
       else await settle('reservation', reserved, null, upstreamRes.status)
+      if (res.headersSent) return // killed while settling: the client has its agent_killed answer
       res.setHeader('content-length', Buffer.byteLength(text))
       res.end(text)
       return
