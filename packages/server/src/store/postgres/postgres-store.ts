@@ -1787,18 +1787,24 @@ export class PostgresStore implements Store {
             ))?.n ?? 0)
       input.decide({ agent, policies, counters, reserved_micro: Number(reserved) })
       const { day, hour } = windowOf(input.now)
-      // One statement: the call's row and its count for egress `rate` policies.
+      // The call's row, and — while the agent has policies — its count for egress `rate` policies
+      // (the counter rows are locked above then). Without policies nothing is decided on the
+      // count, and an upsert of the agent's counter rows would serialize its calls.
+      const insert = `INSERT INTO egress_calls (call_id, address_id, upstream, kind, endpoint, model, tool, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
+           VALUES ($1, $2, $3, $10, $4, $5, $11, $6, $7, NULL, 'open', NULL, NULL, NULL, $8, $9, NULL)`
+      const params = [call.call_id, id, call.upstream, call.endpoint, call.model, call.day, call.reserved_micro, call.started_at, call.deadline_at, call.kind, call.tool]
+      if (policies.length === 0) {
+        await tx.run(insert, params)
+        return call
+      }
       await tx.run(
-        `WITH c AS (
-           INSERT INTO egress_calls (call_id, address_id, upstream, kind, endpoint, model, tool, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
-           VALUES ($1, $2, $3, $10, $4, $5, $11, $6, $7, NULL, 'open', NULL, NULL, NULL, $8, $9, NULL)
-         ), d AS (
+        `WITH c AS (${insert}), d AS (
            INSERT INTO counters_day (address_id, day, egress) VALUES ($2, $12, 1)
            ON CONFLICT (address_id, day) DO UPDATE SET egress = counters_day.egress + 1
          )
          INSERT INTO counters_hour (address_id, hour, egress) VALUES ($2, $13, 1)
          ON CONFLICT (address_id, hour) DO UPDATE SET egress = counters_hour.egress + 1`,
-        [call.call_id, id, call.upstream, call.endpoint, call.model, call.day, call.reserved_micro, call.started_at, call.deadline_at, call.kind, call.tool, day, hour],
+        [...params, day, hour],
       )
       return call
     })

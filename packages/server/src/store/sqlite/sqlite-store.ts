@@ -1377,9 +1377,13 @@ export class SqliteStore implements Store {
       // The single writer makes read (spent + reserved) → decide → reserve atomic.
       input.decide({ agent, policies, counters: this.#counters(agent.address_id, input.now), reserved_micro: reserved })
       this.#q.egressInsert.run(call)
-      const at = new Date(input.now).toISOString()
-      this.#q.countEgressDay.run(call.address_id, at.slice(0, 10))
-      this.#q.countEgressHour.run(call.address_id, at.slice(0, 13))
+      // Counted for egress `rate` policies while the agent has policies (as on PostgreSQL, where
+      // counting without them would serialize the agent's calls on its counter rows).
+      if (policies.length > 0) {
+        const at = new Date(input.now).toISOString()
+        this.#q.countEgressDay.run(call.address_id, at.slice(0, 10))
+        this.#q.countEgressHour.run(call.address_id, at.slice(0, 13))
+      }
       return call
     })
   }
