@@ -291,4 +291,19 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   CREATE INDEX egress_calls_deadline ON egress_calls (deadline_at) WHERE state = 'open';
   CREATE INDEX egress_calls_agent ON egress_calls (address_id, seqno);
   `,
+  // Sent/received of agents without rate or cost policies, by hour, one row per backend that
+  // counted (shard = pg_backend_pid()): a backend runs one transaction at a time, so no two
+  // concurrent accepts ever wait on the same counter row. Views sum these with counters_day /
+  // counters_hour; purge folds finished hours into those tables.
+  `
+  CREATE TABLE counter_shards (
+    address_id text NOT NULL,
+    hour       text NOT NULL,
+    shard      integer NOT NULL,
+    sent       bigint NOT NULL DEFAULT 0,
+    received   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (address_id, hour, shard)
+  );
+  CREATE INDEX counter_shards_hour ON counter_shards (hour);
+  `,
 ]

@@ -65,7 +65,7 @@ import type {
 } from '../store.js'
 import { DEFAULT_POLICY_OWNER, type DefaultPoliciesWrite, type EgressAdmitInput, type EgressCallRow, type EgressSettleInput } from '../store.js'
 import { DatabaseClock } from './postgres-clock.js'
-import { FEED_CHANNEL, PostgresFeed, encodeChanges } from './postgres-feed.js'
+import { FEED_CHANNEL, Notifier, PostgresFeed, encodeChanges } from './postgres-feed.js'
 import { isConnectionError, isRetryableConflict, toStoreError } from './postgres-errors.js'
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js'
 
@@ -76,7 +76,7 @@ export interface PostgresStoreConfig {
   hashAudit: AuditHasher
   /** Which mesh events become webhook alerts (core's rule). */
   alertFor: AlertMapper
-  /** Pooled connections per replica (default 20). */
+  /** Pooled connections per replica (default 10). */
   poolSize?: number | undefined
   /** Giving up on opening a connection (default 5 s) → `store_unavailable`. */
   connectionTimeoutMs?: number | undefined
@@ -99,6 +99,10 @@ const LOCK_CLAIM = 3
 const LOCK_FLEET = 4
 /** Second key: hashtext(address). */
 const LOCK_AGENT = LOCK_CLASS + 16
+/** Counter shards are folded by one replica at a time (purge). */
+const LOCK_FOLD = 5
+/** A claim that left intents queued because their sender's gate was busy (a kill) looks again this soon. */
+const BUSY_SENDER_RETRY_MS = 50
 
 /**
  * PostgreSQL ends a transaction of ours that sits idle this long (`idle_in_transaction_session_timeout`,
@@ -126,6 +130,14 @@ const BEGIN = `${BEGIN_CONTROL}; SET LOCAL lock_timeout = ${LOCK_TIMEOUT_MS}`
 
 /** Transactions that fail on a serialization conflict or deadlock are run again, this often. */
 const MAX_ATTEMPTS = 5
+
+/**
+ * Change types that only wake readers up (they re-read the store). A transaction whose changes
+ * are all of these announces them after COMMIT through the batched Notifier; any other change
+ * (a kill, a quarantine, a revoked key, a policy change) is NOTIFYed inside its transaction,
+ * delivered to every replica at the commit itself.
+ */
+const WAKE_ONLY = new Set<Change['type']>(['intent.available', 'intent.event', 'slot.freed', 'mesh.event', 'alert.queued'])
 
 const TERMINAL = new Set<IntentStatus>(['COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT'])
 
@@ -224,18 +236,44 @@ const windowOf = (now: number): { day: string; hour: string } => {
   return { day: at.slice(0, 10), hour: at.slice(0, 13) }
 }
 
+/** Policy kinds decided on the counters: their owners' counts are locked and exact (see #countersForDecision). */
+const countsCounters = (p: PolicyRow): boolean => p.kind === 'rate' || p.kind === 'cost'
+
+/** The counters handed to core for a party it does not decide on counters (no rate or cost policy). */
+const zeroCounters = (now: number): AgentCounters => ({
+  ...windowOf(now),
+  sent_hour: 0,
+  sent_day: 0,
+  received_hour: 0,
+  received_day: 0,
+  cost_day: 0,
+})
+
+/**
+ * Counts of agents without rate or cost policies: this backend's own row per (agent, hour).
+ * No other transaction writes it while this one runs, so nothing waits on it.
+ */
+const shardUpsert = (p: number): string => `INSERT INTO counter_shards (address_id, hour, shard, sent, received)
+  SELECT a, $${p + 1}::text, pg_backend_pid(), s, r FROM unnest($${p}::text[], $${p + 2}::bigint[], $${p + 3}::bigint[]) AS v(a, s, r)
+  ON CONFLICT (address_id, hour, shard) DO UPDATE SET sent = counter_shards.sent + excluded.sent,
+    received = counter_shards.received + excluded.received`
+
 /**
  * The PostgreSQL engine: same semantics as the SQLite engine, for any number of replicas.
  *
  * Locking (DESIGN §2.1, §2.6, §11). Every transaction takes its locks in one global order, so
  * it never upgrades a lock and never deadlocks with another: the per-agent gate first (a fair
- * advisory lock, see `#gate`), then agent rows (accepts, deliveries, resolves and holds
- * `FOR SHARE`, in address_id order; kill, resume, policy writes and heartbeats
- * `FOR NO KEY UPDATE`), then intent rows (`FOR UPDATE`, or `SKIP LOCKED` when claiming or
- * sweeping), then counter rows (day rows, then hour rows, each in address_id order), and
- * last the `store_heads` rows (audit chain and mesh event numbering), written just before
- * COMMIT. A kill therefore waits for every in-flight accept, delivery and resolve of the
- * agent, and every one that starts later sees it. Serialization failures and deadlocks
+ * advisory lock, see `#gate`), then agent rows (only their writers lock them: kill, resume,
+ * policy writes and heartbeats `FOR NO KEY UPDATE`), then intent rows (`FOR UPDATE`, or
+ * `SKIP LOCKED` when claiming or sweeping), then counter rows (day rows, then hour rows, each
+ * in address_id order), and last the `store_heads` rows (audit chain and mesh event
+ * numbering), written just before COMMIT. The gate alone orders reads of an agent row against
+ * its writers: every transaction that changes what an accept, delivery or resolve decides on
+ * (killed_at, policy_version, the quarantines) holds that agent's gate exclusively, and every
+ * accept, delivery and resolve holds it shared and reads the row in a statement after taking
+ * it. A kill therefore waits for every in-flight accept, delivery and resolve of the agent,
+ * and every one that starts later sees it — without a share lock on the row, which would
+ * write its header (or a multixact) on every read. Serialization failures and deadlocks
  * (which the order above avoids, but a reply_to completion can still meet) run the
  * transaction again; a cost ceiling that kills reruns it with the agent row locked for
  * update from the start (NeedsRowLock).
@@ -249,6 +287,7 @@ export class PostgresStore implements Store {
   readonly #controlPool: pg.Pool
   readonly #config: Readonly<PostgresStoreConfig>
   readonly #origin = randomUUID()
+  readonly #notifier: Notifier
   #closed = false
 
   private constructor(config: PostgresStoreConfig) {
@@ -261,7 +300,7 @@ export class PostgresStore implements Store {
       keepAlive: true,
       application_name: 'chokepoint',
     }
-    this.#pool = new pg.Pool({ ...clientConfig, max: config.poolSize ?? 20, idleTimeoutMillis: 30_000 })
+    this.#pool = new pg.Pool({ ...clientConfig, max: config.poolSize ?? 10, idleTimeoutMillis: 30_000 })
     this.#controlPool = new pg.Pool({ ...clientConfig, max: 2, idleTimeoutMillis: 30_000, application_name: 'chokepoint-control' })
     for (const pool of [this.#pool, this.#controlPool]) {
       // An idle client whose connection dies emits here; without a handler the process would crash.
@@ -276,6 +315,12 @@ export class PostgresStore implements Store {
     this.clock = new DatabaseClock({
       readDatabaseMs: async () =>
         (await this.#readOne<{ ms: number }>('SELECT extract(epoch FROM clock_timestamp())::float8 * 1000 AS ms'))?.ms ?? Date.now(),
+      log: config.log,
+    })
+    this.#notifier = new Notifier({
+      origin: this.#origin,
+      newClient: () =>
+        new pg.Client({ ...clientConfig, application_name: 'chokepoint-notify', options: '-c synchronous_commit=off' }),
       log: config.log,
     })
     this.feed = new PostgresFeed({
@@ -347,7 +392,8 @@ export class PostgresStore implements Store {
         const result = await fn(tx)
         await this.#writeControl(tx)
         const changes = dedupe(tx.changes)
-        if (changes.length > 0) {
+        const wakeOnly = changes.every((c) => WAKE_ONLY.has(c.type))
+        if (changes.length > 0 && !wakeOnly) {
           await client.query('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [
             FEED_CHANNEL,
             encodeChanges(this.#origin, changes),
@@ -356,6 +402,7 @@ export class PostgresStore implements Store {
         await client.query('COMMIT')
         client.release()
         for (const change of changes) this.feed.publish(change)
+        if (wakeOnly) this.#notifier.push(changes)
         return result
       } catch (error) {
         if (isConnectionError(error)) client.release(true)
@@ -395,6 +442,7 @@ export class PostgresStore implements Store {
     if (this.#closed) return
     this.#closed = true
     this.clock.stop()
+    await this.#notifier.close()
     await this.feed.close()
     await this.#pool.end().catch(() => undefined)
     await this.#controlPool.end().catch(() => undefined)
@@ -409,7 +457,7 @@ export class PostgresStore implements Store {
   async insertKey(key: Omit<KeyRow, 'address_id'>, now: number, audit: (row: KeyRow) => AuditDraft): Promise<KeyRow> {
     return this.#tx(async (tx) => {
       if (key.address !== null) await this.#fleetShared(tx)
-      const agent = key.address === null ? null : (await this.#ensureAgents(tx, [key.address], now, false, [key.address])).get(key.address)
+      const agent = key.address === null ? null : (await this.#ensureAgents(tx, [key.address], now, [key.address])).get(key.address)
       const row: KeyRow = { ...key, address_id: agent?.address_id ?? null }
       await tx.run(
         `INSERT INTO api_keys (key_id, role, name, key_hash, address_id, created_at, revoked_at)
@@ -628,8 +676,12 @@ export class PostgresStore implements Store {
     let join = ''
     if (sortsByCounters(query)) {
       page.push(query.from_day, query.to_day)
-      join = `LEFT JOIN (SELECT address_id, sum(sent) + sum(received) AS intents, sum(cost_usd) AS cost FROM counters_day
-          WHERE day >= $${page.length - 1} AND day <= $${page.length} GROUP BY address_id) c ON c.address_id = a.address_id`
+      const [from, to] = [`$${page.length - 1}`, `$${page.length}`]
+      join = `LEFT JOIN (SELECT address_id, sum(sent) + sum(received) AS intents, sum(cost_usd) AS cost FROM (
+            SELECT address_id, sent, received, cost_usd FROM counters_day WHERE day >= ${from} AND day <= ${to}
+            UNION ALL
+            SELECT address_id, sent, received, 0 FROM counter_shards WHERE hour >= ${from} || 'T00' AND hour <= ${to} || 'T23') u
+          GROUP BY address_id) c ON c.address_id = a.address_id`
     }
     page.push(query.limit, query.offset)
     const [agents, counted] = await Promise.all([
@@ -643,13 +695,13 @@ export class PostgresStore implements Store {
   }
 
   /**
-   * The fair gate in front of agent rows. PostgreSQL grants a row's FOR SHARE to a newcomer
-   * while an UPDATE of that row is already waiting, so under steady traffic a kill could wait
-   * forever. Every transaction that locks agent rows therefore first takes a transaction
-   * advisory lock per agent (keyed by address) in the same mode — shared for accepts,
-   * deliveries, resolves and holds, exclusive for kill, resume, policy writes and heartbeats —
-   * always in address order. Advisory locks are queued fairly: once a kill asks, later
-   * accepts wait behind it, and it runs as soon as the in-flight ones commit.
+   * The fair gate in front of agent rows: a transaction advisory lock per agent (keyed by
+   * address) — shared for accepts, deliveries, resolves and holds, exclusive for kill, resume,
+   * policy writes, quarantines and heartbeats — always in address order. Advisory locks are
+   * queued fairly: once a kill asks, later accepts wait behind it, and it runs as soon as the
+   * in-flight ones commit. It is the only lock readers take on an agent: they read the row in
+   * a statement after the gate, so they see every write committed before it (READ COMMITTED
+   * takes a new snapshot per statement), and no writer can commit while they hold it.
    */
   async #gate(tx: Tx, addresses: string[], exclusive: ReadonlySet<string> = new Set()): Promise<void> {
     const sorted = [...new Set(addresses)].sort()
@@ -671,19 +723,12 @@ export class PostgresStore implements Store {
 
   /**
    * Registers the addresses that are new (in address order, so concurrent first sends
-   * between two new agents cannot deadlock) and returns the rows, `FOR SHARE` in address_id
-   * order when `share` is set: a concurrent kill's UPDATE waits for this transaction, and a
-   * kill that committed first is seen.
+   * between two new agents cannot deadlock) and returns the rows. Read after the caller's
+   * gate: a kill that committed first is seen, a later one waits for this transaction.
    */
-  async #ensureAgents(
-    tx: Tx,
-    addresses: string[],
-    now: number,
-    share: boolean,
-    register: readonly string[] = [],
-  ): Promise<Map<string, AgentRow>> {
+  async #ensureAgents(tx: Tx, addresses: string[], now: number, register: readonly string[] = []): Promise<Map<string, AgentRow>> {
     const unique = [...new Set(addresses)].sort()
-    const select = `SELECT * FROM agents WHERE address = ANY($1::text[]) ORDER BY address_id${share ? ' FOR SHARE' : ''}`
+    const select = 'SELECT * FROM agents WHERE address = ANY($1::text[])'
     const found = new Map((await tx.rows<AgentRow>(select, [unique])).map((r) => [r.address, r]))
     // A recipient alone is not registered; a sender or a key's agent is (once).
     const unmarked = register.filter((a) => found.get(a)?.registered_at === null)
@@ -727,7 +772,7 @@ export class PostgresStore implements Store {
       const { intent, now } = input
       if (!this.#known.has(intent.from_agent) || !this.#known.has(intent.to_agent)) await this.#fleetShared(tx)
       await this.#gate(tx, [intent.from_agent, intent.to_agent])
-      const agents = await this.#ensureAgents(tx, [intent.from_agent, intent.to_agent], now, true, [intent.from_agent])
+      const agents = await this.#ensureAgents(tx, [intent.from_agent, intent.to_agent], now, [intent.from_agent])
       const from = agents.get(intent.from_agent) as AgentRow
       const to = agents.get(intent.to_agent) as AgentRow
       if (input.idempotency) {
@@ -765,7 +810,7 @@ export class PostgresStore implements Store {
     })
   }
 
-  /** With both agent rows share-locked: policies, counters, core's decision, then the writes. */
+  /** With both agents gated: policies, counters, core's decision, then the writes. */
   async #acceptLocked(
     tx: Tx,
     from: AgentRow,
@@ -781,16 +826,23 @@ export class PostgresStore implements Store {
       withPolicies.length === 0
         ? []
         : await tx.rows<PolicyRow>(EFFECTIVE_POLICIES, [withPolicies])
-    const { day, hour } = windowOf(now)
-    const counters = await this.#countersForDecision(tx, [from.address_id, to.address_id], withPolicies, now)
+    const fromPolicies =
+      from.policy_version === 0 ? [] : policies.filter((p) => p.address_id === from.address_id || p.address_id === DEFAULT_POLICY_OWNER)
+    const toPolicies = to.policy_version === 0 ? [] : policies.filter((p) => p.address_id === to.address_id || p.address_id === DEFAULT_POLICY_OWNER)
+    // Only a party with a rate or cost policy is decided on its counters: those are locked and
+    // read exactly, and incremented under the lock; the others are counted without any lock.
+    const counted = new Set<string>()
+    if (fromPolicies.some(countsCounters)) counted.add(from.address_id)
+    if (toPolicies.some(countsCounters)) counted.add(to.address_id)
+    const counters = counted.size === 0 ? new Map<string, AgentCounters>() : await this.#countersForDecision(tx, [...counted], [...counted], now)
     const parties: Parties = {
       from,
       to,
       from_quarantine: fromQuarantine,
-      from_policies: from.policy_version === 0 ? [] : policies.filter((p) => p.address_id === from.address_id || p.address_id === DEFAULT_POLICY_OWNER),
-      to_policies: to.policy_version === 0 ? [] : policies.filter((p) => p.address_id === to.address_id || p.address_id === DEFAULT_POLICY_OWNER),
-      from_counters: counters.get(from.address_id) as AgentCounters,
-      to_counters: counters.get(to.address_id) as AgentCounters,
+      from_policies: fromPolicies,
+      to_policies: toPolicies,
+      from_counters: counters.get(from.address_id) ?? zeroCounters(now),
+      to_counters: counters.get(to.address_id) ?? zeroCounters(now),
     }
     for (const event of decide(parties) ?? []) this.#meshEvent(tx, event)
     const delta = new Map<string, { sent: number; received: number }>()
@@ -800,13 +852,21 @@ export class PostgresStore implements Store {
     }
     bump(from.address_id, 1, 0)
     bump(to.address_id, 0, 1)
-    const ids = [...delta.keys()].sort()
-    const sent = ids.map((id) => delta.get(id)?.sent ?? 0)
-    const received = ids.map((id) => delta.get(id)?.received ?? 0)
+    const { day, hour } = windowOf(now)
+    const locked = [...delta.keys()].filter((id) => counted.has(id)).sort()
+    const sharded = [...delta.keys()].filter((id) => !counted.has(id)).sort()
+    const col = (ids: string[], k: 'sent' | 'received'): number[] => ids.map((id) => delta.get(id)?.[k] ?? 0)
+    // The intent, its first two events and the unlocked counts in one statement.
     const row = (await tx.one<IntentRow>(
-      `INSERT INTO intents (intent_id, intent_type, from_address_id, to_address_id, from_agent, to_agent, payload, correlation_id,
-         reply_to, deadline_at, max_delivery_attempts, status, delivery_state, available_at, created_at, updated_at, trace_id, last_event_seq)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'SUBMITTED', 'queued', $12, $12, $12, $13, 2) RETURNING *`,
+      `WITH i AS (
+         INSERT INTO intents (intent_id, intent_type, from_address_id, to_address_id, from_agent, to_agent, payload, correlation_id,
+           reply_to, deadline_at, max_delivery_attempts, status, delivery_state, available_at, created_at, updated_at, trace_id, last_event_seq)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'SUBMITTED', 'queued', $12, $12, $12, $13, 2) RETURNING *),
+       e AS (
+         INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
+         VALUES ($1, 1, 'intent.created', 'SUBMITTED', $14, $12, NULL), ($1, 2, 'intent.submitted', 'SUBMITTED', $14, $12, NULL)),
+       c AS (${shardUpsert(15)})
+       SELECT * FROM i`,
       [
         intent.intent_id,
         intent.intent_type,
@@ -821,44 +881,50 @@ export class PostgresStore implements Store {
         intent.max_delivery_attempts,
         now,
         intent.trace_id,
+        actor,
+        sharded,
+        hour,
+        col(sharded, 'sent'),
+        col(sharded, 'received'),
       ],
     )) as IntentRow
-    const events = new EventBatch()
-    events.add({ intent_id: intent.intent_id, seq: 1, event_type: 'intent.created', status: 'SUBMITTED', actor, at: now, details: null })
-    events.add({ intent_id: intent.intent_id, seq: 2, event_type: 'intent.submitted', status: 'SUBMITTED', actor, at: now, details: null })
-    await events.write(tx)
-    // Counted last (day rows, then hour rows, by address_id: the order every counter writer
-    // uses), so a shared recipient's counter rows stay locked only for the final statements.
-    await tx.run(
-      `INSERT INTO counters_day (address_id, day, sent, received)
-       SELECT a, $2::text, s, r FROM unnest($1::text[], $3::bigint[], $4::bigint[]) AS v(a, s, r)
-       ON CONFLICT (address_id, day) DO UPDATE SET sent = counters_day.sent + excluded.sent,
-         received = counters_day.received + excluded.received`,
-      [ids, day, sent, received],
-    )
-    await tx.run(
-      `INSERT INTO counters_hour (address_id, hour, sent, received)
-       SELECT a, $2::text, s, r FROM unnest($1::text[], $3::bigint[], $4::bigint[]) AS v(a, s, r)
-       ON CONFLICT (address_id, hour) DO UPDATE SET sent = counters_hour.sent + excluded.sent,
-         received = counters_hour.received + excluded.received`,
-      [ids, hour, sent, received],
-    )
+    if (locked.length > 0) {
+      // Counted last (day rows, then hour rows, by address_id: the order every counter writer
+      // uses), under the locks #countersForDecision took.
+      const sent = col(locked, 'sent')
+      const received = col(locked, 'received')
+      await tx.run(
+        `INSERT INTO counters_day (address_id, day, sent, received)
+         SELECT a, $2::text, s, r FROM unnest($1::text[], $3::bigint[], $4::bigint[]) AS v(a, s, r)
+         ON CONFLICT (address_id, day) DO UPDATE SET sent = counters_day.sent + excluded.sent,
+           received = counters_day.received + excluded.received`,
+        [locked, day, sent, received],
+      )
+      await tx.run(
+        `INSERT INTO counters_hour (address_id, hour, sent, received)
+         SELECT a, $2::text, s, r FROM unnest($1::text[], $3::bigint[], $4::bigint[]) AS v(a, s, r)
+         ON CONFLICT (address_id, hour) DO UPDATE SET sent = counters_hour.sent + excluded.sent,
+           received = counters_hour.received + excluded.received`,
+        [locked, hour, sent, received],
+      )
+    }
     tx.changes.push({ type: 'intent.available', address_id: to.address_id })
     return row
   }
 
   /**
    * The counters core decides on. Policies hold under concurrency (DESIGN §2.6) because,
-   * for every party with policies, its hour and day counter rows are created if missing and
-   * locked `FOR UPDATE` before they are read, and stay locked until this transaction has
-   * written its increment and committed: concurrent accepts involving that agent, on any
-   * replica, read-decide-increment one after the other, so 300 concurrent sends against a
-   * limit of 100 accept exactly 100. A single conditional `UPDATE … WHERE sent < limit`
-   * cannot express core's decision (several policies, both windows, both parties, resume
-   * baselines), which is an opaque callback; the row lock keeps that decision in core. The
-   * rows of parties without policies are read without locks (nothing is decided on them)
-   * and incremented by upserts. A policy write bumps the agent's policy_version under a row
-   * lock that conflicts with this transaction's FOR SHARE, so the two never interleave.
+   * for every party with a rate or cost policy, its hour and day counter rows are created if
+   * missing and locked `FOR UPDATE` before they are read, and stay locked until this
+   * transaction has written its increment and committed: concurrent accepts involving that
+   * agent, on any replica, read-decide-increment one after the other, so 300 concurrent sends
+   * against a limit of 100 accept exactly 100. A single conditional `UPDATE … WHERE sent <
+   * limit` cannot express core's decision (several policies, both windows, both parties,
+   * resume baselines), which is an opaque callback; the row lock keeps that decision in core.
+   * Such an agent's counter_shards rows no longer change: only a transaction that read no such
+   * policy (under the agent's shared gate) writes them, and a policy write holds the gate
+   * exclusively; purge's fold moves them into the rows locked here, so it waits for this
+   * transaction. The exact count is therefore the locked rows plus its shards.
    */
   async #countersForDecision(tx: Tx, addressIds: string[], lockIds: string[], now: number): Promise<Map<string, AgentCounters>> {
     const { day, hour } = windowOf(now)
@@ -890,27 +956,20 @@ export class PostgresStore implements Store {
     now: number,
   ): Promise<Map<string, AgentCounters>> {
     const { day, hour } = windowOf(now)
-    type Row = { id: string; sd: number | null; rd: number | null; cd: number | null; sh: number | null; rh: number | null }
+    type Row = { id: string; sd: number; rd: number; cd: number; sh: number; rh: number }
     const rows = await query<Row>(
-      `SELECT a.id, d.sent AS sd, d.received AS rd, d.cost_usd AS cd, h.sent AS sh, h.received AS rh
+      `SELECT a.id, coalesce(d.sent, 0) + coalesce(s.sd, 0) AS sd, coalesce(d.received, 0) + coalesce(s.rd, 0) AS rd,
+         coalesce(d.cost_usd, 0) AS cd, coalesce(h.sent, 0) + coalesce(s.sh, 0) AS sh, coalesce(h.received, 0) + coalesce(s.rh, 0) AS rh
        FROM unnest($1::text[]) AS a(id)
        LEFT JOIN counters_day d ON d.address_id = a.id AND d.day = $2
-       LEFT JOIN counters_hour h ON h.address_id = a.id AND h.hour = $3`,
+       LEFT JOIN counters_hour h ON h.address_id = a.id AND h.hour = $3
+       LEFT JOIN LATERAL (
+         SELECT sum(sent) AS sd, sum(received) AS rd, sum(sent) FILTER (WHERE hour = $3) AS sh, sum(received) FILTER (WHERE hour = $3) AS rh
+         FROM counter_shards WHERE address_id = a.id AND hour >= $2 || 'T00' AND hour <= $2 || 'T23') s ON true`,
       [addressIds, day, hour],
     )
     return new Map(
-      rows.map((r) => [
-        r.id,
-        {
-          day,
-          hour,
-          sent_hour: r.sh ?? 0,
-          sent_day: r.sd ?? 0,
-          received_hour: r.rh ?? 0,
-          received_day: r.rd ?? 0,
-          cost_day: r.cd ?? 0,
-        },
-      ]),
+      rows.map((r) => [r.id, { day, hour, sent_hour: r.sh, sent_day: r.sd, received_hour: r.rh, received_day: r.rd, cost_day: r.cd }]),
     )
   }
 
@@ -949,9 +1008,9 @@ export class PostgresStore implements Store {
   async claimDeliveries(input: ClaimInput): Promise<ClaimResult> {
     return this.#tx(async (tx) => {
       await this.#gateById(tx, input.address_id, false)
-      const recipient = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR SHARE', [input.address_id])
+      const recipient = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1', [input.address_id])
       if (!recipient) throw new GatewayError('not_found', 'agent not found')
-      // Its own statement after the gate and the row lock: a quarantine that committed while this
+      // Its own statement after the gate: a quarantine that committed while this
       // transaction waited is seen; one that starts now waits for this transaction (and then
       // requeues whatever this claim leases).
       input.decide(recipient, await this.#quarantine(tx, input.address_id, input.instance_id))
@@ -967,36 +1026,53 @@ export class PostgresStore implements Store {
       const room = Math.min(input.max_in_flight - inFlight, input.max_batch)
       if (room <= 0) return { deliveries: [], has_room: false, next_due_at: null }
       // Competing consumers skip each other's rows. The sender filter is the store half of
-      // core's delivery rule; the sender rows are share-locked so a concurrent kill of a
-      // sender is either seen here or waits for this transaction.
+      // core's delivery rule (a killed sender's undelivered output is not delivered).
       const candidates = await tx.rows<IntentRow>(
         `SELECT i.* FROM intents i JOIN agents f ON f.address_id = i.from_address_id
          WHERE i.to_address_id = $1 AND i.delivery_state = 'queued' AND i.available_at <= $2
            AND (f.killed_at IS NULL OR i.delivery_attempt > 0)
            AND (i.deadline_at IS NULL OR i.deadline_at > $2)
          ORDER BY i.available_at, i.seqno LIMIT $3
-         FOR UPDATE OF i SKIP LOCKED FOR SHARE OF f`,
+         FOR UPDATE OF i SKIP LOCKED`,
         [input.address_id, input.now, room],
       )
       if (candidates.length === 0) return { deliveries: [], has_room: true, next_due_at: await this.#nextDue(tx, input) }
-      // Per-address seqs from a counter row, locked until commit: commit-ordered (DESIGN §11).
-      const last = (
-        (await tx.one<{ last_seq: number }>(
-          `INSERT INTO address_seq (address_id, last_seq) VALUES ($1, $2)
-           ON CONFLICT (address_id) DO UPDATE SET last_seq = address_seq.last_seq + excluded.last_seq RETURNING last_seq`,
-          [input.address_id, candidates.length],
-        )) as { last_seq: number }
-      ).last_seq
-      const first = last - candidates.length + 1
-      const seqs = candidates.map((_c, i) => first + i)
-      const leased = await tx.rows<IntentRow>(
-        `UPDATE intents i SET status = 'DELIVERED', delivery_state = 'leased', delivery_attempt = i.delivery_attempt + 1,
-           delivery_seq = v.seq, lease_instance = $3, lease_expires_at = $4, lease_ms = $5,
-           updated_at = $6, last_event_seq = i.last_event_seq + 1
-         FROM unnest($1::text[], $2::bigint[]) AS v(intent_id, seq)
-         WHERE i.intent_id = v.intent_id RETURNING i.*`,
-        [candidates.map((c) => c.intent_id), seqs, input.instance_id, input.now + input.lease_ms, input.lease_ms, input.now],
-      )
+      // A kill of a sender must either be seen here or wait for this claim: its gate, shared.
+      // Taken without waiting (this transaction already holds the recipient's gate, and gates
+      // are taken in address order); a sender whose gate is busy — a kill of it is waiting or
+      // running — keeps its intents queued for the next claim, which comes soon (next_due_at).
+      const senders = [...new Set(candidates.filter((c) => c.delivery_attempt === 0 && c.from_agent !== recipient.address).map((c) => c.from_agent))].sort()
+      let busy = new Set<string>()
+      if (senders.length > 0) {
+        const gated = await tx.rows<{ a: string; ok: boolean }>(
+          'SELECT a, pg_try_advisory_xact_lock_shared($1::int, hashtext(a)) AS ok FROM unnest($2::text[]) AS a',
+          [LOCK_AGENT, senders],
+        )
+        busy = new Set(gated.filter((g) => !g.ok).map((g) => g.a))
+      }
+      const ready = candidates.filter((c) => !busy.has(c.from_agent) || c.delivery_attempt > 0)
+      // One statement after the sender gates, so its snapshot sees every kill that committed
+      // before them: re-checks the senders, then numbers what is left from the per-address
+      // counter row (locked until commit: seqs are commit-ordered, DESIGN §11) and leases it.
+      const leased =
+        ready.length === 0
+          ? []
+          : await tx.rows<IntentRow>(
+              `WITH ok AS (
+                 SELECT i.intent_id, row_number() OVER (ORDER BY v.k) AS k
+                 FROM unnest($1::text[]) WITH ORDINALITY AS v(intent_id, k) JOIN intents i ON i.intent_id = v.intent_id
+                 WHERE i.delivery_attempt > 0 OR NOT EXISTS (
+                   SELECT 1 FROM agents f WHERE f.address_id = i.from_address_id AND f.killed_at IS NOT NULL)),
+               n AS (SELECT count(*)::bigint AS c FROM ok),
+               s AS (
+                 INSERT INTO address_seq (address_id, last_seq) SELECT $2, c FROM n WHERE c > 0
+                 ON CONFLICT (address_id) DO UPDATE SET last_seq = address_seq.last_seq + excluded.last_seq RETURNING last_seq)
+               UPDATE intents i SET status = 'DELIVERED', delivery_state = 'leased', delivery_attempt = i.delivery_attempt + 1,
+                 delivery_seq = s.last_seq - n.c + ok.k, lease_instance = $3, lease_expires_at = $4, lease_ms = $5,
+                 updated_at = $6, last_event_seq = i.last_event_seq + 1
+               FROM ok, n, s WHERE i.intent_id = ok.intent_id RETURNING i.*`,
+              [ready.map((c) => c.intent_id), input.address_id, input.instance_id, input.now + input.lease_ms, input.lease_ms, input.now],
+            )
       leased.sort((a, b) => (a.delivery_seq ?? 0) - (b.delivery_seq ?? 0))
       const events = new EventBatch()
       const deliveries: Delivery[] = []
@@ -1018,7 +1094,9 @@ export class PostgresStore implements Store {
       await events.write(tx)
       const hasRoom = inFlight + deliveries.length < input.max_in_flight
       // During a paced resume more held work becomes due later: tell the stream when.
-      return { deliveries, has_room: hasRoom, next_due_at: hasRoom ? await this.#nextDue(tx, input) : null }
+      const due = hasRoom ? await this.#nextDue(tx, input) : null
+      const retry = busy.size > 0 ? input.now + BUSY_SENDER_RETRY_MS : null
+      return { deliveries, has_room: hasRoom, next_due_at: due === null ? retry : retry === null ? due : Math.min(due, retry) }
     })
   }
 
@@ -1048,13 +1126,17 @@ export class PostgresStore implements Store {
       // A completion may send to reply_to, which may be a new agent (fleet lock before gates).
       if (ids.reply_to !== null && !this.#known.has(ids.reply_to)) await this.#fleetShared(tx)
       await this.#gate(tx, [ids.from_agent, ids.to_agent], new Set(tx.lockForCost ? [ids.to_agent] : []))
-      // Agent rows before the intent row (the global lock order). The recipient's row is
-      // locked for update only on the rerun after a cost ceiling asked to kill it.
+      // Agent rows (read after the gate) before the intent row (the global lock order). The
+      // recipient's row is locked, for update, only on the rerun after a cost ceiling asked to kill it.
       const agents = new Map<string, AgentRow>()
-      for (const id of [...new Set([ids.from_address_id, ids.to_address_id])].sort()) {
-        const mode = tx.lockForCost && id === ids.to_address_id ? 'FOR NO KEY UPDATE' : 'FOR SHARE'
-        const row = await tx.one<AgentRow>(`SELECT * FROM agents WHERE address_id = $1 ${mode}`, [id])
-        if (row) agents.set(id, row)
+      for (const row of await tx.rows<AgentRow>('SELECT * FROM agents WHERE address_id = ANY($1::text[])', [
+        [ids.from_address_id, ids.to_address_id],
+      ])) {
+        agents.set(row.address_id, row)
+      }
+      if (tx.lockForCost) {
+        const locked = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [ids.to_address_id])
+        if (locked) agents.set(locked.address_id, locked)
       }
       const intent = await tx.one<IntentRow>('SELECT * FROM intents WHERE intent_id = $1 FOR UPDATE', [input.intent_id])
       if (!intent) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
@@ -1111,7 +1193,7 @@ export class PostgresStore implements Store {
         await tx.run('SAVEPOINT follow_up')
         try {
           await this.#gate(tx, [next.from_agent, next.to_agent])
-          const parties = await this.#ensureAgents(tx, [next.from_agent, next.to_agent], input.now, true)
+          const parties = await this.#ensureAgents(tx, [next.from_agent, next.to_agent], input.now)
           const row = await this.#acceptLocked(
             tx,
             parties.get(next.from_agent) as AgentRow,
@@ -1241,14 +1323,40 @@ export class PostgresStore implements Store {
         await tx.run('DELETE FROM intent_events WHERE intent_id = ANY($1::text[])', [ids.map((r) => r.intent_id)])
       }
       await tx.run('DELETE FROM idempotency_keys WHERE created_at < $1', [idempotencyBefore])
+      await this.#foldShards(tx, limit)
       return ids.length
     })
+  }
+
+  /**
+   * Moves the counter shards of finished hours (before the previous one) into counters_day and
+   * counters_hour: views read the sum of both, so the totals do not change. One replica at a
+   * time; counter rows in the writers' order (day rows, then hour rows, by address_id).
+   */
+  async #foldShards(tx: Tx, limit: number): Promise<void> {
+    const got = await tx.one<{ ok: boolean }>('SELECT pg_try_advisory_xact_lock($1::int, $2::int) AS ok', [LOCK_CLASS, LOCK_FOLD])
+    if (!got?.ok) return
+    const { hour } = windowOf(this.clock.now() - 3_600_000)
+    await tx.run(
+      `WITH moved AS (
+         DELETE FROM counter_shards WHERE (address_id, hour, shard) IN (
+           SELECT address_id, hour, shard FROM counter_shards WHERE hour < $1 LIMIT $2)
+         RETURNING address_id, hour, sent, received),
+       h AS (SELECT address_id, hour, sum(sent) AS s, sum(received) AS r FROM moved GROUP BY address_id, hour),
+       d AS (
+         INSERT INTO counters_day (address_id, day, sent, received)
+         SELECT address_id, substr(hour, 1, 10), sum(s), sum(r) FROM h GROUP BY 1, 2 ORDER BY 1, 2
+         ON CONFLICT (address_id, day) DO UPDATE SET sent = counters_day.sent + excluded.sent, received = counters_day.received + excluded.received)
+       INSERT INTO counters_hour (address_id, hour, sent, received) SELECT address_id, hour, s, r FROM h ORDER BY 1, 2
+       ON CONFLICT (address_id, hour) DO UPDATE SET sent = counters_hour.sent + excluded.sent, received = counters_hour.received + excluded.received`,
+      [hour, limit * 10],
+    )
   }
 
   // ---- kill switch ----
   async killAgent(input: KillInput): Promise<{ agent: AgentRow; changed: boolean }> {
     return this.#tx(async (tx) => {
-      // Waits for every in-flight accept, delivery and resolve of the agent (gate, FOR SHARE).
+      // Waits for every in-flight accept, delivery and resolve of the agent (their shared gates).
       const waitStart = performance.now()
       await this.#gateById(tx, input.address_id, true)
       // The kill takes effect once they are done: the clock is read again now, so killed_at is
@@ -1281,7 +1389,7 @@ export class PostgresStore implements Store {
 
   /**
    * Like a kill, a quarantine takes the agent's gate exclusively: it waits for every in-flight
-   * claim, ack, resolve and send of the agent (shared gate, FOR SHARE), so the leases it takes
+   * claim, ack, resolve and send of the agent (shared gate), so the leases it takes
    * back include any claim that committed before it, and every one that starts later reads the
    * quarantine row.
    */
@@ -1360,9 +1468,9 @@ export class PostgresStore implements Store {
 
   async holdBacklog(input: HoldInput): Promise<{ held: number; canceled: number }> {
     return this.#tx(async (tx) => {
-      // Share-locked: a resume in between either commits first (nothing to hold) or waits.
+      // Gated shared: a resume in between either commits first (nothing to hold) or waits.
       await this.#gateById(tx, input.address_id, false)
-      const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR SHARE', [input.address_id])
+      const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1', [input.address_id])
       if (!agent || agent.killed_at === null) return { held: 0, canceled: 0 }
       const details = JSON.stringify({ reason: input.reason, killed_agent: agent.address })
       const events = new EventBatch()
@@ -1865,8 +1973,10 @@ export class PostgresStore implements Store {
           ],
         )
       }
-      // Row locks in address_id order (the order multi-agent writers use) wait for in-flight
-      // accepts that read the old version under FOR SHARE.
+      // Every agent's gate, exclusively, in address order: waits for the in-flight accepts that
+      // read the old version, and every later one reads the new.
+      const all = (await tx.rows<{ address: string }>('SELECT address FROM agents ORDER BY address')).map((r) => r.address)
+      await tx.run('SELECT pg_advisory_xact_lock($1::int, hashtext(a)) FROM unnest($2::text[]) AS a', [LOCK_AGENT, all])
       await tx.run(
         `UPDATE agents SET policy_version = policy_version + 1
          WHERE address_id IN (SELECT address_id FROM agents ORDER BY address_id FOR NO KEY UPDATE)`,
@@ -1907,7 +2017,7 @@ export class PostgresStore implements Store {
       }
       const next = input.build(current)
       const addressId = next?.address_id ?? current?.address_id
-      // Waits for in-flight accepts that read the old policy_version (gate, FOR SHARE).
+      // Waits for in-flight accepts that read the old policy_version (their shared gates).
       if (addressId !== undefined) await this.#gateById(tx, addressId, true)
       const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [addressId])
       if (!agent) throw new GatewayError('not_found', `agent ${addressId} not found`)
@@ -1944,7 +2054,10 @@ export class PostgresStore implements Store {
 
   async fleetTotals(fromDay: string, toDay: string): Promise<{ sent: number; cost_usd: number }> {
     const row = await this.#readOne<{ sent: number; cost_usd: number }>(
-      'SELECT coalesce(sum(sent), 0)::bigint AS sent, coalesce(sum(cost_usd), 0)::double precision AS cost_usd FROM counters_day WHERE day BETWEEN $1 AND $2',
+      `SELECT coalesce(sum(sent), 0)::bigint AS sent, coalesce(sum(cost_usd), 0)::double precision AS cost_usd FROM (
+         SELECT sent, cost_usd FROM counters_day WHERE day BETWEEN $1 AND $2
+         UNION ALL
+         SELECT sent, 0 FROM counter_shards WHERE hour >= $1 || 'T00' AND hour <= $2 || 'T23') c`,
       [fromDay, toDay],
     )
     return { sent: Number(row?.sent ?? 0), cost_usd: Number(row?.cost_usd ?? 0) }
@@ -1952,8 +2065,12 @@ export class PostgresStore implements Store {
 
   async sumCounters(fromDay: string, toDay: string, addressIds: readonly string[]) {
     const rows = await this.#read<{ address_id: string; sent: number; received: number; cost_usd: number }>(
-      `SELECT address_id, sum(sent)::bigint AS sent, sum(received)::bigint AS received, sum(cost_usd) AS cost_usd
-       FROM counters_day WHERE address_id = ANY($3::text[]) AND day >= $1 AND day <= $2 GROUP BY address_id`,
+      `SELECT address_id, sum(sent)::bigint AS sent, sum(received)::bigint AS received, sum(cost_usd) AS cost_usd FROM (
+         SELECT address_id, sent, received, cost_usd FROM counters_day WHERE address_id = ANY($3::text[]) AND day >= $1 AND day <= $2
+         UNION ALL
+         SELECT address_id, sent, received, 0 FROM counter_shards
+         WHERE address_id = ANY($3::text[]) AND hour >= $1 || 'T00' AND hour <= $2 || 'T23') c
+       GROUP BY address_id`,
       [fromDay, toDay, addressIds],
     )
     return new Map(rows.map((r) => [r.address_id, { sent: r.sent, received: r.received, cost_usd: r.cost_usd }]))
@@ -1961,7 +2078,11 @@ export class PostgresStore implements Store {
 
   async listHourCounters(addressId: string, fromHour: string, toHour: string): Promise<HourCounters[]> {
     return this.#read<HourCounters>(
-      'SELECT hour, sent, received, cost_usd FROM counters_hour WHERE address_id = $1 AND hour >= $2 AND hour <= $3 ORDER BY hour',
+      `SELECT hour, sum(sent)::bigint AS sent, sum(received)::bigint AS received, sum(cost_usd)::double precision AS cost_usd FROM (
+         SELECT hour, sent, received, cost_usd FROM counters_hour WHERE address_id = $1 AND hour >= $2 AND hour <= $3
+         UNION ALL
+         SELECT hour, sent, received, 0 FROM counter_shards WHERE address_id = $1 AND hour >= $2 AND hour <= $3) c
+       GROUP BY hour ORDER BY hour`,
       [addressId, fromHour, toHour],
     )
   }
