@@ -42,7 +42,7 @@ export const options = {
   'boss-batch': { type: 'string', help: 'cluster: pg-boss batchSize per worker fetch (default 500: 4 workers × 500 per 0.5 s poll do not cap it)' },
   'sqlite-durability': { type: 'string', help: 'cluster: durability of the SQLite gateway, normal (default) or full' },
   'no-pgboss': { type: 'boolean', help: 'cluster: skip the pg-boss baseline' },
-  'pg-stats': { type: 'boolean', help: 'cluster: load pg_stat_statements and report the top statements of the replica run (small overhead)' },
+  'no-pg-stats': { type: 'boolean', help: 'cluster: do not load pg_stat_statements (statements per intent and the top statements of the replica run; small overhead)' },
 }
 
 const LEASE_S = 30
@@ -116,6 +116,7 @@ async function throughput(cluster, pg, cfg, label, log, databaseUrl = null) {
   let usage = null
   let stats = null
   let statements = null
+  let statementCount = null
   log(`cluster: ${label}: throughput, ${cfg.warmupMs / 1000} s warm-up + ${cfg.durationMs / 1000} s measured…`)
   const flow = await runFlow({
     url: urls[0],
@@ -138,7 +139,10 @@ async function throughput(cluster, pg, cfg, label, log, databaseUrl = null) {
       },
       measureEnd: async () => {
         usage = cpu.stop()
-        if (stats) statements = await stats.top(25)
+        if (stats) {
+          statementCount = await stats.total()
+          statements = await stats.top(25)
+        }
       },
     },
   })
@@ -160,6 +164,10 @@ async function throughput(cluster, pg, cfg, label, log, databaseUrl = null) {
     per_second: flow.per_second,
     cpu: usage,
     server_cpu_us_per_intent: k.resolved_in_window ? Math.round(serverUs / k.resolved_in_window) : null,
+    gateway_cpu_us_per_intent: k.resolved_in_window ? Math.round(usage.gateways_cpu_us / k.resolved_in_window) : null,
+    postgres_cpu_us_per_intent: k.resolved_in_window && usage.postgres_cpu_us !== null ? Math.round(usage.postgres_cpu_us / k.resolved_in_window) : null,
+    // Every statement PostgreSQL executed in the window (all replicas, feeds, sweepers) per resolved intent.
+    statements_per_intent: k.resolved_in_window && statementCount !== null ? Math.round((statementCount / k.resolved_in_window) * 10) / 10 : null,
     // --pg-stats: the statements of the measured window by total time, with calls per resolved intent.
     pg_statements: statements?.map((r) => ({ ...r, calls_per_intent: k.resolved_in_window ? Math.round((r.calls / k.resolved_in_window) * 100) / 100 : null })) ?? null,
     problems,
@@ -506,6 +514,7 @@ async function pgBossPart(pg, cfg, log) {
     const cpu = cpuMeter([], pg)
     const loops = Array.from({ length: cfg.senders }, (_, s) => sender(s))
     await sleep(cfg.warmupMs)
+    const stats = await pg.statementStats(url)
     cpu.start()
     const windowStart = now()
     phase = 'measure'
@@ -513,6 +522,7 @@ async function pgBossPart(pg, cfg, log) {
     phase = 'drain'
     const windowMs = now() - windowStart
     const usage = cpu.stop()
+    const statementCount = stats ? await stats.total() : null
     await Promise.all(loops)
     const drained = await waitUntil(() => k.handled >= k.sent, cfg.drainMs, 20)
     phase = 'done'
@@ -545,6 +555,7 @@ async function pgBossPart(pg, cfg, log) {
       per_second: Array.from(perSecond, (v) => v ?? 0),
       cpu: usage,
       postgres_cpu_us_per_job: k.handled_in_window && usage.postgres_cpu_us !== null ? Math.round(usage.postgres_cpu_us / k.handled_in_window) : null,
+      statements_per_job: k.handled_in_window && statementCount !== null ? Math.round((statementCount / k.handled_in_window) * 10) / 10 : null,
       window_ms: Math.round(windowMs),
       problems,
     }
@@ -579,7 +590,7 @@ export async function run(opts) {
     pgboss: !opts['no-pgboss'],
   }
   log(`cluster: starting a throwaway PostgreSQL (${bin}, fsync on)…`)
-  const pg = await startPostgres(bin, { statementStats: Boolean(opts['pg-stats']) })
+  const pg = await startPostgres(bin, { statementStats: !opts['no-pg-stats'] })
   const scenarios = []
   try {
     // 1. Single node on SQLite.
@@ -615,7 +626,7 @@ export async function run(opts) {
       const db = await pg.createDatabase('bench_single')
       const gw = await startGateways({ n: 1, databaseUrl: db })
       try {
-        const tp = await throughput(gw, pg, cfg, 'PostgreSQL, 1 replica', log)
+        const tp = await throughput(gw, pg, cfg, 'PostgreSQL, 1 replica', log, db)
         scenarios.push({ key: 'pg1', scenario: 'Chokepoint, PostgreSQL, 1 replica', throughput: tp, kill: null })
       } finally {
         await gw.stop()
@@ -670,6 +681,9 @@ export async function run(opts) {
     vsq: fmt.ratio(ratio(s.throughput.intents_per_s, sq?.throughput.intents_per_s)),
     vboss: bossOk ? fmt.ratio(ratio(s.throughput.intents_per_s, boss.jobs_per_s)) : '–',
     cpi: fmt.int(s.throughput.server_cpu_us_per_intent),
+    gcpi: fmt.int(s.throughput.gateway_cpu_us_per_intent),
+    pcpi: s.throughput.postgres_cpu_us_per_intent === null ? '–' : fmt.int(s.throughput.postgres_cpu_us_per_intent),
+    spi: s.throughput.statements_per_intent === null ? '–' : String(s.throughput.statements_per_intent),
   }))
   if (bossOk) {
     rows.push({
@@ -686,6 +700,9 @@ export async function run(opts) {
       vsq: fmt.ratio(ratio(boss.jobs_per_s, sq?.throughput.intents_per_s)),
       vboss: '1.00×',
       cpi: `${fmt.int(boss.postgres_cpu_us_per_job)} (PG only)`,
+      gcpi: 'n/a',
+      pcpi: fmt.int(boss.postgres_cpu_us_per_job),
+      spi: boss.statements_per_job === null ? '–' : String(boss.statements_per_job),
     })
   }
 
@@ -764,6 +781,9 @@ export async function run(opts) {
         { key: 'vsq', title: '/s vs SQLite' },
         { key: 'vboss', title: '/s vs pg-boss' },
         { key: 'cpi', title: 'server CPU µs/intent' },
+        { key: 'gcpi', title: 'gateway CPU µs/intent' },
+        { key: 'pcpi', title: 'PG CPU µs/intent' },
+        { key: 'spi', title: 'PG statements/intent' },
       ],
       rows,
     },
