@@ -4,6 +4,7 @@
  */
 import { z } from 'zod'
 import { globError } from '../core/policies/glob.js'
+import { toolGlobError } from '../core/policies/tool-glob.js'
 import { addressPatternError, labelsError } from '../core/fleet/selector.js'
 
 const SEGMENT = '[a-z0-9][a-z0-9_-]{0,62}'
@@ -205,6 +206,11 @@ const Pattern = z.string().superRefine((value, ctx) => {
   if (problem) ctx.addIssue({ code: 'custom', message: `invalid pattern "${value.slice(0, 80)}": it ${problem}` })
 })
 
+const ToolPattern = z.string().superRefine((value, ctx) => {
+  const problem = toolGlobError(value)
+  if (problem) ctx.addIssue({ code: 'custom', message: `invalid pattern "${value.slice(0, 80)}": it ${problem}` })
+})
+
 const Direction = z.enum(['send', 'receive'])
 const OnBreach = z.enum(['block', 'kill'])
 const PolicyMeta = {
@@ -224,7 +230,8 @@ export const ActionPolicyBody = z.strictObject({
 
 export const RatePolicyBody = z.strictObject({
   kind: z.literal('rate'),
-  direction: Direction,
+  /** `egress`: counts the agent's calls through `/llm`, `/mcp` and `/egress` upstreams. */
+  direction: z.enum(['send', 'receive', 'egress']),
   max_per_hour: z.number().int().min(1).max(1_000_000_000).optional(),
   max_per_day: z.number().int().min(1).max(1_000_000_000).optional(),
   on_breach: OnBreach,
@@ -246,8 +253,16 @@ export const DeadmanPolicyBody = z.strictObject({
   ...PolicyMeta,
 })
 
+/** Which MCP tools and HTTP endpoints an agent may call through the gateway. */
+export const ToolPolicyBody = z.strictObject({
+  kind: z.literal('tool'),
+  mode: z.enum(['allowlist', 'denylist']),
+  patterns: z.array(ToolPattern).min(1).max(256),
+  ...PolicyMeta,
+})
+
 /** Flat policy bodies (DESIGN §10), told apart by `kind`. */
-export const PolicyBody = z.discriminatedUnion('kind', [ActionPolicyBody, RatePolicyBody, CostPolicyBody, DeadmanPolicyBody])
+export const PolicyBody = z.discriminatedUnion('kind', [ActionPolicyBody, RatePolicyBody, CostPolicyBody, DeadmanPolicyBody, ToolPolicyBody])
 
 /** `PUT /v1/policies/defaults` and the `--policy-defaults` file: the whole default set. */
 export const DefaultPoliciesBody = z.strictObject({

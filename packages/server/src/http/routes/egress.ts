@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { z } from 'zod'
 import { assertActsFor, type Principal } from '../../core/auth/principal.js'
-import { egressCallView, type EgressService, type EgressUpstream } from '../../core/egress/egress-service.js'
+import { egressCallView, type EgressService, type LlmUpstream } from '../../core/egress/egress-service.js'
 import { OpenAiStreamReader, openAiUsage, shapeOpenAi, type OpenAiEndpoint } from '../../core/egress/openai.js'
 import { usageMicro, worstCaseMicro } from '../../core/egress/pricing.js'
 import { GatewayError, isGatewayError } from '../../core/errors.js'
@@ -42,7 +42,7 @@ export function egressRoutes(s: Services & { egress: EgressService }): Route[] {
       body: OpenAiBody,
       handler: async ({ params, body, principal, res, req, requestId }) => {
         try {
-          await forward(s.egress, principal, s.egress.upstream(principal, params['upstream'] as string), endpoint, path, body, res, req, requestId)
+          await forward(s.egress, principal, s.egress.upstream(principal, params['upstream'] as string, ['openai']), endpoint, path, body, res, req, requestId)
         } catch (error) {
           throw withType(error)
         }
@@ -60,7 +60,7 @@ export function egressRoutes(s: Services & { egress: EgressService }): Route[] {
       summary: 'The priced models of an upstream (the ones the gateway lets through)',
       handler: async ({ params, principal, res }) => {
         try {
-          const upstream = s.egress.upstream(principal, params['upstream'] as string)
+          const upstream = s.egress.upstream(principal, params['upstream'] as string, ['openai'])
           sendJson(res, 200, { object: 'list', data: [...upstream.models.keys()].map((id) => ({ id, object: 'model', created: 0, owned_by: upstream.id })) })
         } catch (error) {
           throw withType(error)
@@ -98,7 +98,7 @@ export function egressRoutes(s: Services & { egress: EgressService }): Route[] {
 async function forward(
   egress: EgressService,
   principal: Principal,
-  upstream: EgressUpstream,
+  upstream: LlmUpstream,
   endpoint: OpenAiEndpoint,
   path: string,
   input: Record<string, unknown>,
@@ -110,7 +110,7 @@ async function forward(
   const shaped = shapeOpenAi(endpoint, input, price.max_output_tokens)
   const payload = JSON.stringify(shaped.body)
   const reserved = worstCaseMicro(price, { bytes: Buffer.byteLength(payload), opaque: shaped.opaque_input }, shaped.output_cap, shaped.choices)
-  const call = await egress.admit(principal, { upstream: upstream.id, endpoint, model, reserved_micro: reserved, timeout_ms: upstream.timeout_ms })
+  const call = await egress.admit(principal, { kind: 'llm', upstream: upstream.id, endpoint, model, tool: null, reserved_micro: reserved, timeout_ms: upstream.timeout_ms })
 
   const controller = new AbortController()
   let stopped: 'killed' | 'timeout' | 'client' | null = null

@@ -291,6 +291,13 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   CREATE INDEX egress_calls_deadline ON egress_calls (deadline_at) WHERE state = 'open';
   CREATE INDEX egress_calls_agent ON egress_calls (address_id, seqno);
   `,
+  // Egress kinds (MCP, HTTP tools) and egress calls counted for `rate` policies (see the SQLite migration).
+  `
+  ALTER TABLE egress_calls ADD COLUMN kind text NOT NULL DEFAULT 'llm';
+  ALTER TABLE egress_calls ADD COLUMN tool text;
+  ALTER TABLE counters_day ADD COLUMN egress bigint NOT NULL DEFAULT 0;
+  ALTER TABLE counters_hour ADD COLUMN egress bigint NOT NULL DEFAULT 0;
+  `,
   // Sent/received of agents without rate or cost policies, by hour, one row per backend that
   // counted (shard = pg_backend_pid()): a backend runs one transaction at a time, so no two
   // concurrent accepts ever wait on the same counter row. Views sum these with counters_day /

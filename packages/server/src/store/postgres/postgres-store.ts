@@ -246,6 +246,8 @@ const zeroCounters = (now: number): AgentCounters => ({
   sent_day: 0,
   received_hour: 0,
   received_day: 0,
+  egress_hour: 0,
+  egress_day: 0,
   cost_day: 0,
 })
 
@@ -956,10 +958,11 @@ export class PostgresStore implements Store {
     now: number,
   ): Promise<Map<string, AgentCounters>> {
     const { day, hour } = windowOf(now)
-    type Row = { id: string; sd: number; rd: number; cd: number; sh: number; rh: number }
+    type Row = { id: string; sd: number; rd: number; ed: number; cd: number; sh: number; rh: number; eh: number }
     const rows = await query<Row>(
       `SELECT a.id, coalesce(d.sent, 0) + coalesce(s.sd, 0) AS sd, coalesce(d.received, 0) + coalesce(s.rd, 0) AS rd,
-         coalesce(d.cost_usd, 0) AS cd, coalesce(h.sent, 0) + coalesce(s.sh, 0) AS sh, coalesce(h.received, 0) + coalesce(s.rh, 0) AS rh
+         coalesce(d.egress, 0) AS ed, coalesce(d.cost_usd, 0) AS cd, coalesce(h.sent, 0) + coalesce(s.sh, 0) AS sh,
+         coalesce(h.received, 0) + coalesce(s.rh, 0) AS rh, coalesce(h.egress, 0) AS eh
        FROM unnest($1::text[]) AS a(id)
        LEFT JOIN counters_day d ON d.address_id = a.id AND d.day = $2
        LEFT JOIN counters_hour h ON h.address_id = a.id AND h.hour = $3
@@ -969,7 +972,20 @@ export class PostgresStore implements Store {
       [addressIds, day, hour],
     )
     return new Map(
-      rows.map((r) => [r.id, { day, hour, sent_hour: r.sh, sent_day: r.sd, received_hour: r.rh, received_day: r.rd, cost_day: r.cd }]),
+      rows.map((r) => [
+        r.id,
+        {
+          day,
+          hour,
+          sent_hour: r.sh,
+          sent_day: r.sd,
+          received_hour: r.rh,
+          received_day: r.rd,
+          egress_hour: r.eh,
+          egress_day: r.ed,
+          cost_day: r.cd,
+        },
+      ]),
     )
   }
 
@@ -1892,10 +1908,19 @@ export class PostgresStore implements Store {
               [id, call.day],
             ))?.n ?? 0)
       input.decide({ agent, policies, counters, reserved_micro: Number(reserved) })
+      const { day, hour } = windowOf(input.now)
+      // One statement: the call's row and its count for egress `rate` policies.
       await tx.run(
-        `INSERT INTO egress_calls (call_id, address_id, upstream, endpoint, model, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, 'open', NULL, NULL, NULL, $8, $9, NULL)`,
-        [call.call_id, id, call.upstream, call.endpoint, call.model, call.day, call.reserved_micro, call.started_at, call.deadline_at],
+        `WITH c AS (
+           INSERT INTO egress_calls (call_id, address_id, upstream, kind, endpoint, model, tool, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
+           VALUES ($1, $2, $3, $10, $4, $5, $11, $6, $7, NULL, 'open', NULL, NULL, NULL, $8, $9, NULL)
+         ), d AS (
+           INSERT INTO counters_day (address_id, day, egress) VALUES ($2, $12, 1)
+           ON CONFLICT (address_id, day) DO UPDATE SET egress = counters_day.egress + 1
+         )
+         INSERT INTO counters_hour (address_id, hour, egress) VALUES ($2, $13, 1)
+         ON CONFLICT (address_id, hour) DO UPDATE SET egress = counters_hour.egress + 1`,
+        [call.call_id, id, call.upstream, call.endpoint, call.model, call.day, call.reserved_micro, call.started_at, call.deadline_at, call.kind, call.tool, day, hour],
       )
       return call
     })
