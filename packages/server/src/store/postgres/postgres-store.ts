@@ -1023,22 +1023,27 @@ export class PostgresStore implements Store {
 
   async claimDeliveries(input: ClaimInput): Promise<ClaimResult> {
     return this.#tx(async (tx) => {
-      await this.#gateById(tx, input.address_id, false)
-      const recipient = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1', [input.address_id])
-      if (!recipient) throw new GatewayError('not_found', 'agent not found')
-      // Its own statement after the gate: a quarantine that committed while this
-      // transaction waited is seen; one that starts now waits for this transaction (and then
-      // requeues whatever this claim leases).
-      input.decide(recipient, await this.#quarantine(tx, input.address_id, input.instance_id))
-      // One claim at a time per (address, instance), so max_in_flight holds across replicas.
-      await tx.run('SELECT pg_advisory_xact_lock($1::int, hashtext($2))', [LOCK_CLASS + LOCK_CLAIM, `${input.address_id}\n${input.instance_id}`])
-      const inFlight =
-        (
-          await tx.one<{ n: number }>(
-            `SELECT count(*) AS n FROM intents WHERE to_address_id = $1 AND delivery_state = 'leased' AND lease_instance = $2`,
-            [input.address_id, input.instance_id],
-          )
-        )?.n ?? 0
+      // The agent's gate (shared), then the claim lock: one claim at a time per (address,
+      // instance), so max_in_flight holds across replicas.
+      await tx.run('SELECT pg_advisory_xact_lock_shared($1::int, hashtext(address)), pg_advisory_xact_lock($3::int, hashtext($4)) FROM agents WHERE address_id = $2', [
+        LOCK_AGENT,
+        input.address_id,
+        LOCK_CLASS + LOCK_CLAIM,
+        `${input.address_id}\n${input.instance_id}`,
+      ])
+      // One statement after both: the agent, the instance's quarantine (one that committed while
+      // this transaction waited is seen; one that starts now waits for this transaction, then
+      // requeues whatever this claim leases) and what the instance holds.
+      type Read = AgentRow & { _quarantine: InstanceQuarantineRow | null; _in_flight: number }
+      const read = await tx.one<Read>(
+        `SELECT a.*, (SELECT row_to_json(q) FROM instance_quarantines q WHERE q.address_id = a.address_id AND q.instance_id = $2) AS _quarantine,
+           (SELECT count(*) FROM intents WHERE to_address_id = a.address_id AND delivery_state = 'leased' AND lease_instance = $2) AS _in_flight
+         FROM agents a WHERE a.address_id = $1`,
+        [input.address_id, input.instance_id],
+      )
+      if (!read) throw new GatewayError('not_found', 'agent not found')
+      const { _quarantine: quarantine, _in_flight: inFlight, ...recipient } = read
+      input.decide(recipient, quarantine)
       const room = Math.min(input.max_in_flight - inFlight, input.max_batch)
       if (room <= 0) return { deliveries: [], has_room: false, next_due_at: null }
       // Competing consumers skip each other's rows. The sender filter is the store half of
@@ -1068,12 +1073,14 @@ export class PostgresStore implements Store {
       }
       const ready = candidates.filter((c) => !busy.has(c.from_agent) || c.delivery_attempt > 0)
       // One statement after the sender gates, so its snapshot sees every kill that committed
-      // before them: re-checks the senders, then numbers what is left from the per-address
-      // counter row (locked until commit: seqs are commit-ordered, DESIGN §11) and leases it.
+      // before them: re-checks the senders, numbers what is left from the per-address counter
+      // row (locked until commit: seqs are commit-ordered, DESIGN §11), leases it, writes the
+      // delivery events (details as JSON.stringify writes them) and reads when more is due.
+      type Leased = IntentRow & { _next_due: number | null }
       const leased =
         ready.length === 0
           ? []
-          : await tx.rows<IntentRow>(
+          : await tx.rows<Leased>(
               `WITH ok AS (
                  SELECT i.intent_id, row_number() OVER (ORDER BY v.k) AS k
                  FROM unnest($1::text[]) WITH ORDINALITY AS v(intent_id, k) JOIN intents i ON i.intent_id = v.intent_id
@@ -1082,35 +1089,33 @@ export class PostgresStore implements Store {
                n AS (SELECT count(*)::bigint AS c FROM ok),
                s AS (
                  INSERT INTO address_seq (address_id, last_seq) SELECT $2, c FROM n WHERE c > 0
-                 ON CONFLICT (address_id) DO UPDATE SET last_seq = address_seq.last_seq + excluded.last_seq RETURNING last_seq)
-               UPDATE intents i SET status = 'DELIVERED', delivery_state = 'leased', delivery_attempt = i.delivery_attempt + 1,
-                 delivery_seq = s.last_seq - n.c + ok.k, lease_instance = $3, lease_expires_at = $4, lease_ms = $5,
-                 updated_at = $6, last_event_seq = i.last_event_seq + 1
-               FROM ok, n, s WHERE i.intent_id = ok.intent_id RETURNING i.*`,
+                 ON CONFLICT (address_id) DO UPDATE SET last_seq = address_seq.last_seq + excluded.last_seq RETURNING last_seq),
+               u AS (
+                 UPDATE intents i SET status = 'DELIVERED', delivery_state = 'leased', delivery_attempt = i.delivery_attempt + 1,
+                   delivery_seq = s.last_seq - n.c + ok.k, lease_instance = $3, lease_expires_at = $4, lease_ms = $5,
+                   updated_at = $6, last_event_seq = i.last_event_seq + 1
+                 FROM ok, n, s WHERE i.intent_id = ok.intent_id RETURNING i.*),
+               e AS (
+                 INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
+                 SELECT intent_id, last_event_seq, CASE WHEN delivery_attempt > 1 THEN 'intent.redelivered' ELSE 'intent.delivered' END,
+                   'DELIVERED', 'system', $6,
+                   '{"instance_id":' || to_json($3::text)::text || ',"delivery_seq":' || delivery_seq || ',"delivery_attempt":' || delivery_attempt || '}'
+                 FROM u)
+               SELECT u.*, (SELECT min(available_at) FROM intents q
+                 WHERE q.to_address_id = $2 AND q.delivery_state = 'queued' AND q.available_at > $6) AS _next_due
+               FROM u ORDER BY u.delivery_seq`,
               [ready.map((c) => c.intent_id), input.address_id, input.instance_id, input.now + input.lease_ms, input.lease_ms, input.now],
             )
-      leased.sort((a, b) => (a.delivery_seq ?? 0) - (b.delivery_seq ?? 0))
-      const events = new EventBatch()
       const deliveries: Delivery[] = []
-      for (const row of leased) {
-        const seq = row.delivery_seq as number
-        const eventType = row.delivery_attempt > 1 ? 'intent.redelivered' : 'intent.delivered'
-        events.add({
-          intent_id: row.intent_id,
-          seq: row.last_event_seq,
-          event_type: eventType,
-          status: 'DELIVERED',
-          actor: 'system',
-          at: input.now,
-          details: JSON.stringify({ instance_id: input.instance_id, delivery_seq: seq, delivery_attempt: row.delivery_attempt }),
-        })
+      let nextDue: number | null | undefined
+      for (const { _next_due, ...row } of leased) {
+        nextDue = _next_due
         tx.changes.push({ type: 'intent.event', intent_id: row.intent_id })
-        deliveries.push({ intent: row, seq, event_type: eventType })
+        deliveries.push({ intent: row, seq: row.delivery_seq as number, event_type: row.delivery_attempt > 1 ? 'intent.redelivered' : 'intent.delivered' })
       }
-      await events.write(tx)
       const hasRoom = inFlight + deliveries.length < input.max_in_flight
       // During a paced resume more held work becomes due later: tell the stream when.
-      const due = hasRoom ? await this.#nextDue(tx, input) : null
+      const due = !hasRoom ? null : nextDue !== undefined ? nextDue : await this.#nextDue(tx, input)
       const retry = busy.size > 0 ? input.now + BUSY_SENDER_RETRY_MS : null
       return { deliveries, has_room: hasRoom, next_due_at: due === null ? retry : retry === null ? due : Math.min(due, retry) }
     })
@@ -1142,31 +1147,40 @@ export class PostgresStore implements Store {
       // A completion may send to reply_to, which may be a new agent (fleet lock before gates).
       if (ids.reply_to !== null && !this.#known.has(ids.reply_to)) await this.#fleetShared(tx)
       await this.#gate(tx, [ids.from_agent, ids.to_agent], new Set(tx.lockForCost ? [ids.to_agent] : []))
-      // Agent rows (read after the gate) before the intent row (the global lock order). The
-      // recipient's row is locked, for update, only on the rerun after a cost ceiling asked to kill it.
-      const agents = new Map<string, AgentRow>()
-      for (const row of await tx.rows<AgentRow>('SELECT * FROM agents WHERE address_id = ANY($1::text[])', [
-        [ids.from_address_id, ids.to_address_id],
-      ])) {
-        agents.set(row.address_id, row)
-      }
+      // In one statement after the gate: the intent row locked (after the agent rows in the
+      // global lock order: those are not locked here, the gate orders their writers), both
+      // agent rows and the resolving instance's quarantine, all as of after the gate.
+      type Read = IntentRow & { _sender: AgentRow | null; _recipient: AgentRow | null; _quarantine: InstanceQuarantineRow | null }
+      const read = await tx.one<Read>(
+        `SELECT i.*, (SELECT row_to_json(a) FROM agents a WHERE a.address_id = i.from_address_id) AS _sender,
+           (SELECT row_to_json(a) FROM agents a WHERE a.address_id = i.to_address_id) AS _recipient,
+           (SELECT row_to_json(q) FROM instance_quarantines q WHERE q.address_id = i.to_address_id AND q.instance_id = $2) AS _quarantine
+         FROM intents i WHERE i.intent_id = $1 FOR UPDATE OF i`,
+        [input.intent_id, input.instance_id ?? null],
+      )
+      if (!read) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
+      const { _sender: sender, _quarantine: quarantine, ...intent } = read
+      let recipient = read._recipient as AgentRow
+      // The recipient's row is locked, for update, only on the rerun after a cost ceiling asked to kill it.
       if (tx.lockForCost) {
-        const locked = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [ids.to_address_id])
-        if (locked) agents.set(locked.address_id, locked)
+        recipient = (await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [intent.to_address_id])) ?? recipient
       }
-      const intent = await tx.one<IntentRow>('SELECT * FROM intents WHERE intent_id = $1 FOR UPDATE', [input.intent_id])
-      if (!intent) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
-      const recipient = agents.get(intent.to_address_id) as AgentRow
-      const sender = agents.get(intent.from_address_id) as AgentRow
-      const instanceId = input.instance_id ?? null
-      const quarantine = instanceId === null ? null : await this.#quarantine(tx, intent.to_address_id, instanceId)
-      const change = input.decide({ intent, recipient, sender, quarantine })
-      await tx.run(
-        `UPDATE intents SET status = $2, delivery_state = $3, lease_expires_at = $4,
-           lease_instance = CASE WHEN $3 = 'leased' THEN lease_instance ELSE NULL END,
-           result = coalesce($5, result), error = coalesce($6, error), cost_usd = coalesce($7, cost_usd),
-           updated_at = $8
-         WHERE intent_id = $1`,
+      delete (intent as Partial<Read>)._recipient
+      const change = input.decide({ intent, recipient, sender: sender as AgentRow, quarantine })
+      // The update, its event (numbered from the row) and the row as it is now, in one statement.
+      const withEvent = change.event_type ? 1 : 0
+      const details = change.event_details ? JSON.stringify(change.event_details) : null
+      const written = (await tx.one<IntentRow>(
+        `WITH u AS (
+           UPDATE intents SET status = $2, delivery_state = $3, lease_expires_at = $4,
+             lease_instance = CASE WHEN $3 = 'leased' THEN lease_instance ELSE NULL END,
+             result = coalesce($5, result), error = coalesce($6, error), cost_usd = coalesce($7, cost_usd),
+             updated_at = $8, last_event_seq = last_event_seq + $9
+           WHERE intent_id = $1 RETURNING *),
+         e AS (
+           INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
+           SELECT intent_id, last_event_seq, $10, $2, $11, $8, $12 FROM u WHERE $9 = 1)
+         SELECT * FROM u`,
         [
           intent.intent_id,
           change.status,
@@ -1176,23 +1190,23 @@ export class PostgresStore implements Store {
           change.error ?? null,
           change.cost_usd ?? null,
           input.now,
+          withEvent,
+          change.event_type ?? null,
+          input.actor,
+          details,
         ],
-      )
+      )) as IntentRow
       let event: IntentEventRow | null = null
       if (change.event_type) {
-        const seq = await this.#bumpEventSeq(tx, intent.intent_id)
         event = {
           intent_id: intent.intent_id,
-          seq,
+          seq: written.last_event_seq,
           event_type: change.event_type,
           status: change.status,
           actor: input.actor,
           at: input.now,
-          details: change.event_details ? JSON.stringify(change.event_details) : null,
+          details,
         }
-        const batch = new EventBatch()
-        batch.add(event)
-        await batch.write(tx)
         tx.changes.push({ type: 'intent.event', intent_id: intent.intent_id })
       }
       if (intent.delivery_state === 'leased' && change.delivery_state !== 'leased' && intent.lease_instance) {
@@ -1229,8 +1243,7 @@ export class PostgresStore implements Store {
           followUp = { accepted: false, error }
         }
       }
-      const updated = (await tx.one<IntentRow>('SELECT * FROM intents WHERE intent_id = $1', [intent.intent_id])) as IntentRow
-      return { intent: updated, event, follow_up: followUp }
+      return { intent: written, event, follow_up: followUp }
     })
   }
 
