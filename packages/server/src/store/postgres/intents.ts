@@ -1,0 +1,368 @@
+/** PostgreSQL engine: intents: accept (policies, counters, idempotency), resolve, time-outs and purge. */
+import { GatewayError } from '../../core/errors.js'
+import {
+  type AcceptDecision,
+  type AcceptIntentInput,
+  type AcceptIntentResult,
+  type AgentCounters,
+  type AgentRow,
+  DEFAULT_POLICY_OWNER,
+  type InstanceQuarantineRow,
+  type IntentEventRow,
+  type IntentListQuery,
+  type IntentRow,
+  type IntentUpdateInput,
+  type IntentUpdateResult,
+  type NewIntent,
+  type Parties,
+  type PolicyRow,
+} from '../store.js'
+import { isConnectionError, isRetryableConflict } from './postgres-errors.js'
+import { EFFECTIVE_POLICIES, ensureAgents, fleetShared, gate } from './agents.js'
+import { applyCost, countersForDecision, countsCounters, foldShards, shardUpsert, zeroCounters } from './counters.js'
+import { readQuarantine } from './kill.js'
+import { queueMeshEvent } from './audit.js'
+import { EventBatch, type PgDb, type Tx, windowOf } from './tx.js'
+
+export async function acceptIntent(db: PgDb, input: AcceptIntentInput): Promise<AcceptIntentResult> {
+  return db.tx(async (tx) => {
+    const { intent, now } = input
+    if (!db.known.has(intent.from_agent) || !db.known.has(intent.to_agent)) await fleetShared(db, tx)
+    await gate(db, tx, [intent.from_agent, intent.to_agent])
+    const agents = await ensureAgents(db, tx, [intent.from_agent, intent.to_agent], now, [intent.from_agent])
+    const from = agents.get(intent.from_agent) as AgentRow
+    const to = agents.get(intent.to_agent) as AgentRow
+    if (input.idempotency) {
+      // Claiming the key first makes a concurrent request with the same key wait for this
+      // transaction, then replay its intent (or take the key over if this one rolled back).
+      const claimed = await tx.run(
+        `INSERT INTO idempotency_keys (from_address_id, idem_key, request_hash, intent_id, created_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`,
+        [from.address_id, input.idempotency.key, input.idempotency.request_hash, intent.intent_id, now],
+      )
+      if (claimed === 0) {
+        const prior = await tx.one<{ request_hash: string; intent_id: string }>(
+          'SELECT request_hash, intent_id FROM idempotency_keys WHERE from_address_id = $1 AND idem_key = $2',
+          [from.address_id, input.idempotency.key],
+        )
+        if (prior) {
+          if (prior.request_hash !== input.idempotency.request_hash) input.onIdempotencyMismatch()
+          const original = await tx.one<IntentRow>('SELECT * FROM intents WHERE intent_id = $1', [prior.intent_id])
+          if (original) return { intent: original, replayed: true }
+        }
+        // The original intent was purged: the key now names the new one.
+        await tx.run(
+          `UPDATE idempotency_keys SET request_hash = $3, intent_id = $4, created_at = $5
+           WHERE from_address_id = $1 AND idem_key = $2`,
+          [from.address_id, input.idempotency.key, input.idempotency.request_hash, intent.intent_id, now],
+        )
+      }
+    }
+    // Read after the shared gate: a quarantine of the sending instance either committed before
+    // (seen here) or waits for this transaction (its exclusive gate).
+    const fromInstance = input.from_instance ?? null
+    const fromQuarantine = fromInstance === null ? null : await readQuarantine(db, tx, from.address_id, fromInstance)
+    const row = await acceptLocked(db, tx, from, to, intent, input.actor, now, input.decide, fromQuarantine)
+    return { intent: row, replayed: false }
+  })
+}
+
+/** With both agents gated: policies, counters, core's decision, then the writes. */
+export async function acceptLocked(
+  db: PgDb,
+  tx: Tx,
+  from: AgentRow,
+  to: AgentRow,
+  intent: NewIntent,
+  actor: string,
+  now: number,
+  decide: AcceptDecision,
+  fromQuarantine: InstanceQuarantineRow | null = null,
+): Promise<IntentRow> {
+  const withPolicies = [from, to].filter((a) => a.policy_version !== 0).map((a) => a.address_id)
+  const policies =
+    withPolicies.length === 0
+      ? []
+      : await tx.rows<PolicyRow>(EFFECTIVE_POLICIES, [withPolicies])
+  const fromPolicies =
+    from.policy_version === 0 ? [] : policies.filter((p) => p.address_id === from.address_id || p.address_id === DEFAULT_POLICY_OWNER)
+  const toPolicies = to.policy_version === 0 ? [] : policies.filter((p) => p.address_id === to.address_id || p.address_id === DEFAULT_POLICY_OWNER)
+  // Only a party with a rate or cost policy is decided on its counters: those are locked and
+  // read exactly, and incremented under the lock; the others are counted without any lock.
+  const counted = new Set<string>()
+  if (fromPolicies.some(countsCounters)) counted.add(from.address_id)
+  if (toPolicies.some(countsCounters)) counted.add(to.address_id)
+  const counters = counted.size === 0 ? new Map<string, AgentCounters>() : await countersForDecision(db, tx, [...counted], [...counted], now)
+  const parties: Parties = {
+    from,
+    to,
+    from_quarantine: fromQuarantine,
+    from_policies: fromPolicies,
+    to_policies: toPolicies,
+    from_counters: counters.get(from.address_id) ?? zeroCounters(now),
+    to_counters: counters.get(to.address_id) ?? zeroCounters(now),
+  }
+  for (const event of decide(parties) ?? []) queueMeshEvent(db, tx, event)
+  const delta = new Map<string, { sent: number; received: number }>()
+  const bump = (id: string, sent: number, received: number): void => {
+    const d = delta.get(id) ?? { sent: 0, received: 0 }
+    delta.set(id, { sent: d.sent + sent, received: d.received + received })
+  }
+  bump(from.address_id, 1, 0)
+  bump(to.address_id, 0, 1)
+  const { day, hour } = windowOf(now)
+  const locked = [...delta.keys()].filter((id) => counted.has(id)).sort()
+  const sharded = [...delta.keys()].filter((id) => !counted.has(id)).sort()
+  const col = (ids: string[], k: 'sent' | 'received'): number[] => ids.map((id) => delta.get(id)?.[k] ?? 0)
+  // The intent, its first two events and the unlocked counts in one statement.
+  const row = (await tx.one<IntentRow>(
+    `WITH i AS (
+       INSERT INTO intents (intent_id, intent_type, from_address_id, to_address_id, from_agent, to_agent, payload, correlation_id,
+         reply_to, deadline_at, max_delivery_attempts, status, delivery_state, available_at, created_at, updated_at, trace_id, last_event_seq)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'SUBMITTED', 'queued', $12, $12, $12, $13, 2) RETURNING *),
+     e AS (
+       INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
+       VALUES ($1, 1, 'intent.created', 'SUBMITTED', $14, $12, NULL), ($1, 2, 'intent.submitted', 'SUBMITTED', $14, $12, NULL)),
+     c AS (${shardUpsert(15)})
+     SELECT * FROM i`,
+    [
+      intent.intent_id,
+      intent.intent_type,
+      from.address_id,
+      to.address_id,
+      intent.from_agent,
+      intent.to_agent,
+      intent.payload,
+      intent.correlation_id,
+      intent.reply_to,
+      intent.deadline_at,
+      intent.max_delivery_attempts,
+      now,
+      intent.trace_id,
+      actor,
+      sharded,
+      hour,
+      col(sharded, 'sent'),
+      col(sharded, 'received'),
+    ],
+  )) as IntentRow
+  if (locked.length > 0) {
+    // Counted last (day rows, then hour rows, by address_id: the order every counter writer
+    // uses), under the locks #countersForDecision took.
+    const sent = col(locked, 'sent')
+    const received = col(locked, 'received')
+    await tx.run(
+      `INSERT INTO counters_day (address_id, day, sent, received)
+       SELECT a, $2::text, s, r FROM unnest($1::text[], $3::bigint[], $4::bigint[]) AS v(a, s, r)
+       ON CONFLICT (address_id, day) DO UPDATE SET sent = counters_day.sent + excluded.sent,
+         received = counters_day.received + excluded.received`,
+      [locked, day, sent, received],
+    )
+    await tx.run(
+      `INSERT INTO counters_hour (address_id, hour, sent, received)
+       SELECT a, $2::text, s, r FROM unnest($1::text[], $3::bigint[], $4::bigint[]) AS v(a, s, r)
+       ON CONFLICT (address_id, hour) DO UPDATE SET sent = counters_hour.sent + excluded.sent,
+         received = counters_hour.received + excluded.received`,
+      [locked, hour, sent, received],
+    )
+  }
+  tx.changes.push({ type: 'intent.available', address_id: to.address_id })
+  return row
+}
+
+export async function getIntent(db: PgDb, intentId: string): Promise<IntentRow | undefined> {
+  return db.readOne<IntentRow>('SELECT * FROM intents WHERE intent_id = $1', [intentId])
+}
+
+export async function listIntentEvents(db: PgDb, intentId: string, since: number, limit: number): Promise<IntentEventRow[]> {
+  return db.read<IntentEventRow>(
+    'SELECT * FROM intent_events WHERE intent_id = $1 AND seq > $2 ORDER BY seq LIMIT $3',
+    [intentId, since, limit],
+  )
+}
+
+export async function listIntents(db: PgDb, query: IntentListQuery): Promise<IntentRow[]> {
+  const where: string[] = []
+  const params: unknown[] = [query.address_id]
+  if (query.direction === 'sent') where.push('from_address_id = $1')
+  else if (query.direction === 'received') where.push('to_address_id = $1')
+  else where.push('(from_address_id = $1 OR to_address_id = $1)')
+  if (query.status) {
+    params.push(query.status)
+    where.push(`status = $${params.length}`)
+  }
+  if (query.after) {
+    params.push(query.after)
+    where.push(`seqno < coalesce((SELECT seqno FROM intents WHERE intent_id = $${params.length}), 0)`)
+  }
+  params.push(query.limit)
+  return db.read<IntentRow>(
+    `SELECT * FROM intents WHERE ${where.join(' AND ')} ORDER BY seqno DESC LIMIT $${params.length}`,
+    params,
+  )
+}
+
+export async function updateIntent(db: PgDb, input: IntentUpdateInput): Promise<IntentUpdateResult> {
+  return db.tx(async (tx) => {
+    const ids = await tx.one<{ from_address_id: string; to_address_id: string; from_agent: string; to_agent: string; reply_to: string | null }>(
+      'SELECT from_address_id, to_address_id, from_agent, to_agent, reply_to FROM intents WHERE intent_id = $1',
+      [input.intent_id],
+    )
+    if (!ids) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
+    // A completion may send to reply_to, which may be a new agent (fleet lock before gates).
+    if (ids.reply_to !== null && !db.known.has(ids.reply_to)) await fleetShared(db, tx)
+    await gate(db, tx, [ids.from_agent, ids.to_agent], new Set(tx.lockForCost ? [ids.to_agent] : []))
+    // In one statement after the gate: the intent row locked (after the agent rows in the
+    // global lock order: those are not locked here, the gate orders their writers), both
+    // agent rows and the resolving instance's quarantine, all as of after the gate.
+    type Read = IntentRow & { _sender: AgentRow | null; _recipient: AgentRow | null; _quarantine: InstanceQuarantineRow | null }
+    const read = await tx.one<Read>(
+      `SELECT i.*, (SELECT row_to_json(a) FROM agents a WHERE a.address_id = i.from_address_id) AS _sender,
+         (SELECT row_to_json(a) FROM agents a WHERE a.address_id = i.to_address_id) AS _recipient,
+         (SELECT row_to_json(q) FROM instance_quarantines q WHERE q.address_id = i.to_address_id AND q.instance_id = $2) AS _quarantine
+       FROM intents i WHERE i.intent_id = $1 FOR UPDATE OF i`,
+      [input.intent_id, input.instance_id ?? null],
+    )
+    if (!read) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
+    const { _sender: sender, _quarantine: quarantine, ...intent } = read
+    let recipient = read._recipient as AgentRow
+    // The recipient's row is locked, for update, only on the rerun after a cost ceiling asked to kill it.
+    if (tx.lockForCost) {
+      recipient = (await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [intent.to_address_id])) ?? recipient
+    }
+    delete (intent as Partial<Read>)._recipient
+    const change = input.decide({ intent, recipient, sender: sender as AgentRow, quarantine })
+    // The update, its event (numbered from the row) and the row as it is now, in one statement.
+    const withEvent = change.event_type ? 1 : 0
+    const details = change.event_details ? JSON.stringify(change.event_details) : null
+    const written = (await tx.one<IntentRow>(
+      `WITH u AS (
+         UPDATE intents SET status = $2, delivery_state = $3, lease_expires_at = $4,
+           lease_instance = CASE WHEN $3 = 'leased' THEN lease_instance ELSE NULL END,
+           result = coalesce($5, result), error = coalesce($6, error), cost_usd = coalesce($7, cost_usd),
+           updated_at = $8, last_event_seq = last_event_seq + $9
+         WHERE intent_id = $1 RETURNING *),
+       e AS (
+         INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
+         SELECT intent_id, last_event_seq, $10, $2, $11, $8, $12 FROM u WHERE $9 = 1)
+       SELECT * FROM u`,
+      [
+        intent.intent_id,
+        change.status,
+        change.delivery_state,
+        change.lease_expires_at,
+        change.result ?? null,
+        change.error ?? null,
+        change.cost_usd ?? null,
+        input.now,
+        withEvent,
+        change.event_type ?? null,
+        input.actor,
+        details,
+      ],
+    )) as IntentRow
+    let event: IntentEventRow | null = null
+    if (change.event_type) {
+      event = {
+        intent_id: intent.intent_id,
+        seq: written.last_event_seq,
+        event_type: change.event_type,
+        status: change.status,
+        actor: input.actor,
+        at: input.now,
+        details,
+      }
+      tx.changes.push({ type: 'intent.event', intent_id: intent.intent_id })
+    }
+    if (intent.delivery_state === 'leased' && change.delivery_state !== 'leased' && intent.lease_instance) {
+      tx.changes.push({ type: 'slot.freed', address_id: intent.to_address_id, instance_id: intent.lease_instance })
+    }
+    if (change.cost_usd && change.cost_usd > 0 && input.cost_rule) {
+      await applyCost(db, tx, recipient, change.cost_usd, input.now, input.cost_rule, tx.lockForCost)
+    }
+    let followUp: IntentUpdateResult['follow_up'] = null
+    if (change.follow_up) {
+      const { intent: next, decide } = change.follow_up
+      // A rejected follow-up (e.g. reply_to agent killed) must not undo the resolve: savepoint.
+      const mark = tx.changes.length
+      await tx.run('SAVEPOINT follow_up')
+      try {
+        await gate(db, tx, [next.from_agent, next.to_agent])
+        const parties = await ensureAgents(db, tx, [next.from_agent, next.to_agent], input.now)
+        const row = await acceptLocked(db, 
+          tx,
+          parties.get(next.from_agent) as AgentRow,
+          parties.get(next.to_agent) as AgentRow,
+          next,
+          input.actor,
+          input.now,
+          decide,
+        )
+        await tx.run('RELEASE SAVEPOINT follow_up')
+        followUp = { accepted: true, intent: row }
+      } catch (error) {
+        // The database failing is the whole transaction's failure, not the follow-up's.
+        if (isConnectionError(error) || isRetryableConflict(error)) throw error
+        await tx.run('ROLLBACK TO SAVEPOINT follow_up')
+        tx.changes.length = mark
+        followUp = { accepted: false, error }
+      }
+    }
+    return { intent: written, event, follow_up: followUp }
+  })
+}
+
+export async function bumpEventSeq(db: PgDb, tx: Tx, intentId: string): Promise<number> {
+  const row = await tx.one<{ last_event_seq: number }>(
+    'UPDATE intents SET last_event_seq = last_event_seq + 1 WHERE intent_id = $1 RETURNING last_event_seq',
+    [intentId],
+  )
+  return (row as { last_event_seq: number }).last_event_seq
+}
+
+export async function timeOutIntents(db: PgDb, now: number, limit: number): Promise<number> {
+  return db.tx(async (tx) => {
+    type Due = { intent_id: string; to_address_id: string; lease_instance: string | null; delivery_state: string }
+    const rows = await tx.rows<Due>(
+      `SELECT intent_id, to_address_id, lease_instance, delivery_state FROM intents
+       WHERE deadline_at IS NOT NULL AND deadline_at <= $1 AND delivery_state <> 'done'
+       ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED`,
+      [now, limit],
+    )
+    if (rows.length === 0) return 0
+    const updated = await tx.rows<{ intent_id: string; last_event_seq: number }>(
+      `UPDATE intents SET status = 'TIMED_OUT', delivery_state = 'done', lease_instance = NULL, lease_expires_at = NULL,
+         updated_at = $2, last_event_seq = last_event_seq + 1 WHERE intent_id = ANY($1::text[]) RETURNING intent_id, last_event_seq`,
+      [rows.map((r) => r.intent_id), now],
+    )
+    const events = new EventBatch()
+    for (const u of updated) {
+      events.add({ intent_id: u.intent_id, seq: u.last_event_seq, event_type: 'intent.timed_out', status: 'TIMED_OUT', actor: 'system', at: now, details: null })
+    }
+    await events.write(tx)
+    for (const row of rows) {
+      tx.changes.push({ type: 'intent.event', intent_id: row.intent_id })
+      if (row.delivery_state === 'leased' && row.lease_instance) {
+        tx.changes.push({ type: 'slot.freed', address_id: row.to_address_id, instance_id: row.lease_instance })
+      }
+    }
+    return rows.length
+  })
+}
+
+export async function purge(db: PgDb, before: number, idempotencyBefore: number, limit: number): Promise<number> {
+  return db.tx(async (tx) => {
+    const ids = await tx.rows<{ intent_id: string }>(
+      `DELETE FROM intents WHERE seqno IN (
+         SELECT seqno FROM intents WHERE delivery_state = 'done' AND updated_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+       RETURNING intent_id`,
+      [before, limit],
+    )
+    if (ids.length > 0) {
+      await tx.run('DELETE FROM intent_events WHERE intent_id = ANY($1::text[])', [ids.map((r) => r.intent_id)])
+    }
+    await tx.run('DELETE FROM idempotency_keys WHERE created_at < $1', [idempotencyBefore])
+    await foldShards(db, tx, limit)
+    return ids.length
+  })
+}
