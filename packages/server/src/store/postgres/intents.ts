@@ -22,9 +22,25 @@ import { EFFECTIVE_POLICIES, ensureAgents, fleetShared, gate } from './agents.js
 import { applyCost, countersForDecision, countsCounters, foldShards, shardUpsert, zeroCounters } from './counters.js'
 import { readQuarantine } from './kill.js'
 import { queueMeshEvent } from './audit.js'
-import { EventBatch, type PgDb, type Tx, windowOf } from './tx.js'
+import { EventBatch, type Pending, type PgDb, type Tx, windowOf } from './tx.js'
 
+/**
+ * Accepts are group-committed (see acceptBatch), except those with an idempotency key: claiming
+ * the key makes a concurrent request with the same key wait for this transaction, which a batch
+ * would make wait for all of its accepts.
+ */
 export async function acceptIntent(db: PgDb, input: AcceptIntentInput): Promise<AcceptIntentResult> {
+  const { from_agent: from, to_agent: to } = input.intent
+  // A first send between agents this replica has not seen yet may create their rows, which a
+  // refused accept must not leave behind: alone, as must an accept with an idempotency key.
+  if (input.idempotency || !db.known.has(from) || !db.known.has(to) || db.policied.has(from) || db.policied.has(to)) {
+    return acceptOne(db, input)
+  }
+  return db.accepts.submit(input)
+}
+
+/** One accept in its own transaction. */
+export async function acceptOne(db: PgDb, input: AcceptIntentInput): Promise<AcceptIntentResult> {
   return db.tx(async (tx) => {
     const { intent, now } = input
     if (!db.known.has(intent.from_agent) || !db.known.has(intent.to_agent)) await fleetShared(db, tx)
@@ -365,4 +381,147 @@ export async function purge(db: PgDb, before: number, idempotencyBefore: number,
     await foldShards(db, tx, limit)
     return ids.length
   })
+}
+
+/**
+ * Group commit of accepts (as the SQLite engine does): the accepts that arrived together share
+ * one transaction and a handful of statements — every party's gate (shared, in address order,
+ * one statement), their rows and the sending instances' quarantines read after the gates, core's
+ * decision per accept, then one statement for all the intents, their events and their counts.
+ * Every caller is answered after the commit: an accepted intent is never acknowledged before it
+ * is durable. A refused accept (its decision threw) is answered with its error and written
+ * nothing; the others are unaffected.
+ *
+ * The kill ordering is the single accept's: a kill of any party waits, at its exclusive gate,
+ * for the whole batch to commit, and a batch that takes its gates after a kill committed reads
+ * the killed row and refuses that party's intents. So no intent of a batch that commits after a
+ * kill returned is accepted from or to the killed agent, and none answered before is lost.
+ *
+ * An accept with a party that has policies (policy_version ≠ 0) runs alone afterwards (acceptOne):
+ * its counters are locked for its decision, which a batch should not hold for the others.
+ */
+export async function acceptBatch(db: PgDb, batch: Pending<AcceptIntentInput, AcceptIntentResult>[]): Promise<void> {
+  type Outcome = { ok: true; row: IntentRow } | { ok: false; error: unknown } | { ok: 'alone' }
+  const outcomes = await db.tx(async (tx) => {
+    const out = new Map<Pending<AcceptIntentInput, AcceptIntentResult>, Outcome>()
+    const addresses = batch.flatMap((p) => [p.input.intent.from_agent, p.input.intent.to_agent])
+    // Every address is known to have a row (acceptIntent): no fleet lock, nothing created.
+    await gate(db, tx, addresses)
+    const agents = await ensureAgents(db, tx, addresses, Math.min(...batch.map((p) => p.input.now)))
+    const instances = batch.filter((p) => (p.input.from_instance ?? null) !== null)
+    const quarantines = new Map<string, InstanceQuarantineRow>()
+    if (instances.length > 0) {
+      const rows = await tx.rows<InstanceQuarantineRow>(
+        `SELECT q.* FROM instance_quarantines q JOIN unnest($1::text[], $2::text[]) AS v(a, i) ON q.address_id = v.a AND q.instance_id = v.i`,
+        [instances.map((p) => (agents.get(p.input.intent.from_agent) as AgentRow).address_id), instances.map((p) => p.input.from_instance as string)],
+      )
+      for (const q of rows) quarantines.set(`${q.address_id}\n${q.instance_id}`, q)
+    }
+    const accepted: Pending<AcceptIntentInput, AcceptIntentResult>[] = []
+    for (const p of batch) {
+      const { intent } = p.input
+      const from = agents.get(intent.from_agent) as AgentRow
+      const to = agents.get(intent.to_agent) as AgentRow
+      // A sender's first send registers it (acceptOne), which a refused accept must undo.
+      if (from.registered_at === null) {
+        out.set(p, { ok: 'alone' })
+        continue
+      }
+      if (from.policy_version !== 0 || to.policy_version !== 0) {
+        if (db.policied.size > 200_000) db.policied.clear()
+        for (const a of [from, to]) if (a.policy_version !== 0) db.policied.add(a.address)
+        out.set(p, { ok: 'alone' })
+        continue
+      }
+      const instance = p.input.from_instance ?? null
+      const parties: Parties = {
+        from,
+        to,
+        from_quarantine: instance === null ? null : (quarantines.get(`${from.address_id}\n${instance}`) ?? null),
+        from_policies: [],
+        to_policies: [],
+        from_counters: zeroCounters(p.input.now),
+        to_counters: zeroCounters(p.input.now),
+      }
+      try {
+        for (const event of p.input.decide(parties) ?? []) queueMeshEvent(db, tx, event)
+        accepted.push(p)
+      } catch (error) {
+        out.set(p, { ok: false, error })
+      }
+    }
+    if (accepted.length === 0) return out
+    // Counts by (agent, hour): one upsert may not touch a row twice.
+    const counts = new Map<string, { a: string; h: string; s: number; r: number }>()
+    const count = (a: string, h: string, s: number, r: number): void => {
+      const key = `${a}\n${h}`
+      const c = counts.get(key) ?? { a, h, s: 0, r: 0 }
+      c.s += s
+      c.r += r
+      counts.set(key, c)
+    }
+    for (const p of accepted) {
+      const { hour } = windowOf(p.input.now)
+      count((agents.get(p.input.intent.from_agent) as AgentRow).address_id, hour, 1, 0)
+      count((agents.get(p.input.intent.to_agent) as AgentRow).address_id, hour, 0, 1)
+    }
+    const c = [...counts.values()].sort((x, y) => (x.a === y.a ? (x.h < y.h ? -1 : 1) : x.a < y.a ? -1 : 1))
+    const col = <T>(f: (p: Pending<AcceptIntentInput, AcceptIntentResult>) => T): T[] => accepted.map(f)
+    const rows = await tx.rows<IntentRow>(
+      `WITH v AS (
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+           $10::bigint[], $11::int[], $12::bigint[], $13::text[], $14::text[]) WITH ORDINALITY
+         AS v(intent_id, intent_type, from_address_id, to_address_id, from_agent, to_agent, payload, correlation_id, reply_to,
+           deadline_at, max_delivery_attempts, at, trace_id, actor, k)),
+       i AS (
+         INSERT INTO intents (intent_id, intent_type, from_address_id, to_address_id, from_agent, to_agent, payload, correlation_id,
+           reply_to, deadline_at, max_delivery_attempts, status, delivery_state, available_at, created_at, updated_at, trace_id, last_event_seq)
+         SELECT intent_id, intent_type, from_address_id, to_address_id, from_agent, to_agent, payload, correlation_id, reply_to,
+           deadline_at, max_delivery_attempts, 'SUBMITTED', 'queued', at, at, at, trace_id, 2 FROM v ORDER BY k RETURNING *),
+       e AS (
+         INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
+         SELECT intent_id, 1, 'intent.created', 'SUBMITTED', actor, at, NULL FROM v
+         UNION ALL SELECT intent_id, 2, 'intent.submitted', 'SUBMITTED', actor, at, NULL FROM v),
+       c AS (
+         INSERT INTO counter_shards (address_id, hour, shard, sent, received)
+         SELECT a, h, pg_backend_pid(), s, r FROM unnest($15::text[], $16::text[], $17::bigint[], $18::bigint[]) AS c(a, h, s, r)
+         ON CONFLICT (address_id, hour, shard) DO UPDATE SET sent = counter_shards.sent + excluded.sent,
+           received = counter_shards.received + excluded.received)
+       SELECT * FROM i`,
+      [
+        col((p) => p.input.intent.intent_id),
+        col((p) => p.input.intent.intent_type),
+        col((p) => (agents.get(p.input.intent.from_agent) as AgentRow).address_id),
+        col((p) => (agents.get(p.input.intent.to_agent) as AgentRow).address_id),
+        col((p) => p.input.intent.from_agent),
+        col((p) => p.input.intent.to_agent),
+        col((p) => p.input.intent.payload),
+        col((p) => p.input.intent.correlation_id),
+        col((p) => p.input.intent.reply_to),
+        col((p) => p.input.intent.deadline_at),
+        col((p) => p.input.intent.max_delivery_attempts),
+        col((p) => p.input.now),
+        col((p) => p.input.intent.trace_id),
+        col((p) => p.input.actor),
+        c.map((x) => x.a),
+        c.map((x) => x.h),
+        c.map((x) => x.s),
+        c.map((x) => x.r),
+      ],
+    )
+    const byId = new Map(rows.map((r) => [r.intent_id, r]))
+    for (const p of accepted) {
+      out.set(p, { ok: true, row: byId.get(p.input.intent.intent_id) as IntentRow })
+      tx.changes.push({ type: 'intent.available', address_id: (agents.get(p.input.intent.to_agent) as AgentRow).address_id })
+    }
+    return out
+  })
+  // Committed: answer everyone (in arrival order); the accepts with policies run alone now.
+  for (const p of batch) {
+    const o = outcomes.get(p)
+    if (!o) p.reject(new Error('accept lost from its batch'))
+    else if (o.ok === true) p.resolve({ intent: o.row, replayed: false })
+    else if (o.ok === false) p.reject(o.error)
+    else void acceptOne(db, p.input).then(p.resolve, p.reject)
+  }
 }

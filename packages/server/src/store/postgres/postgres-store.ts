@@ -62,7 +62,7 @@ import { DatabaseClock } from './postgres-clock.js'
 import { FEED_CHANNEL, Notifier, PostgresFeed, encodeChanges } from './postgres-feed.js'
 import { isConnectionError, isRetryableConflict, toStoreError } from './postgres-errors.js'
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js'
-import { LOCK_CLASS, LOCK_MIGRATIONS, NeedsRowLock, type PgDb, Tx } from './tx.js'
+import { GroupCommit, LOCK_CLASS, LOCK_MIGRATIONS, NeedsRowLock, type PgDb, Tx } from './tx.js'
 import * as agents from './agents.js'
 import * as alerts from './alerts.js'
 import * as audit from './audit.js'
@@ -222,6 +222,8 @@ export class PostgresStore implements Store {
       config: this.#config,
       clock: this.clock,
       known: new Set<string>(),
+      policied: new Set<string>(),
+      accepts: new GroupCommit((batch) => intents.acceptBatch(this.#db, batch)),
     }
   }
 

@@ -2,7 +2,7 @@
 import type pg from 'pg'
 import type { PoolClient } from 'pg'
 import type { Change } from '../change-feed.js'
-import type { AuditDraft, IntentEventRow, MeshEventDraft } from '../store.js'
+import type { AcceptIntentInput, AcceptIntentResult, AuditDraft, IntentEventRow, MeshEventDraft } from '../store.js'
 import type { DatabaseClock } from './postgres-clock.js'
 import type { PostgresStoreConfig } from './postgres-store.js'
 
@@ -102,4 +102,84 @@ export interface PgDb {
   readonly clock: DatabaseClock
   /** Addresses known to have a row (rows are never deleted): sends between them skip the fleet lock. */
   readonly known: Set<string>
+  /**
+   * Addresses seen with policies (policy_version ≠ 0, which never returns to 0): their accepts
+   * skip the group commit (see acceptBatch).
+   */
+  readonly policied: Set<string>
+  /** Accepts waiting for their group commit (see acceptBatch). */
+  readonly accepts: GroupCommit<AcceptIntentInput, AcceptIntentResult>
+}
+
+/** One caller waiting in a group commit. */
+export interface Pending<I, O> {
+  readonly input: I
+  resolve(value: O): void
+  reject(error: unknown): void
+}
+
+/**
+ * Group commit: calls that arrive while the previous batches are running (or in the same
+ * event-loop turn) are handed to `run` together, up to `maxBatch` at a time, at most
+ * `maxInFlight` batches at once. `run` answers every caller of its batch — only after its
+ * commit; a batch that throws rejects the callers it did not answer.
+ */
+export class GroupCommit<I, O> {
+  readonly #run: (batch: Pending<I, O>[]) => Promise<void>
+  readonly #maxBatch: number
+  readonly #maxInFlight: number
+  #queue: Pending<I, O>[] = []
+  #inFlight = 0
+  #scheduled = false
+
+  constructor(run: (batch: Pending<I, O>[]) => Promise<void>, options: { maxBatch?: number; maxInFlight?: number } = {}) {
+    this.#run = run
+    this.#maxBatch = options.maxBatch ?? 64
+    this.#maxInFlight = options.maxInFlight ?? 2
+  }
+
+  submit(input: I): Promise<O> {
+    return new Promise<O>((resolve, reject) => {
+      this.#queue.push({ input, resolve, reject })
+      this.#schedule()
+    })
+  }
+
+  #schedule(): void {
+    if (this.#scheduled || this.#inFlight >= this.#maxInFlight || this.#queue.length === 0) return
+    this.#scheduled = true
+    // The end of this event-loop turn: whatever arrived in it shares the batch.
+    setImmediate(() => {
+      this.#scheduled = false
+      while (this.#inFlight < this.#maxInFlight && this.#queue.length > 0) this.#start(this.#queue.splice(0, this.#maxBatch))
+    })
+  }
+
+  #start(batch: Pending<I, O>[]): void {
+    this.#inFlight += 1
+    let settled = false
+    const answered = new Set<Pending<I, O>>()
+    const guarded = batch.map((p) => ({
+      input: p.input,
+      resolve: (value: O) => {
+        answered.add(p)
+        p.resolve(value)
+      },
+      reject: (error: unknown) => {
+        answered.add(p)
+        p.reject(error)
+      },
+    }))
+    this.#run(guarded)
+      .catch((error: unknown) => {
+        for (const p of batch) if (!answered.has(p)) p.reject(error)
+      })
+      .finally(() => {
+        if (!settled) {
+          settled = true
+          this.#inFlight -= 1
+          this.#schedule()
+        }
+      })
+  }
 }
