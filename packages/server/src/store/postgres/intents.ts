@@ -218,7 +218,13 @@ export async function listIntents(db: PgDb, query: IntentListQuery): Promise<Int
   )
 }
 
+/** Acks and resolves are group-committed (see updateBatch). */
 export async function updateIntent(db: PgDb, input: IntentUpdateInput): Promise<IntentUpdateResult> {
+  return db.updates.submit(input)
+}
+
+/** One ack or resolve in its own transaction. */
+export async function updateOne(db: PgDb, input: IntentUpdateInput): Promise<IntentUpdateResult> {
   return db.tx(async (tx) => {
     const ids = await tx.one<{ from_address_id: string; to_address_id: string; from_agent: string; to_agent: string; reply_to: string | null }>(
       'SELECT from_address_id, to_address_id, from_agent, to_agent, reply_to FROM intents WHERE intent_id = $1',
@@ -524,4 +530,142 @@ export async function acceptBatch(db: PgDb, batch: Pending<AcceptIntentInput, Ac
     else if (o.ok === false) p.reject(o.error)
     else void acceptOne(db, p.input).then(p.resolve, p.reject)
   }
+}
+
+/**
+ * Group commit of acks and resolves: those that arrived together share one transaction — the
+ * intents' parties read once, every party's gate (shared, in address order, one statement), the
+ * intent rows locked in seqno order (the order holds and resumes lock them) with their agents
+ * and the acting instances' quarantines, core's decision per change, then one statement for
+ * every update and its event. Callers are answered after the commit; a refused change (its
+ * decision threw) writes nothing and does not affect the others. A change that needs more —
+ * a reply_to follow-up, a cost to count (locks, maybe a kill) — runs alone afterwards (updateOne),
+ * deciding again on the rows it reads then.
+ */
+export async function updateBatch(db: PgDb, batch: Pending<IntentUpdateInput, IntentUpdateResult>[]): Promise<void> {
+  type Item = Pending<IntentUpdateInput, IntentUpdateResult>
+  type Outcome = { ok: true; result: IntentUpdateResult } | { ok: false; error: unknown } | { ok: 'alone' }
+  // One intent changed twice in a batch: the later one alone, after.
+  const seen = new Set<string>()
+  const first: Item[] = []
+  const again: Item[] = []
+  for (const p of batch) {
+    if (seen.has(p.input.intent_id)) again.push(p)
+    else {
+      seen.add(p.input.intent_id)
+      first.push(p)
+    }
+  }
+  const outcomes = await db.tx(async (tx) => {
+    const out = new Map<Item, Outcome>()
+    type Ids = { intent_id: string; from_agent: string; to_agent: string; reply_to: string | null }
+    const ids = new Map(
+      (
+        await tx.rows<Ids>('SELECT intent_id, from_agent, to_agent, reply_to FROM intents WHERE intent_id = ANY($1::text[])', [
+          first.map((p) => p.input.intent_id),
+        ])
+      ).map((r) => [r.intent_id, r]),
+    )
+    const mine: Item[] = []
+    for (const p of first) {
+      const r = ids.get(p.input.intent_id)
+      if (!r) out.set(p, { ok: false, error: new GatewayError('not_found', `intent ${p.input.intent_id} not found`) })
+      else if (r.reply_to !== null) out.set(p, { ok: 'alone' })
+      else mine.push(p)
+    }
+    if (mine.length === 0) return out
+    await gate(db, tx, mine.flatMap((p) => [(ids.get(p.input.intent_id) as Ids).from_agent, (ids.get(p.input.intent_id) as Ids).to_agent]))
+    type Read = IntentRow & { _sender: AgentRow | null; _recipient: AgentRow | null; _quarantine: InstanceQuarantineRow | null }
+    const reads = await tx.rows<Read>(
+      `SELECT i.*, (SELECT row_to_json(a) FROM agents a WHERE a.address_id = i.from_address_id) AS _sender,
+         (SELECT row_to_json(a) FROM agents a WHERE a.address_id = i.to_address_id) AS _recipient,
+         (SELECT row_to_json(q) FROM instance_quarantines q WHERE q.address_id = i.to_address_id AND q.instance_id = v.instance_id) AS _quarantine
+       FROM intents i JOIN unnest($1::text[], $2::text[]) AS v(intent_id, instance_id) ON v.intent_id = i.intent_id
+       ORDER BY i.seqno FOR UPDATE OF i`,
+      [mine.map((p) => p.input.intent_id), mine.map((p) => p.input.instance_id ?? null)],
+    )
+    const byId = new Map(reads.map((r) => [r.intent_id, r]))
+    type Write = { p: Item; intent: IntentRow; change: ReturnType<IntentUpdateInput['decide']>; details: string | null }
+    const writes: Write[] = []
+    for (const p of mine) {
+      const read = byId.get(p.input.intent_id)
+      if (!read) {
+        out.set(p, { ok: false, error: new GatewayError('not_found', `intent ${p.input.intent_id} not found`) })
+        continue
+      }
+      const { _sender: sender, _recipient: recipient, _quarantine: quarantine, ...intent } = read
+      try {
+        const change = p.input.decide({ intent, recipient: recipient as AgentRow, sender: sender as AgentRow, quarantine })
+        if (change.follow_up || (change.cost_usd && change.cost_usd > 0 && p.input.cost_rule)) {
+          out.set(p, { ok: 'alone' })
+          continue
+        }
+        writes.push({ p, intent, change, details: change.event_details ? JSON.stringify(change.event_details) : null })
+      } catch (error) {
+        out.set(p, { ok: false, error })
+      }
+    }
+    if (writes.length === 0) return out
+    const col = <T>(f: (w: Write) => T): T[] => writes.map(f)
+    const rows = await tx.rows<IntentRow>(
+      `WITH v AS (
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::float8[], $8::bigint[],
+           $9::int[], $10::text[], $11::text[], $12::text[])
+         AS v(intent_id, status, delivery_state, lease_expires_at, result, error, cost_usd, at, ev, event_type, actor, details)),
+       u AS (
+         UPDATE intents i SET status = v.status, delivery_state = v.delivery_state, lease_expires_at = v.lease_expires_at,
+           lease_instance = CASE WHEN v.delivery_state = 'leased' THEN i.lease_instance ELSE NULL END,
+           result = coalesce(v.result, i.result), error = coalesce(v.error, i.error), cost_usd = coalesce(v.cost_usd, i.cost_usd),
+           updated_at = v.at, last_event_seq = i.last_event_seq + v.ev
+         FROM v WHERE i.intent_id = v.intent_id RETURNING i.*),
+       e AS (
+         INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)
+         SELECT u.intent_id, u.last_event_seq, v.event_type, u.status, v.actor, v.at, v.details FROM u JOIN v USING (intent_id) WHERE v.ev = 1)
+       SELECT * FROM u`,
+      [
+        col((w) => w.intent.intent_id),
+        col((w) => w.change.status),
+        col((w) => w.change.delivery_state),
+        col((w) => w.change.lease_expires_at),
+        col((w) => w.change.result ?? null),
+        col((w) => w.change.error ?? null),
+        col((w) => w.change.cost_usd ?? null),
+        col((w) => w.p.input.now),
+        col((w) => (w.change.event_type ? 1 : 0)),
+        col((w) => w.change.event_type ?? null),
+        col((w) => w.p.input.actor),
+        col((w) => w.details),
+      ],
+    )
+    const written = new Map(rows.map((r) => [r.intent_id, r]))
+    for (const w of writes) {
+      const row = written.get(w.intent.intent_id) as IntentRow
+      let event: IntentEventRow | null = null
+      if (w.change.event_type) {
+        event = {
+          intent_id: row.intent_id,
+          seq: row.last_event_seq,
+          event_type: w.change.event_type,
+          status: w.change.status,
+          actor: w.p.input.actor,
+          at: w.p.input.now,
+          details: w.details,
+        }
+        tx.changes.push({ type: 'intent.event', intent_id: row.intent_id })
+      }
+      if (w.intent.delivery_state === 'leased' && w.change.delivery_state !== 'leased' && w.intent.lease_instance) {
+        tx.changes.push({ type: 'slot.freed', address_id: w.intent.to_address_id, instance_id: w.intent.lease_instance })
+      }
+      out.set(w.p, { ok: true, result: { intent: row, event, follow_up: null } })
+    }
+    return out
+  })
+  for (const p of first) {
+    const o = outcomes.get(p)
+    if (!o) p.reject(new Error('change lost from its batch'))
+    else if (o.ok === true) p.resolve(o.result)
+    else if (o.ok === false) p.reject(o.error)
+    else void updateOne(db, p.input).then(p.resolve, p.reject)
+  }
+  for (const p of again) void updateOne(db, p.input).then(p.resolve, p.reject)
 }

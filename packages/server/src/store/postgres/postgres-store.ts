@@ -224,6 +224,7 @@ export class PostgresStore implements Store {
       known: new Set<string>(),
       policied: new Set<string>(),
       accepts: new GroupCommit((batch) => intents.acceptBatch(this.#db, batch)),
+      updates: new GroupCommit((batch) => intents.updateBatch(this.#db, batch)),
     }
   }
 

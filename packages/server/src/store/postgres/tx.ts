@@ -2,7 +2,15 @@
 import type pg from 'pg'
 import type { PoolClient } from 'pg'
 import type { Change } from '../change-feed.js'
-import type { AcceptIntentInput, AcceptIntentResult, AuditDraft, IntentEventRow, MeshEventDraft } from '../store.js'
+import type {
+  AcceptIntentInput,
+  AcceptIntentResult,
+  AuditDraft,
+  IntentEventRow,
+  IntentUpdateInput,
+  IntentUpdateResult,
+  MeshEventDraft,
+} from '../store.js'
 import type { DatabaseClock } from './postgres-clock.js'
 import type { PostgresStoreConfig } from './postgres-store.js'
 
@@ -109,6 +117,8 @@ export interface PgDb {
   readonly policied: Set<string>
   /** Accepts waiting for their group commit (see acceptBatch). */
   readonly accepts: GroupCommit<AcceptIntentInput, AcceptIntentResult>
+  /** Acks and resolves waiting for their group commit (see updateBatch). */
+  readonly updates: GroupCommit<IntentUpdateInput, IntentUpdateResult>
 }
 
 /** One caller waiting in a group commit. */
