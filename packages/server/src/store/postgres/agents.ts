@@ -1,4 +1,4 @@
-/** PostgreSQL engine: agent rows: registration, the per-agent gate and the fleet lock, listing. */
+/** PostgreSQL engine, agent rows: registration, the per-agent gate and the fleet lock, listing. */
 import { GatewayError } from '../../core/errors.js'
 import { newAddressId } from '../../core/ids.js'
 import { standingKillRule } from '../../core/fleet/fleet-service.js'

@@ -1,4 +1,4 @@
-/** PostgreSQL engine: webhooks and the alert outbox. */
+/** PostgreSQL engine, webhooks and the alert outbox. */
 import { GatewayError } from '../../core/errors.js'
 import type { AlertRow, AuditDraft, WebhookRow } from '../store.js'
 import { queueAudit } from './audit.js'

@@ -1,4 +1,4 @@
-/** PostgreSQL engine: The audit chain and mesh events, written at the end of a transaction under the store_heads lock. */
+/** PostgreSQL engine, the audit chain and mesh events (written at the end of a transaction under the store_heads lock). */
 import { randomBase62 } from '../../core/ids.js'
 import type { AuditDraft, AuditQuery, AuditRow, MeshEventDraft, MeshEventQuery, MeshEventRow, WebhookRow } from '../store.js'
 import type { PgDb, Tx } from './tx.js'

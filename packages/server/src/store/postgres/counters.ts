@@ -1,4 +1,4 @@
-/** PostgreSQL engine: counters: the locked, exact counts of agents with rate or cost policies, the lock-free shards of the others, and what the views read. */
+/** PostgreSQL engine, counters: the locked, exact counts of agents with rate or cost policies, the lock-free shards of the others, and what the views read. */
 import type { AgentCounters, AgentRow, CostRule, HourCounters, PolicyRow } from '../store.js'
 import { EFFECTIVE_POLICIES } from './agents.js'
 import { KILL, recordKill } from './kill.js'

@@ -1,4 +1,4 @@
-/** PostgreSQL engine: delivery: claims (leases, per-address seqs) and lease expiry. */
+/** PostgreSQL engine, delivery: claims (leases, per-address seqs) and lease expiry. */
 import { GatewayError } from '../../core/errors.js'
 import type {
   AgentRow,

@@ -1,4 +1,4 @@
-/** PostgreSQL engine: egress calls: admission and settlement. */
+/** PostgreSQL engine, egress calls: admission and settlement. */
 import { GatewayError } from '../../core/errors.js'
 import type { AgentCounters, AgentRow, EgressAdmitInput, EgressCallRow, EgressSettleInput, PolicyRow } from '../store.js'
 import { EFFECTIVE_POLICIES, gateById } from './agents.js'
@@ -8,9 +8,9 @@ import { type PgDb, windowOf } from './tx.js'
 export async function admitEgress(db: PgDb, input: EgressAdmitInput): Promise<EgressCallRow> {
   return db.tx(async (tx) => {
     const { call } = input
-    // The kill ordering of every other transaction: gate shared, agent row FOR SHARE.
+    // The kill ordering of every other transaction: the gate shared, the row read after it.
     await gateById(db, tx, call.address_id, false)
-    const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR SHARE', [call.address_id])
+    const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1', [call.address_id])
     if (!agent) throw new GatewayError('not_found', 'agent not found')
     const id = agent.address_id
     const withPolicies = agent.policy_version !== 0
@@ -51,7 +51,7 @@ export async function settleEgress(db: PgDb, input: EgressSettleInput): Promise<
     // Lock order of a resolve with cost: gate, agent row, then the counters (in #applyCost).
     await gateById(db, tx, open.address_id, tx.lockForCost)
     const agent = await tx.one<AgentRow>(
-      `SELECT * FROM agents WHERE address_id = $1 ${tx.lockForCost ? 'FOR NO KEY UPDATE' : 'FOR SHARE'}`,
+      `SELECT * FROM agents WHERE address_id = $1${tx.lockForCost ? ' FOR NO KEY UPDATE' : ''}`,
       [open.address_id],
     )
     const call = await tx.one<EgressCallRow>(

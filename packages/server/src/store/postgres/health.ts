@@ -1,4 +1,4 @@
-/** PostgreSQL engine: heartbeats, instances and health. */
+/** PostgreSQL engine, heartbeats, instances and health. */
 import { GatewayError } from '../../core/errors.js'
 import type { AgentRow, HealthStatus, HealthSweepInput, HeartbeatInput, InstanceRow, MetricsWindow } from '../store.js'
 import { gateById } from './agents.js'

@@ -1,4 +1,4 @@
-/** PostgreSQL engine: intents: accept (policies, counters, idempotency), resolve, time-outs and purge. */
+/** PostgreSQL engine, intents: accept and resolve (alone or group-committed), time-outs and purge. */
 import { GatewayError } from '../../core/errors.js'
 import {
   type AcceptDecision,

@@ -1,4 +1,4 @@
-/** PostgreSQL engine: aPI keys (admin and agent keys; revocation serialized across replicas). */
+/** PostgreSQL engine, API keys (revocations serialized across replicas). */
 import { GatewayError } from '../../core/errors.js'
 import type { AuditDraft, KeyRow, Role } from '../store.js'
 import { ensureAgents, fleetShared } from './agents.js'

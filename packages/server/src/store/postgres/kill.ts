@@ -1,4 +1,4 @@
-/** PostgreSQL engine: the kill switch: kills, holds, resumes, fleet kills and instance quarantines. */
+/** PostgreSQL engine, the kill switch: kills, holds, resumes, fleet kills and instance quarantines. */
 import { GatewayError } from '../../core/errors.js'
 import type {
   AgentCounters,

@@ -1,4 +1,4 @@
-/** PostgreSQL engine: policies and the default policies. */
+/** PostgreSQL engine, policies and the default policies. */
 import { GatewayError } from '../../core/errors.js'
 import {
   type AgentRow,

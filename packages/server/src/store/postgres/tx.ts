@@ -1,4 +1,4 @@
-/** PostgreSQL engine: transactions: the pooled transaction handle, the lock keys and the event batch every concern uses. */
+/** PostgreSQL engine, what every concern shares: the transaction handle, the lock keys, the event batch and the group commit. */
 import type pg from 'pg'
 import type { PoolClient } from 'pg'
 import type { Change } from '../change-feed.js'
@@ -32,7 +32,7 @@ export const LOCK_AGENT = LOCK_CLASS + 16
 export const LOCK_FOLD = 5
 
 /**
- * Thrown inside a transaction that turns out to need an agent row it only share-locked
+ * Thrown inside a transaction that turns out to need to write an agent row it did not lock
  * (a cost ceiling with on_breach: kill); the transaction is rolled back and run again with
  * that row locked for update from the start, so no lock is ever upgraded.
  */
