@@ -137,4 +137,37 @@ describe.each(ENGINES)('egress policies (%s)', (engine) => {
     expect(r.body.events.length).toBe(2)
     expect(r.body.events[0].details).toMatchObject({ upstream: 'llm', decision: 'rate_limited', enforcement: 'monitor' })
   })
+
+  it('POST /v1/policies/evaluate answers for egress calls: tool policies, egress rate, the ceiling with the worst case', async () => {
+    const address = `agent://egress-pol-${engine}/prod/evaluated`
+    const key = await agentKey(gw, address)
+    const evaluate = (egress: unknown) => api(gw.url, gw.adminKey, 'POST', '/v1/policies/evaluate', { agent: address, egress })
+    expect((await evaluate({ upstream: 'github', tool: 'create_issue' })).body).toMatchObject({ decision: 'allow', tool: 'github/create_issue' })
+    const tool = await policy(address, { kind: 'tool', mode: 'allowlist', patterns: ['github/*', 'deploy-api/GET /**'] })
+    const denied = await evaluate({ upstream: 'github', tool: 'repos/delete' })
+    expect(denied.status).toBe(200)
+    expect(denied.body).toMatchObject({ decision: 'deny', policy_id: tool.body.policy.policy_id, decided_by: 'agent' })
+    expect(denied.body.reason).toMatch(/github\/repos\/delete is not in the allowlist/)
+    expect((await evaluate({ upstream: 'deploy-api', tool: 'GET /v2/services/web' })).body.decision).toBe('allow')
+    expect((await evaluate({ upstream: 'deploy-api', tool: 'POST /v2/services/web' })).body.decision).toBe('deny')
+    // An LLM call names no tool: the allowlist says nothing about it.
+    expect((await evaluate({ upstream: 'llm' })).body.decision).toBe('allow')
+    // The ceiling: $0.0003 a day; a call that may cost $0.0004 would not fit, $0.0002 would.
+    const cost = await policy(address, { kind: 'cost', max_cost_per_day_usd: 0.0003, on_breach: 'block' })
+    const over = await evaluate({ upstream: 'llm', worst_case_usd: 0.0004 })
+    expect(over.body).toMatchObject({ decision: 'budget_exceeded', policy_id: cost.body.policy.policy_id })
+    expect((await evaluate({ upstream: 'llm', worst_case_usd: 0.0002 })).body.decision).toBe('allow')
+    // Egress counts come from the admitted calls.
+    expect((await chat(key)).status).toBe(200)
+    expect((await evaluate({ upstream: 'llm' })).body.counters).toMatchObject({ egress_this_hour: 1, egress_today: 1, reserved_usd: 0 })
+    // Bad bodies: both forms at once, or half of one, are 422 naming the field.
+    const both = await api(gw.url, gw.adminKey, 'POST', '/v1/policies/evaluate', { agent: address, egress: { upstream: 'llm' }, intent_type: 'a.b' })
+    expect(both.status).toBe(422)
+    const half = await api(gw.url, gw.adminKey, 'POST', '/v1/policies/evaluate', { agent: address })
+    expect(half.status).toBe(422)
+    expect(JSON.stringify(half.body.error)).toMatch(/egress/)
+    // Killed: denied as killed.
+    await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${encodeURIComponent(address)}/kill`, { reason: 'test' })
+    expect((await evaluate({ upstream: 'llm' })).body).toMatchObject({ decision: 'deny', killed: true })
+  })
 })

@@ -269,11 +269,35 @@ export const DefaultPoliciesBody = z.strictObject({
   policies: z.array(PolicyBody).max(64),
 })
 
-export const EvaluateBody = z.strictObject({
-  from_agent: Address,
-  to_agent: Address,
-  intent_type: IntentType,
-})
+/**
+ * A dry run: a send (`from_agent`, `to_agent`, `intent_type`), or an egress call of an agent
+ * (`agent`, `egress: {upstream, tool?, worst_case_usd?}`; `tool` is the MCP tool name or
+ * `<METHOD> <path>` of an HTTP upstream).
+ */
+export const EvaluateBody = z
+  .strictObject({
+    from_agent: Address.optional(),
+    to_agent: Address.optional(),
+    intent_type: IntentType.optional(),
+    agent: Address.optional(),
+    egress: z
+      .strictObject({
+        upstream: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/, 'an upstream id'),
+        tool: z.string().min(1).max(512).optional(),
+        worst_case_usd: z.number().finite().min(0).max(1_000_000).optional(),
+      })
+      .optional(),
+  })
+  .superRefine((b, ctx) => {
+    const send = b.from_agent !== undefined || b.to_agent !== undefined || b.intent_type !== undefined
+    const egress = b.agent !== undefined || b.egress !== undefined
+    if (send && egress) ctx.addIssue({ code: 'custom', path: ['agent'], message: 'evaluate either a send (from_agent, to_agent, intent_type) or an egress call (agent, egress), not both' })
+    else if (egress) {
+      for (const f of ['agent', 'egress'] as const) if (b[f] === undefined) ctx.addIssue({ code: 'custom', path: [f], message: `${f} is required for an egress call` })
+    } else {
+      for (const f of ['from_agent', 'to_agent', 'intent_type'] as const) if (b[f] === undefined) ctx.addIssue({ code: 'custom', path: [f], message: `${f} is required` })
+    }
+  })
 
 const metric = z.number().finite().min(0).max(1e12).nullable().optional()
 /** Intent counts are whole numbers (PostgreSQL keeps them in bigint columns, which refuse 1.5). */

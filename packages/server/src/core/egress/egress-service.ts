@@ -86,6 +86,9 @@ export class EgressService {
   readonly #metrics: Metrics | undefined
   readonly #upstreams: Map<string, EgressUpstream>
   readonly #inFlight = new Map<string, Set<(reason: string) => void>>()
+  /** Kills seen on the change feed, per agent: a call admitted before one and tracked after is aborted. */
+  readonly #kills = new Map<string, number>()
+  readonly #killsAtAdmission = new WeakMap<EgressCallRow, number>()
 
   constructor(
     deps: { store: Store; clock: Clock; engine: PolicyEngine; killSwitch: KillSwitchService; metrics?: Metrics },
@@ -98,7 +101,9 @@ export class EgressService {
     this.#metrics = deps.metrics
     this.#upstreams = new Map(upstreams.map((u) => [u.id, u]))
     deps.store.feed.subscribe((change) => {
-      if (change.type === 'agent.killed') this.#abortAll(change.address_id, 'the agent was killed')
+      if (change.type !== 'agent.killed') return
+      this.#kills.set(change.address_id, (this.#kills.get(change.address_id) ?? 0) + 1)
+      this.#abortAll(change.address_id, 'the agent was killed')
     })
   }
 
@@ -160,6 +165,7 @@ export class EgressService {
       settled_at: null,
     }
     const subject = { upstream: call.upstream, ...(call.tool === null ? {} : { tool: call.tool }) }
+    const killsBefore = this.#kills.get(row.address_id) ?? 0
     let monitored: WouldDecision[] = []
     try {
       const admitted = await this.#store.admitEgress({
@@ -171,6 +177,7 @@ export class EgressService {
           this.#checkCeilings(agent, policies, counters, reserved_micro, call.reserved_micro, now)
         },
       })
+      this.#killsAtAdmission.set(admitted, killsBefore)
       this.#metrics?.egressRequests.inc({ kind: call.kind, result: 'admitted' })
       this.#metrics?.egressReserved.inc(usd(call.reserved_micro))
       // Would-be decisions of monitored policies, recorded once the call is admitted.
@@ -242,11 +249,17 @@ export class EgressService {
     if (k) await this.#killSwitch.hold(k.address_id, { kind: 'policy', policy_id: k.policy_id }, k.reason)
   }
 
-  /** Registers an in-flight call's abort; returns its unregister. A kill calls every abort. */
-  track(addressId: string, abort: (reason: string) => void): () => void {
+  /**
+   * Registers an in-flight call's abort; returns its unregister. A kill calls every abort. Given
+   * the admitted `call`, a kill the change feed delivered between its admission and this
+   * registration aborts it at once (the kill may have committed right after the admission).
+   */
+  track(addressId: string, abort: (reason: string) => void, call?: EgressCallRow): () => void {
     let set = this.#inFlight.get(addressId)
     if (!set) this.#inFlight.set(addressId, (set = new Set()))
     set.add(abort)
+    const before = call === undefined ? undefined : this.#killsAtAdmission.get(call)
+    if (before !== undefined && (this.#kills.get(addressId) ?? 0) !== before) queueMicrotask(() => abort('the agent was killed'))
     return () => {
       set.delete(abort)
       if (set.size === 0 && this.#inFlight.get(addressId) === set) this.#inFlight.delete(addressId)

@@ -124,7 +124,7 @@ async function forward(
     if (streaming && !res.writableEnded) res.end(`data: ${JSON.stringify({ error })}\n\n`)
     else if (!res.headersSent) sendError(res, requestId, { code: 'agent_killed', message, extra: { type: 'agent_killed' } })
   }
-  const untrack = egress.track(principal.address_id as string, (reason) => stop('killed', `${principal.address} is killed: ${reason}`))
+  const untrack = egress.track(principal.address_id as string, (reason) => stop('killed', `${principal.address} is killed: ${reason}`), call)
   const timer = setTimeout(() => stop('timeout', 'upstream timeout'), upstream.timeout_ms)
   const onClose = (): void => {
     if (!res.writableFinished) stop('client', 'client went away')
@@ -141,6 +141,12 @@ async function forward(
     await egress.settle(call, { outcome, cost_micro: cost, usage, status })
   }
   try {
+    // Killed between admission and here: nothing was sent, nothing is charged.
+    await Promise.resolve()
+    if (stopped !== null) {
+      await settle('refused', 0, null, null)
+      return
+    }
     let upstreamRes: Response
     try {
       upstreamRes = await fetch(`${upstream.base_url}/v1/${path}`, {
