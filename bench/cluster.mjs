@@ -20,6 +20,9 @@
 //               streams, 4 senders send to it and 4 send as it; the kill and resume go to replica
 //               0, the senders and streams to the OTHER replicas. Per cycle: kill returned → first
 //               403 agent_killed answered to a sender, and → all 4 victim streams closed.
+// Per scenario also: CPU µs per resolved intent of the gateway processes and of every PostgreSQL backend
+// (/proc), and PostgreSQL statements per intent (pg_stat_statements, loaded unless --no-pg-stats: every
+// statement executed in the measured window, all replicas, feeds and sweepers).
 // pg-boss: 8 closed-loop `boss.send(queue, payload)` senders, 4 `boss.work(queue, {batchSize,
 // pollingIntervalSeconds: 0.5}, handler)` workers whose handler returns at once (pg-boss then
 // completes the batch); jobs/s = jobs handled per second, send latency = boss.send round trip,
@@ -168,7 +171,7 @@ async function throughput(cluster, pg, cfg, label, log, databaseUrl = null) {
     postgres_cpu_us_per_intent: k.resolved_in_window && usage.postgres_cpu_us !== null ? Math.round(usage.postgres_cpu_us / k.resolved_in_window) : null,
     // Every statement PostgreSQL executed in the window (all replicas, feeds, sweepers) per resolved intent.
     statements_per_intent: k.resolved_in_window && statementCount !== null ? Math.round((statementCount / k.resolved_in_window) * 10) / 10 : null,
-    // --pg-stats: the statements of the measured window by total time, with calls per resolved intent.
+    // pg_stat_statements (unless --no-pg-stats): the statements of the measured window by total time, with calls per resolved intent.
     pg_statements: statements?.map((r) => ({ ...r, calls_per_intent: k.resolved_in_window ? Math.round((r.calls / k.resolved_in_window) * 100) / 100 : null })) ?? null,
     problems,
   }
@@ -756,6 +759,11 @@ export async function run(opts) {
       `(kill returned → streams closed is 0 ms on both in most cycles); ${cfg.replicas} replicas ÷ 1 replica (PG): ${fmt.ratio(r.pg_replicas_vs_one_replica_intents_per_s)}; ` +
       `Chokepoint on PG ÷ pg-boss: per second ${fmt.ratio(r.pg_vs_pgboss_per_s)}, send p50/p99 ${fmt.ratio(r.pg_vs_pgboss_send_p50)} / ${fmt.ratio(r.pg_vs_pgboss_send_p99)}, end-to-end p50 ${fmt.ratio(r.pg_vs_pgboss_e2e_p50)}; ` +
       `accept only, ${cfg.senders} pairs ÷ 1 pair: PG ${fmt.ratio(r.pg_accept_many_pairs_vs_one)}, SQLite ${fmt.ratio(r.sqlite_accept_many_pairs_vs_one)}; PG accepts (${cfg.senders} pairs) ÷ pg-boss sends ${fmt.ratio(r.pg_vs_pgboss_accept_many_pairs_vs_sends)}`,
+  )
+  notes.push(
+    `goals: ${cfg.replicas} PG replicas ≥ 0.7× pg-boss: ${fmt.ratio(r.pg_vs_pgboss_per_s)} (${r.pg_vs_pgboss_per_s !== null && r.pg_vs_pgboss_per_s >= 0.7 ? 'met' : 'not met'}); ` +
+      `${cfg.replicas} replicas ≥ 1 replica: ${fmt.ratio(r.pg_replicas_vs_one_replica_intents_per_s)} (${r.pg_replicas_vs_one_replica_intents_per_s !== null && r.pg_replicas_vs_one_replica_intents_per_s >= 1 ? 'met' : 'not met'}); ` +
+      `kill call p99 < 50 ms on PG: ${fmt.ms(pgs?.kill?.stats.kill_call_ms.p99)} ms (${(pgs?.kill?.stats.kill_call_ms.p99 ?? Infinity) < 50 ? 'met' : 'not met'})`,
   )
   notes.push('Machine note: 2 cores shared by PostgreSQL, every gateway process and the load generator; replicas cannot add CPU here, they show the cost of coordination through PostgreSQL.')
   notes.push(problems.length ? `PROBLEMS (${problems.length}): ${problems.slice(0, 20).join('; ')}` : 'correctness: no lost or duplicate intents; no send accepted after a kill returned; nothing leased to a killed agent; every victim stream got agent.killed; pg-boss completed every job')
