@@ -156,6 +156,7 @@ export async function recordKill(db: PgDb, tx: Tx, before: AgentRow, after: Agen
 }
 
 export async function holdBacklog(db: PgDb, input: HoldInput): Promise<{ held: number; canceled: number }> {
+  // On the control pool, like the kill it completes: a pool saturated by sends must not delay it.
   return db.tx(async (tx) => {
     // Gated shared: a resume in between either commits first (nothing to hold) or waits.
     await gateById(db, tx, input.address_id, false)
@@ -216,7 +217,7 @@ export async function holdBacklog(db: PgDb, input: HoldInput): Promise<{ held: n
     }
     await events.write(tx)
     return { held, canceled }
-  })
+  }, db.controlPool)
 }
 
 export async function resumeAgent(db: PgDb, input: ResumeInput): Promise<{ agent: AgentRow; changed: boolean; redelivering: number }> {
