@@ -40,6 +40,10 @@ const intentOf = (from: string, to: string): NewIntent => ({
   trace_id: null,
 })
 
+const noMismatch = (): never => {
+  throw new Error('no idempotency keys here')
+}
+
 interface Send {
   intent_id: string
   submitted: number
@@ -69,7 +73,7 @@ describe.skipIf(!HAVE_POSTGRES)('group commit against a kill (postgres, 2 accept
   })
 
   const accept = (store: PostgresStore, intent: NewIntent) =>
-    store.acceptIntent({ intent, actor: 'key:test', now: Date.now(), idempotency: null, decide: acceptRule, onIdempotencyMismatch: () => undefined })
+    store.acceptIntent({ intent, actor: 'key:test', now: Date.now(), idempotency: null, decide: acceptRule, onIdempotencyMismatch: noMismatch })
 
   for (let round = 1; round <= ROUNDS; round += 1) {
     it(`round ${round}: no intent of a batch committed after the kill returned; none acknowledged lost`, async () => {

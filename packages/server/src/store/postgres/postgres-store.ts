@@ -82,7 +82,7 @@ export interface PostgresStoreConfig {
   hashAudit: AuditHasher
   /** Which mesh events become webhook alerts (core's rule). */
   alertFor: AlertMapper
-  /** Pooled connections per replica (default 10). */
+  /** Pooled connections per replica (default 20). */
   poolSize?: number | undefined
   /** Giving up on opening a connection (default 5 s) → `store_unavailable`. */
   connectionTimeoutMs?: number | undefined
@@ -185,7 +185,7 @@ export class PostgresStore implements Store {
       keepAlive: true,
       application_name: 'chokepoint',
     }
-    this.#pool = new pg.Pool({ ...clientConfig, max: config.poolSize ?? 10, idleTimeoutMillis: 30_000 })
+    this.#pool = new pg.Pool({ ...clientConfig, max: config.poolSize ?? 20, idleTimeoutMillis: 30_000 })
     this.#controlPool = new pg.Pool({ ...clientConfig, max: 2, idleTimeoutMillis: 30_000, application_name: 'chokepoint-control' })
     for (const pool of [this.#pool, this.#controlPool]) {
       // An idle client whose connection dies emits here; without a handler the process would crash.
