@@ -105,16 +105,22 @@ describe.runIf(HAVE_POSTGRES)('egress on 3 PostgreSQL replicas', () => {
     const ceiling = worst * 9 + worst / 2
     expect((await api(a.url, a.adminKey, 'POST', `/v1/mesh/agents/${enc(address)}/policies`, { kind: 'cost', max_cost_per_day_usd: ceiling, on_breach: 'block' })).status).toBe(200)
     fake.reset()
-    fake.behaviour = { slow: 400 } // admitted calls stay open while the rest arrive
+    fake.pause() // admitted calls stay open until every call is answered or at the upstream
     try {
-      const results = await Promise.all(
-        Array.from({ length: 60 }, (_, i) => api((replicas[i % 3] as TestGateway).url, key, 'POST', '/llm/fake/v1/chat/completions', body)),
+      let answered = 0
+      const all = Promise.all(
+        Array.from({ length: 60 }, (_, i) =>
+          api((replicas[i % 3] as TestGateway).url, key, 'POST', '/llm/fake/v1/chat/completions', body).finally(() => (answered += 1)),
+        ),
       )
+      await pollUntil(() => answered + fake.requests.length >= 60, { what: 'every call answered or at the upstream' })
+      fake.resume()
+      const results = await all
       expect(results.filter((r) => r.status === 200)).toHaveLength(9)
       expect(results.filter((r) => r.status === 429 && r.body.error?.code === 'budget_exceeded')).toHaveLength(51)
       expect(fake.requests.filter((r) => r.path === '/v1/chat/completions')).toHaveLength(9)
     } finally {
-      fake.behaviour = {}
+      fake.resume()
     }
     const calls = (await api(a.url, a.adminKey, 'GET', `/v1/egress/calls?agent=${enc(address)}`)).body.calls as any[]
     expect(calls.filter((c) => c.state === 'open')).toEqual([])

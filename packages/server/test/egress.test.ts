@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import { Agent } from '@chokepoint/sdk'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { agentKey, api, startTestGateway, testEngines, type TestGateway } from './harness.js'
+import { agentKey, api, pollUntil, startTestGateway, testEngines, type TestGateway } from './harness.js'
 
 const ENGINES = testEngines('egress.test.ts')
 const PROVIDER_KEY = 'sk-provider-secret-0123456789'
@@ -29,6 +29,8 @@ class FakeLlm {
   /** Delay before the answer and between stream chunks, ms. */
   delayMs = 0
   chunkDelayMs = 0
+  /** While set, requests are recorded but wait for it before being answered. */
+  hold: Promise<void> | null = null
   chunks = 3
 
   async start(): Promise<void> {
@@ -46,6 +48,7 @@ class FakeLlm {
     res.on('close', () => {
       if (!finished) this.aborted += 1
     })
+    if (this.hold) await this.hold
     if (req.headers.authorization !== `Bearer ${PROVIDER_KEY}`) {
       finished = true
       res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { message: 'bad key', type: 'invalid_request_error' } }))
@@ -191,10 +194,17 @@ describe.each(ENGINES)('egress through the gateway (%s)', (engine) => {
     const ceiling = worst * 7 + worst / 2
     const policy = await api(gw.url, gw.adminKey, 'POST', `/v1/mesh/agents/${encodeURIComponent(address)}/policies`, { kind: 'cost', max_cost_per_day_usd: ceiling, on_breach: 'block' })
     expect(policy.status, JSON.stringify(policy.body)).toBe(200)
-    fake.delayMs = 300 // every admitted call stays open (reserved) while the others arrive
+    // Every admitted call stays open (reserved) until all 40 are answered or at the upstream.
+    let release: () => void = () => undefined
+    fake.hold = new Promise((resolve) => (release = resolve))
     const before = fake.requests.length
     try {
-      const results = await Promise.all(Array.from({ length: 40 }, () => api(gw.url, key, 'POST', '/llm/fake/v1/chat/completions', body)))
+      let answered = 0
+      const all = Promise.all(Array.from({ length: 40 }, () => api(gw.url, key, 'POST', '/llm/fake/v1/chat/completions', body).finally(() => (answered += 1))))
+      await pollUntil(() => answered + fake.requests.length - before >= 40, { what: 'every call answered or at the upstream' })
+      fake.hold = null
+      release()
+      const results = await all
       const ok = results.filter((r) => r.status === 200)
       const refused = results.filter((r) => r.status === 429)
       expect(ok.length).toBe(7)
@@ -203,7 +213,8 @@ describe.each(ENGINES)('egress through the gateway (%s)', (engine) => {
       expect(refused[0]?.headers.get('x-should-retry')).toBe('false')
       expect(fake.requests.length - before).toBe(7)
     } finally {
-      fake.delayMs = 0
+      fake.hold = null
+      release()
     }
     const list = await calls(address)
     expect(list.filter((c: any) => c.state === 'open')).toEqual([])

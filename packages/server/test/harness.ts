@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll } from 'vitest'
-import { loadConfig, startGateway, type Clock, type Gateway } from '../src/index.js'
+import { loadConfig, startGateway, type Clock, type Gateway, type Logger } from '../src/index.js'
 import { postgresBinDir, startPostgres, type PostgresCluster } from './postgres.js'
 
 /** The store engines every engine-parameterised test runs against. */
@@ -69,6 +69,8 @@ export async function startTestGateway(
     engine?: Engine
     /** Postgres: use this database instead of a fresh one (another replica, a restart). */
     databaseUrl?: string
+    /** The gateway's log (default: dropped). */
+    log?: Logger
   } = {},
 ): Promise<TestGateway> {
   // CHOKEPOINT_TEST_DEFAULT_ENGINE=postgres runs tests that name no engine on PostgreSQL too.
@@ -90,7 +92,7 @@ export async function startTestGateway(
   )
   const gateway = await startGateway(config, {
     ...(options.clock ? { clock: options.clock } : {}),
-    log: () => undefined,
+    log: options.log ?? (() => undefined),
   })
   const adminKey = gateway.bootstrapKey ?? options.env?.['CHOKEPOINT_ADMIN_KEY']
   if (!adminKey) throw new Error('test gateway has no admin key')

@@ -26,13 +26,14 @@
  * `FUZZ_PG_REQUESTS` (PostgreSQL) change the counts.
  */
 import { randomInt } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ensureBuilt, randomAdminKey, startChildGateway, type ChildGateway } from '../child-gateway.js'
+import { startFakeLlm, type FakeLlm } from '../fake-llm.js'
 import { api, readSse, sharedPostgres, testEngines, type Engine } from '../harness.js'
 
 // ---------------------------------------------------------------------------------------------
@@ -56,8 +57,15 @@ const BODY_LIMIT = 1024 * 1024 // the gateway's default (DESIGN §2.9)
 /** Node's limit on the request line plus headers (16 KiB unless --max-http-header-size). */
 const HEADER_LIMIT = http.maxHeaderSize
 
+/** The egress upstream (a fake OpenAI on 127.0.0.1) and its one priced model: `/llm/…` routes are live. */
+const UPSTREAM = 'fake'
+const LLM_MODEL = 'fake-model'
+const LLM_PRICE = { input_cost_per_token: 0.000001, output_cost_per_token: 0.000002, max_input_tokens: 100_000, max_output_tokens: 1000 }
+
 const SENDER = 'agent://fuzz/box/sender'
 const RECEIVER = 'agent://fuzz/box/receiver'
+/** The `kind: "http"` upstream of the child gateway: `/egress/{upstream}/…` reaches a real API. */
+const FUZZ_UPSTREAM = 'fuzz-api'
 /** The agent `{address_id}` paths name: kills, resumes and policies land on it and on nobody else. */
 const VICTIM = 'agent://fuzz/box/victim'
 
@@ -73,6 +81,7 @@ const STATUS_OF_CODE: Record<string, number> = {
   payload_too_large: 413,
   rate_limited: 429,
   budget_exceeded: 429,
+  model_not_priced: 422,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -831,6 +840,9 @@ class Generator {
         return rng.chance(0.5) ? this.fx.webhookId : 'wh_doesnotexist'
       case 'key_id':
         return this.fx.revokedKeyId
+      case 'upstream':
+        // The HTTP upstream (its echo API answers `{ok: true}`) or the fake OpenAI of the child's egress config.
+        return rng.chance(0.45) ? FUZZ_UPSTREAM : rng.chance(0.8) ? UPSTREAM : 'x'
       default:
         return 'x'
     }
@@ -879,6 +891,13 @@ class Generator {
       'PUT /v1/policies/{policy_id}': policy,
       'POST /v1/policies/evaluate': [{ from_agent: SENDER, to_agent: RECEIVER, intent_type: 'fuzz.send.v1' }],
       'POST /v1/alerts/webhooks': [{ url: 'http://127.0.0.1:9/fuzz', event_types: ['agent.killed'], secret: 's'.repeat(16) }],
+      'POST /llm/{upstream}/v1/chat/completions': [
+        { model: LLM_MODEL, messages: [{ role: 'user', content: 'fuzz' }], max_completion_tokens: 16 },
+        { model: LLM_MODEL, messages: [{ role: 'user', content: 'fuzz' }], max_tokens: 8, n: 2, stream: true, stream_options: { include_usage: true } },
+        // Fields the gateway reads but does not declare (they pass through): an absurd `n` is a 4xx.
+        { model: LLM_MODEL, messages: [{ role: 'user', content: 'fuzz' }], n: 1e300, max_completion_tokens: 1e308 },
+      ],
+      'POST /llm/{upstream}/v1/embeddings': [{ model: LLM_MODEL, input: ['fuzz', 'box'] }],
     }
     const found = known[route.key]
     if (found) return found
@@ -1692,6 +1711,29 @@ function judge(r: FuzzRequest, o: Outcome): { problems: string[]; verdicts: Verd
     if (method === 'HEAD' || a.sse) return
     const contentType = a.headers.get('content-type') ?? ''
     const text = a.body.toString('utf8')
+    // Egress passes the upstream's answers through in OpenAI's shapes (a 2xx completion, a 4xx
+    // refusal of the provider, marked by its x-upstream-request-id); the gateway's own refusals
+    // on those routes are held to the §4 shape like any other.
+    const egress = r.route.includes(' /llm/')
+    if (egress && a.headers.get('x-upstream-request-id') !== undefined) {
+      let body: any
+      try {
+        body = JSON.parse(text)
+      } catch {
+        problems.push(`upstream answer is not JSON: ${text.slice(0, 200)}`)
+        return
+      }
+      if (a.status >= 400 && (body?.error === null || typeof body?.error !== 'object')) problems.push(`upstream refusal without an error: ${text.slice(0, 200)}`)
+      return
+    }
+    if (egress && a.status < 300) {
+      try {
+        if (typeof JSON.parse(text)?.object !== 'string') problems.push(`egress 2xx without an OpenAI object: ${text.slice(0, 200)}`)
+      } catch {
+        problems.push(`egress 2xx body is not JSON: ${text.slice(0, 200)}`)
+      }
+      return
+    }
     if (a.status < 300) {
       if (contentType.startsWith('text/plain') || contentType.startsWith('application/openmetrics')) return // GET /metrics
       let body: any
@@ -1846,10 +1888,31 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
   let fx: Fixtures
   let routes: RouteInfo[]
   let stats: Stats | null = null
+  // The upstream of the HTTP egress routes: reads any request and answers `{ok: true}`.
+  let echoed = 0
+  const echo = http.createServer((req, res) => {
+    echoed += 1
+    req.resume()
+    req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}'))
+  })
+  let fake: FakeLlm
 
   beforeAll(async () => {
     ensureBuilt()
     dir = mkdtempSync(join(tmpdir(), 'chokepoint-fuzz-'))
+    await new Promise<void>((resolve) => echo.listen(0, '127.0.0.1', resolve))
+    const echoUrl = `http://127.0.0.1:${(echo.address() as net.AddressInfo).port}/api`
+    fake = await startFakeLlm({ requestIds: true })
+    const egressConfig = join(dir, 'egress.json')
+    writeFileSync(
+      egressConfig,
+      JSON.stringify({
+        upstreams: [
+          { id: FUZZ_UPSTREAM, kind: 'http', base_url: echoUrl, timeout_ms: 4000 },
+          { id: UPSTREAM, kind: 'openai', base_url: fake.url, api_key_env: 'FUZZ_LLM_KEY', models: { [LLM_MODEL]: LLM_PRICE }, timeout_ms: 3_000 },
+        ],
+      }),
+    )
     let databaseUrl: string | undefined
     if (engine === 'postgres') {
       const cluster = await sharedPostgres()
@@ -1860,6 +1923,7 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
       dataDir: join(dir, 'data'),
       adminKey: randomAdminKey(),
       ...(databaseUrl === undefined ? {} : { databaseUrl }),
+      env: { CHOKEPOINT_EGRESS_CONFIG: egressConfig, FUZZ_LLM_KEY: fake.apiKey },
     })
     port = Number(new URL(child.url).port)
     fx = await createFixtures(child.url, child.adminKey)
@@ -1870,6 +1934,9 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
 
   afterAll(async () => {
     await child?.stop()
+    echo.closeAllConnections()
+    await new Promise((resolve) => echo.close(resolve))
+    await fake?.close()
     if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
@@ -1887,6 +1954,9 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
     }
     if (ONLY.length > 0) return
     expect(stats.total).toBe(COUNT[engine])
+    // The HTTP egress routes were fuzzed through to their upstream, not only up to a 404.
+    expect(echoed).toBeGreaterThan(0)
+    console.log(`fuzz[${engine}]: ${echoed} requests reached the HTTP egress upstream`)
     // Every published route, and every field and query parameter of it, was aimed at.
     const least = Math.max(1, Math.floor(COUNT[engine] / plan.length))
     for (const route of routes) {
@@ -1900,6 +1970,10 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
     for (const role of ROLES) expect(stats.byRole.get(role) ?? 0, `requests with the ${role} key`).toBeGreaterThan(COUNT[engine] / 20)
     // The generator reaches past authentication: most answers are the gateway's own 4xx.
     expect(stats.byClass.get('4xx') ?? 0).toBeGreaterThan(COUNT[engine] / 2)
+    // The egress routes were live: calls reached the upstream, never with a Chokepoint key.
+    expect(fake.requests.filter((q) => q.path === '/v1/chat/completions').length).toBeGreaterThan(0)
+    expect(fake.requests.filter((q) => q.path === '/v1/embeddings').length).toBeGreaterThan(0)
+    expect(fake.sawAgentKey).toBe(false)
   }, 180_000)
 
   it('is still alive, healthy and consistent afterwards', async () => {
@@ -1942,6 +2016,14 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
     expect(read.body.intent).toMatchObject({ status: 'COMPLETED', result: { done: true } })
 
     expect((await api(child.url, fx.keys.viewer, 'GET', '/v1/audit/verify')).body).toMatchObject({ valid: true })
+
+    // Egress still meters a call, and the fuzz left no call open (each was settled once).
+    const llm = await api(child.url, fromKey, 'POST', `/llm/${UPSTREAM}/v1/chat/completions`, { model: LLM_MODEL, messages: [{ role: 'user', content: 'after' }] })
+    expect(llm.status, JSON.stringify(llm.body)).toBe(200)
+    expect(llm.body.object).toBe('chat.completion')
+    const egressCalls = await api(child.url, fx.keys.viewer, 'GET', '/v1/egress/calls?limit=500')
+    expect(egressCalls.status).toBe(200)
+    expect((egressCalls.body.calls as any[]).filter((c) => c.state === 'open')).toEqual([])
     expect(child.stderr(), 'the gateway logged unhandled errors').not.toMatch(/unhandled error/)
   }, 30_000)
 })
