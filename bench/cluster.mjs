@@ -20,6 +20,9 @@
 //               streams, 4 senders send to it and 4 send as it; the kill and resume go to replica
 //               0, the senders and streams to the OTHER replicas. Per cycle: kill returned → first
 //               403 agent_killed answered to a sender, and → all 4 victim streams closed.
+// Per scenario also: CPU µs per resolved intent of the gateway processes and of every PostgreSQL backend
+// (/proc), and PostgreSQL statements per intent (pg_stat_statements, loaded unless --no-pg-stats: every
+// statement executed in the measured window, all replicas, feeds and sweepers).
 // pg-boss: 8 closed-loop `boss.send(queue, payload)` senders, 4 `boss.work(queue, {batchSize,
 // pollingIntervalSeconds: 0.5}, handler)` workers whose handler returns at once (pg-boss then
 // completes the batch); jobs/s = jobs handled per second, send latency = boss.send round trip,
@@ -42,7 +45,7 @@ export const options = {
   'boss-batch': { type: 'string', help: 'cluster: pg-boss batchSize per worker fetch (default 500: 4 workers × 500 per 0.5 s poll do not cap it)' },
   'sqlite-durability': { type: 'string', help: 'cluster: durability of the SQLite gateway, normal (default) or full' },
   'no-pgboss': { type: 'boolean', help: 'cluster: skip the pg-boss baseline' },
-  'pg-stats': { type: 'boolean', help: 'cluster: load pg_stat_statements and report the top statements of the replica run (small overhead)' },
+  'no-pg-stats': { type: 'boolean', help: 'cluster: do not load pg_stat_statements (statements per intent and the top statements of the replica run; small overhead)' },
 }
 
 const LEASE_S = 30
@@ -116,6 +119,7 @@ async function throughput(cluster, pg, cfg, label, log, databaseUrl = null) {
   let usage = null
   let stats = null
   let statements = null
+  let statementCount = null
   log(`cluster: ${label}: throughput, ${cfg.warmupMs / 1000} s warm-up + ${cfg.durationMs / 1000} s measured…`)
   const flow = await runFlow({
     url: urls[0],
@@ -138,7 +142,10 @@ async function throughput(cluster, pg, cfg, label, log, databaseUrl = null) {
       },
       measureEnd: async () => {
         usage = cpu.stop()
-        if (stats) statements = await stats.top(25)
+        if (stats) {
+          statementCount = await stats.total()
+          statements = await stats.top(25)
+        }
       },
     },
   })
@@ -160,7 +167,11 @@ async function throughput(cluster, pg, cfg, label, log, databaseUrl = null) {
     per_second: flow.per_second,
     cpu: usage,
     server_cpu_us_per_intent: k.resolved_in_window ? Math.round(serverUs / k.resolved_in_window) : null,
-    // --pg-stats: the statements of the measured window by total time, with calls per resolved intent.
+    gateway_cpu_us_per_intent: k.resolved_in_window ? Math.round(usage.gateways_cpu_us / k.resolved_in_window) : null,
+    postgres_cpu_us_per_intent: k.resolved_in_window && usage.postgres_cpu_us !== null ? Math.round(usage.postgres_cpu_us / k.resolved_in_window) : null,
+    // Every statement PostgreSQL executed in the window (all replicas, feeds, sweepers) per resolved intent.
+    statements_per_intent: k.resolved_in_window && statementCount !== null ? Math.round((statementCount / k.resolved_in_window) * 10) / 10 : null,
+    // pg_stat_statements (unless --no-pg-stats): the statements of the measured window by total time, with calls per resolved intent.
     pg_statements: statements?.map((r) => ({ ...r, calls_per_intent: k.resolved_in_window ? Math.round((r.calls / k.resolved_in_window) * 100) / 100 : null })) ?? null,
     problems,
   }
@@ -506,6 +517,7 @@ async function pgBossPart(pg, cfg, log) {
     const cpu = cpuMeter([], pg)
     const loops = Array.from({ length: cfg.senders }, (_, s) => sender(s))
     await sleep(cfg.warmupMs)
+    const stats = await pg.statementStats(url)
     cpu.start()
     const windowStart = now()
     phase = 'measure'
@@ -513,6 +525,7 @@ async function pgBossPart(pg, cfg, log) {
     phase = 'drain'
     const windowMs = now() - windowStart
     const usage = cpu.stop()
+    const statementCount = stats ? await stats.total() : null
     await Promise.all(loops)
     const drained = await waitUntil(() => k.handled >= k.sent, cfg.drainMs, 20)
     phase = 'done'
@@ -545,6 +558,7 @@ async function pgBossPart(pg, cfg, log) {
       per_second: Array.from(perSecond, (v) => v ?? 0),
       cpu: usage,
       postgres_cpu_us_per_job: k.handled_in_window && usage.postgres_cpu_us !== null ? Math.round(usage.postgres_cpu_us / k.handled_in_window) : null,
+      statements_per_job: k.handled_in_window && statementCount !== null ? Math.round((statementCount / k.handled_in_window) * 10) / 10 : null,
       window_ms: Math.round(windowMs),
       problems,
     }
@@ -579,7 +593,7 @@ export async function run(opts) {
     pgboss: !opts['no-pgboss'],
   }
   log(`cluster: starting a throwaway PostgreSQL (${bin}, fsync on)…`)
-  const pg = await startPostgres(bin, { statementStats: Boolean(opts['pg-stats']) })
+  const pg = await startPostgres(bin, { statementStats: !opts['no-pg-stats'] })
   const scenarios = []
   try {
     // 1. Single node on SQLite.
@@ -615,7 +629,7 @@ export async function run(opts) {
       const db = await pg.createDatabase('bench_single')
       const gw = await startGateways({ n: 1, databaseUrl: db })
       try {
-        const tp = await throughput(gw, pg, cfg, 'PostgreSQL, 1 replica', log)
+        const tp = await throughput(gw, pg, cfg, 'PostgreSQL, 1 replica', log, db)
         scenarios.push({ key: 'pg1', scenario: 'Chokepoint, PostgreSQL, 1 replica', throughput: tp, kill: null })
       } finally {
         await gw.stop()
@@ -670,6 +684,9 @@ export async function run(opts) {
     vsq: fmt.ratio(ratio(s.throughput.intents_per_s, sq?.throughput.intents_per_s)),
     vboss: bossOk ? fmt.ratio(ratio(s.throughput.intents_per_s, boss.jobs_per_s)) : '–',
     cpi: fmt.int(s.throughput.server_cpu_us_per_intent),
+    gcpi: fmt.int(s.throughput.gateway_cpu_us_per_intent),
+    pcpi: s.throughput.postgres_cpu_us_per_intent === null ? '–' : fmt.int(s.throughput.postgres_cpu_us_per_intent),
+    spi: s.throughput.statements_per_intent === null ? '–' : String(s.throughput.statements_per_intent),
   }))
   if (bossOk) {
     rows.push({
@@ -686,6 +703,9 @@ export async function run(opts) {
       vsq: fmt.ratio(ratio(boss.jobs_per_s, sq?.throughput.intents_per_s)),
       vboss: '1.00×',
       cpi: `${fmt.int(boss.postgres_cpu_us_per_job)} (PG only)`,
+      gcpi: 'n/a',
+      pcpi: fmt.int(boss.postgres_cpu_us_per_job),
+      spi: boss.statements_per_job === null ? '–' : String(boss.statements_per_job),
     })
   }
 
@@ -740,6 +760,11 @@ export async function run(opts) {
       `Chokepoint on PG ÷ pg-boss: per second ${fmt.ratio(r.pg_vs_pgboss_per_s)}, send p50/p99 ${fmt.ratio(r.pg_vs_pgboss_send_p50)} / ${fmt.ratio(r.pg_vs_pgboss_send_p99)}, end-to-end p50 ${fmt.ratio(r.pg_vs_pgboss_e2e_p50)}; ` +
       `accept only, ${cfg.senders} pairs ÷ 1 pair: PG ${fmt.ratio(r.pg_accept_many_pairs_vs_one)}, SQLite ${fmt.ratio(r.sqlite_accept_many_pairs_vs_one)}; PG accepts (${cfg.senders} pairs) ÷ pg-boss sends ${fmt.ratio(r.pg_vs_pgboss_accept_many_pairs_vs_sends)}`,
   )
+  notes.push(
+    `goals: ${cfg.replicas} PG replicas ≥ 0.7× pg-boss: ${fmt.ratio(r.pg_vs_pgboss_per_s)} (${r.pg_vs_pgboss_per_s !== null && r.pg_vs_pgboss_per_s >= 0.7 ? 'met' : 'not met'}); ` +
+      `${cfg.replicas} replicas ≥ 1 replica: ${fmt.ratio(r.pg_replicas_vs_one_replica_intents_per_s)} (${r.pg_replicas_vs_one_replica_intents_per_s !== null && r.pg_replicas_vs_one_replica_intents_per_s >= 1 ? 'met' : 'not met'}); ` +
+      `kill call p99 < 50 ms on PG: ${fmt.ms(pgs?.kill?.stats.kill_call_ms.p99)} ms (${(pgs?.kill?.stats.kill_call_ms.p99 ?? Infinity) < 50 ? 'met' : 'not met'})`,
+  )
   notes.push('Machine note: 2 cores shared by PostgreSQL, every gateway process and the load generator; replicas cannot add CPU here, they show the cost of coordination through PostgreSQL.')
   notes.push(problems.length ? `PROBLEMS (${problems.length}): ${problems.slice(0, 20).join('; ')}` : 'correctness: no lost or duplicate intents; no send accepted after a kill returned; nothing leased to a killed agent; every victim stream got agent.killed; pg-boss completed every job')
 
@@ -764,6 +789,9 @@ export async function run(opts) {
         { key: 'vsq', title: '/s vs SQLite' },
         { key: 'vboss', title: '/s vs pg-boss' },
         { key: 'cpi', title: 'server CPU µs/intent' },
+        { key: 'gcpi', title: 'gateway CPU µs/intent' },
+        { key: 'pcpi', title: 'PG CPU µs/intent' },
+        { key: 'spi', title: 'PG statements/intent' },
       ],
       rows,
     },

@@ -97,7 +97,7 @@ try {
       `-k ${dir}`,
       '-c listen_addresses=127.0.0.1',
       ...Object.entries(SETTINGS).map(([k, v]) => `-c ${k}=${v}`),
-      // Statement statistics (benchmark --pg-stats): what the time goes to, per statement.
+      // Statement statistics (cluster benchmark, unless --no-pg-stats): what the time goes to, per statement.
       ...(process.env.BENCH_PG_STATS === '1' ? ['-c shared_preload_libraries=pg_stat_statements', '-c pg_stat_statements.track=all'] : []),
     ].join(' ')
     try {

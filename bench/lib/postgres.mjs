@@ -60,6 +60,20 @@ export async function startPostgres(bin, { statementStats = false } = {}) {
         await client.end()
       }
       return {
+        /** Statements executed in the database since the reset (every client, top level and nested). */
+        async total() {
+          const c = new pg.Client({ connectionString: databaseUrl })
+          await c.connect()
+          try {
+            const { rows } = await c.query(
+              `SELECT coalesce(sum(calls), 0)::bigint AS calls FROM pg_stat_statements
+                WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+            )
+            return Number(rows[0].calls)
+          } finally {
+            await c.end()
+          }
+        },
         async top(n = 15) {
           const c = new pg.Client({ connectionString: databaseUrl })
           await c.connect()

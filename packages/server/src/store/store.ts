@@ -454,6 +454,10 @@ export interface Parties {
   from_quarantine: InstanceQuarantineRow | null
   from_policies: PolicyRow[]
   to_policies: PolicyRow[]
+  /**
+   * Exact (read under the locks that serialize the agent's accepts) for a party with a rate or
+   * cost policy, the only ones decided on counters; an engine may give zeros for the others.
+   */
   from_counters: AgentCounters
   to_counters: AgentCounters
 }

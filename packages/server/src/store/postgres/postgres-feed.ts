@@ -319,3 +319,109 @@ export class PostgresFeed implements ChangeFeed {
     }
   }
 }
+
+/**
+ * Wake-ups that need not commit atomically with the data they announce (`intent.available`,
+ * `intent.event`, `slot.freed`, `mesh.event`, `alert.queued`): receivers re-read the store, and a
+ * lost one costs at most the streams' idle recheck. They are sent after COMMIT, batched (every
+ * committed transaction of one event-loop turn shares one NOTIFY statement), on a dedicated
+ * connection with `synchronous_commit = off`. Sending them inside the data transactions made
+ * PostgreSQL serialize those commits behind its global notify lock, each waiting for its own
+ * WAL flush; kills, quarantines, key revocations and policy changes still NOTIFY inside their
+ * transaction (see WAKE_ONLY in postgres-store.ts).
+ */
+export class Notifier {
+  readonly #origin: string
+  readonly #newClient: () => pg.Client
+  readonly #log: PostgresFeedOptions['log']
+  #pending: Change[] = []
+  #client: pg.Client | null = null
+  #scheduled = false
+  #flushing: Promise<void> | null = null
+  #closed = false
+
+  constructor(options: { origin: string; newClient: () => pg.Client; log?: PostgresFeedOptions['log'] }) {
+    this.#origin = options.origin
+    this.#newClient = options.newClient
+    this.#log = options.log
+  }
+
+  /** Queues a committed transaction's wake-ups for the next batch. */
+  push(changes: readonly Change[]): void {
+    if (this.#closed || changes.length === 0) return
+    for (const change of changes) this.#pending.push(change)
+    this.#schedule()
+  }
+
+  #schedule(): void {
+    if (this.#scheduled || this.#flushing !== null) return
+    this.#scheduled = true
+    setImmediate(() => {
+      this.#scheduled = false
+      this.#flushing = this.#flush().finally(() => {
+        this.#flushing = null
+        if (this.#pending.length > 0) this.#schedule()
+      })
+    })
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#closed) return
+    const batch = coalesce(this.#pending.splice(0))
+    if (batch.length === 0) return
+    try {
+      const client = await this.#connect()
+      await client.query('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [FEED_CHANNEL, encodeChanges(this.#origin, batch)])
+    } catch (error) {
+      // Lost wake-ups: the other replicas' streams recheck on their own within their idle bound.
+      this.#log?.('warn', 'change feed: NOTIFY of wake-ups failed', { error: String(error) })
+      this.#drop()
+    }
+  }
+
+  async #connect(): Promise<pg.Client> {
+    if (this.#client) return this.#client
+    const client = this.#newClient()
+    client.on('error', () => {
+      if (this.#client === client) this.#drop()
+    })
+    await client.connect().catch(async (error: unknown) => {
+      await client.end().catch(() => undefined)
+      throw error
+    })
+    this.#client = client
+    return client
+  }
+
+  #drop(): void {
+    const client = this.#client
+    this.#client = null
+    if (client) client.end().catch(() => undefined)
+  }
+
+  async close(): Promise<void> {
+    await this.#flushing
+    this.#closed = true
+    this.#pending = []
+    const client = this.#client
+    this.#client = null
+    if (client) await client.end().catch(() => undefined)
+  }
+}
+
+/** At most this many `intent.available` per address in one batch: each wakes one idle stream per replica. */
+const MAX_WAKES_PER_ADDRESS = 16
+
+/** A batch's changes without repeats, except `intent.available` (each wakes one more stream), in first-seen order. */
+function coalesce(changes: readonly Change[]): Change[] {
+  const seen = new Map<string, number>()
+  const out: Change[] = []
+  for (const change of changes) {
+    const key = JSON.stringify(change)
+    const n = seen.get(key) ?? 0
+    if (n >= (change.type === 'intent.available' ? MAX_WAKES_PER_ADDRESS : 1)) continue
+    seen.set(key, n + 1)
+    out.push(change)
+  }
+  return out
+}

@@ -298,4 +298,19 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   ALTER TABLE counters_day ADD COLUMN egress bigint NOT NULL DEFAULT 0;
   ALTER TABLE counters_hour ADD COLUMN egress bigint NOT NULL DEFAULT 0;
   `,
+  // Sent/received of agents without rate or cost policies, by hour, one row per backend that
+  // counted (shard = pg_backend_pid()): a backend runs one transaction at a time, so no two
+  // concurrent accepts ever wait on the same counter row. Views sum these with counters_day /
+  // counters_hour; purge folds finished hours into those tables.
+  `
+  CREATE TABLE counter_shards (
+    address_id text NOT NULL,
+    hour       text NOT NULL,
+    shard      integer NOT NULL,
+    sent       bigint NOT NULL DEFAULT 0,
+    received   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (address_id, hour, shard)
+  );
+  CREATE INDEX counter_shards_hour ON counter_shards (hour);
+  `,
 ]

@@ -287,4 +287,10 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   ALTER TABLE counters_day ADD COLUMN egress INTEGER NOT NULL DEFAULT 0;
   ALTER TABLE counters_hour ADD COLUMN egress INTEGER NOT NULL DEFAULT 0;
   `,
+  // Nothing here: PostgreSQL's migration 12 adds counter_shards (lock-free counts across
+  // replicas); SQLite has one writer and counts in counters_day/counters_hour. Keeps both engines
+  // at the same schema version (migrate-store requires it).
+  `
+  SELECT 1;
+  `,
 ]
