@@ -686,6 +686,16 @@ export interface MeshEventQuery {
   before_seqno: number | null
 }
 
+/** Statements a store ran since it opened: the cost of its work in round trips to the engine. */
+export interface StoreStats {
+  /** Executions of prepared statements (each run/get/all/iterate). */
+  statements: number
+  /** BEGIN/COMMIT and SAVEPOINT/RELEASE (or ROLLBACK) issued around the writes. */
+  transaction_statements: number
+  /** Executions by statement name (ad-hoc statements by the first words of their SQL). */
+  by_statement: Record<string, number>
+}
+
 export interface Store {
   readonly engine: 'sqlite' | 'postgres'
   /** Change notifications, delivered to every replica on the same store. */
@@ -698,6 +708,8 @@ export interface Store {
   close(): Promise<void>
   /** Throws GatewayError('store_unavailable') if the store cannot be reached. */
   ping(): Promise<void>
+  /** Statement counts since the store opened (engines that count them: SQLite). */
+  stats?(): StoreStats
 
   // ---- keys ----
   /** Inserts a key; for an agent key, registers the agent (if new) in the same transaction. */

@@ -62,9 +62,11 @@ import type {
   Parties,
   Role,
   Store,
+  StoreStats,
 } from '../store.js'
 import { DEFAULT_POLICY_OWNER, type DefaultPoliciesWrite, type EgressAdmitInput, type EgressCallRow, type EgressSettleInput } from '../store.js'
 import { SQLITE_MIGRATIONS } from './sqlite-migrations.js'
+import { StatementCounter } from './statement-stats.js'
 import { newAddressId, randomBase62 } from '../../core/ids.js'
 import { blankAgent } from '../../core/agents/agent-row.js'
 
@@ -461,6 +463,7 @@ export class SqliteStore implements Store {
   readonly #q: Stmts
   readonly #hashAudit: AuditHasher
   readonly #alertFor: AlertMapper
+  readonly #counter = new StatementCounter()
 
   constructor(config: SqliteStoreConfig) {
     let file = ':memory:'
@@ -480,7 +483,7 @@ export class SqliteStore implements Store {
     this.#db.pragma('cache_size = -65536')
     this.#db.pragma('wal_autocheckpoint = 10000')
     migrate(this.#db)
-    this.#q = prepare(this.#db)
+    this.#q = this.#counter.wrapAll(prepare(this.#db))
     this.#hashAudit = config.hashAudit
     this.#alertFor = config.alertFor
     this.#heartbeatBatchMs = config.heartbeatBatchMs ?? 0
@@ -527,6 +530,8 @@ export class SqliteStore implements Store {
     const batch = this.#pending.splice(0)
     if (batch.length === 0) return
     const outcomes: ({ ok: true; value: unknown; changes: Change[] } | { ok: false; error: unknown })[] = []
+    // BEGIN IMMEDIATE and COMMIT, and a SAVEPOINT and its RELEASE (or ROLLBACK TO) per write.
+    this.#counter.transactionStatements += 2 + 2 * batch.length
     try {
       this.#db
         .transaction(() => {
@@ -557,6 +562,15 @@ export class SqliteStore implements Store {
     // After the commit, in commit order. (A stream whose claim shares a batch with a kill
     // writes its claimed frames before the kill frame: see InboxStream.killed.)
     for (const change of changes) this.feed.publish(change)
+  }
+
+  /** A statement built per call (dynamic filters), counted by the first words of its SQL. */
+  #adhoc(sql: string): Statement {
+    return this.#counter.wrap(this.#db.prepare(sql), `adhoc: ${sql.replace(/\s+/g, ' ').trim().slice(0, 48)}`)
+  }
+
+  stats(): StoreStats {
+    return this.#counter.snapshot()
   }
 
   async close(): Promise<void> {
@@ -715,7 +729,7 @@ export class SqliteStore implements Store {
       params.push(pattern, pattern)
     }
     const filter = where.length === 0 ? '' : `WHERE ${where.join(' AND ')}`
-    const total = (this.#db.prepare(`SELECT count(*) AS n FROM agents a ${filter}`).get(...params) as { n: number }).n
+    const total = (this.#adhoc(`SELECT count(*) AS n FROM agents a ${filter}`).get(...params) as { n: number }).n
     const join = sortsByCounters(query)
       ? `LEFT JOIN (SELECT address_id, sum(sent) + sum(received) AS intents, sum(cost_usd) AS cost FROM counters_day
            WHERE day >= ? AND day <= ? GROUP BY address_id) c ON c.address_id = a.address_id`
@@ -828,7 +842,7 @@ export class SqliteStore implements Store {
     }
     params.push(query.limit)
     const sql = `SELECT * FROM intents WHERE ${where.join(' AND ')} ORDER BY seqno DESC LIMIT ?`
-    return this.#db.prepare(sql).all(...params) as IntentRow[]
+    return this.#adhoc(sql).all(...params) as IntentRow[]
   }
 
   async claimDeliveries(input: ClaimInput): Promise<ClaimResult> {
@@ -931,6 +945,7 @@ export class SqliteStore implements Store {
         const { intent: next, decide } = change.follow_up
         // A rejected follow-up (e.g. reply_to agent killed) must not undo the resolve: savepoint.
         try {
+          this.#counter.transactionStatements += 2
           const row = this.#db.transaction(() => this.#accept(next, input.actor, input.now, decide, changes))()
           followUp = { accepted: true, intent: row }
         } catch (error) {
@@ -1258,7 +1273,7 @@ export class SqliteStore implements Store {
       params.push(query.target)
     }
     params.push(query.limit)
-    return this.#db.prepare(`SELECT * FROM audit_log WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`).all(...params) as AuditRow[]
+    return this.#adhoc(`SELECT * FROM audit_log WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`).all(...params) as AuditRow[]
   }
 
   async appendMeshEvent(draft: MeshEventDraft): Promise<MeshEventRow> {
@@ -1402,7 +1417,7 @@ export class SqliteStore implements Store {
     }
     params.push(limit)
     const sql = `SELECT * FROM egress_calls ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY seqno DESC LIMIT ?`
-    return (this.#db.prepare(sql).all(...params) as (EgressCallRow & { seqno?: number })[]).map(({ seqno: _s, ...row }) => row)
+    return (this.#adhoc(sql).all(...params) as (EgressCallRow & { seqno?: number })[]).map(({ seqno: _s, ...row }) => row)
   }
 
   async listDefaultPolicies(): Promise<PolicyRow[]> {
@@ -1418,10 +1433,10 @@ export class SqliteStore implements Store {
       const before = this.#q.defaultPolicies.all() as PolicyRow[]
       const after = input.build(before)
       if (after === null) return { policies: before, changed: false }
-      this.#db.prepare('DELETE FROM default_policies').run()
+      this.#adhoc('DELETE FROM default_policies').run()
       after.forEach((row, position) => this.#q.insertDefaultPolicy.run({ ...row, position }))
       // Every compiled policy set includes the defaults: each agent's version moves on.
-      this.#db.prepare('UPDATE agents SET policy_version = policy_version + 1').run()
+      this.#adhoc('UPDATE agents SET policy_version = policy_version + 1').run()
       const { audit, event } = input.record(before, after)
       this.#audit(audit)
       this.#meshEvent(event, changes)
@@ -1436,7 +1451,7 @@ export class SqliteStore implements Store {
   }
 
   async listEnabledPolicies(kind: PolicyKind, limit: number): Promise<PolicyRow[]> {
-    return this.#db.prepare('SELECT * FROM policies WHERE kind = ? AND enabled = 1 ORDER BY seqno LIMIT ?').all(kind, limit) as PolicyRow[]
+    return this.#adhoc('SELECT * FROM policies WHERE kind = ? AND enabled = 1 ORDER BY seqno LIMIT ?').all(kind, limit) as PolicyRow[]
   }
 
   async getPolicy(policyId: string): Promise<PolicyRow | undefined> {
@@ -1639,7 +1654,7 @@ export class SqliteStore implements Store {
       ? 'SELECT * FROM alert_outbox ORDER BY created_at DESC, alert_id LIMIT ?'
       : 'SELECT * FROM alert_outbox WHERE webhook_id = ? ORDER BY created_at DESC, alert_id LIMIT ?'
     const args = webhookId === null ? [limit] : [webhookId, limit]
-    return this.#db.prepare(sql).all(...args) as AlertRow[]
+    return this.#adhoc(sql).all(...args) as AlertRow[]
   }
 }
 
