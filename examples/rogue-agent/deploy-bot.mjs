@@ -16,12 +16,37 @@ const bot = new Agent({
   maxRetries: 0,
 })
 
-const stats = { type: 'stats', instance: instanceId, ok: 0, rejected: 0, last_ok_at: 0, last_status: 200, last_code: null }
+// Before each deploy it asks an LLM what to deploy next — through the gateway (`llmBaseURL`), so
+// the gateway meters the spend and the kill stops it too. The provider key lives in the gateway.
+const llmUrl = process.env.LLM_UPSTREAM ? `${bot.llmBaseURL(process.env.LLM_UPSTREAM)}/chat/completions` : null
+
+const stats = { type: 'stats', instance: instanceId, ok: 0, rejected: 0, last_ok_at: 0, last_status: 200, last_code: null, llm_ok: 0, llm_rejected: 0, last_llm_ok_at: 0, last_llm_code: null }
 setInterval(() => process.stdout.write(`${JSON.stringify(stats)}\n`), 200)
 bot.startHeartbeat({ intervalMs: 1000 }) // health for the operator; the bot ignores what it answers
 
 for (let n = 0; ; n += 1) {
   const started = Date.now()
+  if (llmUrl) {
+    try {
+      const res = await fetch(llmUrl, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${process.env.CHOKEPOINT_API_KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'planner-large', max_completion_tokens: 400, messages: [{ role: 'user', content: `Deployed ${n} services. What next?` }] }),
+      })
+      const answer = await res.json()
+      if (res.ok) {
+        stats.llm_ok += 1
+        stats.last_llm_ok_at = Date.now()
+        stats.last_llm_code = null
+      } else {
+        stats.llm_rejected += 1
+        stats.last_llm_code = answer?.error?.code ?? String(res.status)
+      }
+    } catch {
+      stats.llm_rejected += 1
+      stats.last_llm_code = 'connection_error'
+    }
+  }
   try {
     await bot.send({
       to_agent: 'agent://acme/prod/deployer',

@@ -206,6 +206,25 @@ describe('chokepoint CLI against a real gateway', () => {
     expect((await cli(['policy', 'set', 'agent://acme/prod/dm-cli', '--deadman', 'soon'], env)).code).toBe(2)
   })
 
+  it('policy set --allow-tools and --rate --direction egress; evaluate --agent --upstream answers for egress calls', async () => {
+    await agentKey(gw, 'agent://acme/prod/tools-cli')
+    const tools = await cli(['policy', 'set', 'agent://acme/prod/tools-cli', '--allow-tools', 'github/*, deploy-api/GET /v2/**', '--json'], env)
+    expect(tools.code, tools.stderr).toBe(0)
+    expect(JSON.parse(tools.stdout).policy).toMatchObject({ kind: 'tool', mode: 'allowlist', patterns: ['github/*', 'deploy-api/GET /v2/**'] })
+    const rate = await cli(['policy', 'set', 'agent://acme/prod/tools-cli', '--rate', '600/h', '--direction', 'egress', '--on-breach', 'kill', '--json'], env)
+    expect(rate.code, rate.stderr).toBe(0)
+    expect(JSON.parse(rate.stdout).policy).toMatchObject({ kind: 'rate', direction: 'egress', max_per_hour: 600 })
+    const list = await cli(['policy', 'list', 'agent://acme/prod/tools-cli'], env)
+    expect(list.stdout).toMatch(/tools allowlist github\/\*, deploy-api\/GET \/v2\/\*\*/)
+    expect(list.stdout).toMatch(/egress ≤ 600\/h, on breach kill/)
+    const denied = await cli(['policy', 'evaluate', '--agent', 'agent://acme/prod/tools-cli', '--upstream', 'deploy-api', '--tool', 'DELETE /v2/services/web'], env)
+    expect(denied.stdout).toMatch(/^deny by pol_\w+: deploy-api\/DELETE \/v2\/services\/web is not in the allowlist/)
+    const allowed = await cli(['policy', 'evaluate', '--agent', 'agent://acme/prod/tools-cli', '--upstream', 'github', '--tool', 'create_issue', '--worst-case', '0.01'], env)
+    expect(allowed.stdout).toMatch(/^allow: allowed/)
+    expect((await cli(['policy', 'evaluate', '--agent', 'agent://acme/prod/tools-cli'], env)).code).toBe(2)
+    expect((await cli(['policy', 'set', 'agent://acme/prod/tools-cli', '--allow', 'a.b', '--direction', 'egress'], env)).code).toBe(2)
+  })
+
   it('policy set --monitor watches without blocking; set again without it enforces; evaluate shows both', async () => {
     await agentKey(gw, 'agent://acme/prod/mon-cli')
     const set = await cli(['policy', 'set', 'agent://acme/prod/mon-cli', '--deny', 'db.drop.*', '--monitor', '--json'], env)

@@ -22,6 +22,8 @@ describe('chokepoint demo', () => {
     expect(result.out).not.toMatch(/✘/)
     expect(result.out).toMatch(/no instance got a send accepted after the kill returned/)
     expect(result.out).toMatch(/the rate policy auto-killed the bot/)
+    expect(result.out).toMatch(/✔ not one LLM call reached the provider after the kill returned/)
+    expect(result.out).toMatch(/✔ the bot's LLM spend stopped with the kill — \$\d+\.\d{4} metered/)
     expect(result.out).toMatch(/valid: \d+ entries, hash chain intact/)
     expect(result.code).toBe(0)
   }, 90_000)

@@ -249,10 +249,10 @@ export interface ActionPolicyBody {
   enforcement?: Enforcement | undefined
 }
 
-/** `kind: "rate"`: intents per UTC hour/day. */
+/** `kind: "rate"`: intents (sent or received) or egress calls (LLM, MCP, HTTP) per UTC hour/day. */
 export interface RatePolicyBody {
   kind: 'rate'
-  direction: 'send' | 'receive'
+  direction: 'send' | 'receive' | 'egress'
   max_per_hour?: number | undefined
   max_per_day?: number | undefined
   on_breach: 'block' | 'kill'
@@ -282,8 +282,20 @@ export interface DeadmanPolicyBody {
   enforcement?: Enforcement | undefined
 }
 
+/**
+ * `kind: "tool"`: which MCP tools and HTTP endpoints an agent may call through the gateway, over
+ * `<upstream>/<tool>` and `<upstream>/<METHOD> <path>`; `*` = any run without `/`, `**` = any run.
+ */
+export interface ToolPolicyBody {
+  kind: 'tool'
+  mode: 'allowlist' | 'denylist'
+  patterns: string[]
+  enabled?: boolean | undefined
+  enforcement?: Enforcement | undefined
+}
+
 /** A policy body, flat (DESIGN §10). */
-export type PolicyBody = ActionPolicyBody | RatePolicyBody | CostPolicyBody | DeadmanPolicyBody
+export type PolicyBody = ActionPolicyBody | RatePolicyBody | CostPolicyBody | DeadmanPolicyBody | ToolPolicyBody
 
 /** Fields every stored policy has. */
 export interface PolicyMeta {

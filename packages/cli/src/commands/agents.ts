@@ -187,5 +187,6 @@ function describeRule(p: Record<string, unknown>): string {
     return `${p['direction']} ≤ ${parts.join(' and ')}, on breach ${p['on_breach']}`
   }
   if (p['kind'] === 'deadman') return `silent ≥ ${p['silent_after_seconds']} s → ${p['on_trigger']}`
+  if (p['kind'] === 'tool') return `tools ${p['mode']} ${(p['patterns'] as string[]).join(', ')}`
   return `≤ $${p['max_cost_per_day_usd']}/day, on breach ${p['on_breach']}`
 }

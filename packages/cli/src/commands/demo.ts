@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -13,9 +13,10 @@ import { bold, dim, green, red, yellow } from '../output.js'
 export const DEMO_HELP = `Usage: chokepoint demo [--fast] [--keep]
 
 The rogue-agent story, end to end, on a throwaway gateway (temporary SQLite store):
-a deploy-bot running as 4 separate processes floods a deployer with deploy.service.v1 intents;
-an operator kills it from "another terminal" (the CLI); the deploys stop on all 4 instances at
-once while the processes keep running; resume redelivers the held work; then a rate policy with
+a deploy-bot running as 4 separate processes floods a deployer with deploy.service.v1 intents
+and asks a (local, fake) LLM before every deploy, through the gateway, burning money; an
+operator kills it from "another terminal" (the CLI); the deploys and the LLM spend stop on all
+4 instances at once while the processes keep running; resume redelivers the held work; then a rate policy with
 on_breach: kill stops the bot by itself; finally the audit trail and its verification.
 
 It checks every effect itself and exits 0 only if all were observed. Ctrl-C cleans up.
@@ -35,7 +36,8 @@ const DEPLOYER = 'agent://acme/prod/deployer'
 const NOTIFIER = 'agent://acme/prod/notifier'
 const INSTANCES = ['pod-1', 'pod-2', 'pod-3', 'pod-4']
 
-interface BotStats { instance: string; ok: number; rejected: number; last_ok_at: number; last_status: number; last_code: string | null }
+interface BotStats { instance: string; ok: number; rejected: number; last_ok_at: number; last_status: number; last_code: string | null; llm_ok?: number; llm_rejected?: number }
+interface LlmStats { requests: number; last_request_at: number; last_key: string | null }
 interface DeployerStats { deployed: number; redelivered: number; by_source: Record<string, number> }
 
 export async function demo(argv: string[]): Promise<CommandResult> {
@@ -77,6 +79,8 @@ class DemoRun {
   readonly bots = new Map<string, BotStats>()
   deployer: DeployerStats = { deployed: 0, redelivered: 0, by_source: {} }
   notifier = { sent: 0, rejected: 0 }
+  llm: LlmStats = { requests: 0, last_request_at: 0, last_key: null }
+  readonly llmKey = `sk-demo-${randomBytes(12).toString('hex')}`
   url = ''
   readonly checks: { name: string; ok: boolean; detail: string }[] = []
 
@@ -98,7 +102,8 @@ class DemoRun {
     this.say(bold('\nIt is 3 a.m. The deployment agent was supposed to deploy 3 services. It has deployed 47.'))
     this.say(dim('It runs on 4 instances. There is no PID to kill. But every intent goes through Chokepoint.\n'))
 
-    await this.startGateway()
+    const llmUrl = await this.startFakeLlm()
+    await this.startGateway(llmUrl)
     const op = new Operator({ baseURL: this.url, apiKey: this.adminKey, maxRetries: 0 })
     const botKey = (await op.keys.create({ role: 'agent', agent: BOT, name: 'deploy-bot' })).key
     const deployerKey = (await op.keys.create({ role: 'agent', agent: DEPLOYER, name: 'deployer' })).key
@@ -108,11 +113,12 @@ class DemoRun {
     this.spawnAgent('deployer', 'deployer.mjs', deployerKey, {}, (s) => (this.deployer = s as unknown as DeployerStats))
     this.spawnAgent('notifier', 'notifier.mjs', notifierKey, {}, (s) => (this.notifier = s as never))
     for (const instance of INSTANCES) {
-      this.spawnAgent(`deploy-bot ${instance}`, 'deploy-bot.mjs', botKey, { INSTANCE_ID: instance, DEPLOYS_PER_SECOND: '12' }, (s) =>
+      this.spawnAgent(`deploy-bot ${instance}`, 'deploy-bot.mjs', botKey, { INSTANCE_ID: instance, DEPLOYS_PER_SECOND: '12', LLM_UPSTREAM: 'llm' }, (s) =>
         this.bots.set(instance, s as unknown as BotStats),
       )
     }
-    this.say(`${bold('agents')}  deploy-bot ×4 processes (${INSTANCES.join(', ')}), deployer, notifier\n`)
+    this.say(`${bold('agents')}  deploy-bot ×4 processes (${INSTANCES.join(', ')}), deployer, notifier`)
+    this.say(`${bold('llm')}     ${llmUrl} ${dim('(a stand-in provider; the bot calls it through the gateway at /llm/llm/v1 with its agent key)')}\n`)
 
     // Act 1: the loop.
     this.say(bold('Act 1 — the rogue loop'))
@@ -122,6 +128,8 @@ class DemoRun {
     // The operator's kill, from another terminal.
     this.say(bold('\n$ chokepoint kill agent://acme/prod/deploy-bot --reason "deployed 47 services instead of 3"'))
     const before = this.snapshot()
+    const spentBefore = await this.botCost()
+    this.say(dim(`  the bot's LLM calls have cost $${spentBefore.toFixed(4)} so far today (${this.llm.requests} calls reached the provider)`))
     const kill = await this.cli(['kill', BOT, '--reason', 'deployed 47 services instead of 3', '--json'])
     const killReturned = Date.now()
     const killed = JSON.parse(kill) as { held_intents: number; killed_at: string }
@@ -141,6 +149,22 @@ class DemoRun {
       INSTANCES.every((i) => (after.rejected[i] ?? 0) > (before.rejected[i] ?? 0) && this.bots.get(i)?.last_code === 'agent_killed'),
       INSTANCES.map((i) => `${i}: +${(after.rejected[i] ?? 0) - (before.rejected[i] ?? 0)} rejected`).join(', '),
     )
+    const llmAtKill = this.llm.requests
+    await sleep(500) // the provider's stats arrive every 200 ms
+    this.check(
+      'not one LLM call reached the provider after the kill returned',
+      this.llm.last_request_at <= killReturned,
+      `${this.llm.requests} calls in all, the last ${Math.max(0, killReturned - this.llm.last_request_at)} ms before the kill returned; LLM calls since: ${this.llm.requests - llmAtKill}`,
+    )
+    const spentAfter = await this.botCost()
+    await sleep(500)
+    const spentLater = await this.botCost()
+    this.check(
+      "the bot's LLM spend stopped with the kill",
+      spentLater === spentAfter,
+      `$${spentAfter.toFixed(4)} metered from the provider's usage; ${[...this.bots.values()].reduce((n, b) => n + (b.llm_rejected ?? 0), 0)} LLM calls refused with 403 agent_killed`,
+    )
+    this.check('the provider key stayed in the gateway', this.llm.last_key === 'provider', 'the agents hold only their Chokepoint keys')
     const notifierBefore = this.notifier.sent
     await this.watch(1 * t)
     const notifierKeepsGoing = await this.eventually(() => this.notifier.sent > notifierBefore, 5_000)
@@ -220,9 +244,56 @@ class DemoRun {
     return failed.length === 0
   }
 
-  async startGateway(): Promise<void> {
-    const child = spawn(process.execPath, [CLI_BIN, 'serve', '--port', '0', '--data', this.dataDir], {
-      env: { ...process.env, CHOKEPOINT_ADMIN_KEY: this.adminKey, CHOKEPOINT_RESUME_RATE: '100' },
+  /** The stand-in LLM provider (examples/rogue-agent/fake-llm.mjs); resolves with its URL. */
+  async startFakeLlm(): Promise<string> {
+    const child = spawn(process.execPath, [join(EXAMPLES, 'fake-llm.mjs')], {
+      env: { ...process.env, FAKE_LLM_KEY: this.llmKey },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    this.children.push(child)
+    return new Promise<string>((resolveUrl, reject) => {
+      const timer = setTimeout(() => reject(new Error('the fake LLM did not start within 10 s')), 10_000)
+      createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+        try {
+          const msg = JSON.parse(line) as { type?: string; url?: string } & LlmStats
+          if (msg.type === 'listening') {
+            clearTimeout(timer)
+            resolveUrl(msg.url as string)
+          } else if (msg.type === 'stats') this.llm = msg
+        } catch {
+          // not a stats line
+        }
+      })
+      child.once('exit', (code) => reject(new Error(`the fake LLM exited with code ${code}`)))
+    })
+  }
+
+  /** The bot's metered cost today (USD), as the gateway counts it. */
+  async botCost(): Promise<number> {
+    const res = await fetch(`${this.url}/v1/mesh/agents/${encodeURIComponent(BOT)}`, { headers: { 'x-api-key': this.adminKey } })
+    const body = (await res.json()) as { agent?: { cost_period?: number } }
+    return body.agent?.cost_period ?? 0
+  }
+
+  async startGateway(llmUrl: string): Promise<void> {
+    // The provider as the gateway knows it: its key from the environment, the model priced.
+    const egressConfig = join(this.dataDir, 'egress.json')
+    writeFileSync(
+      egressConfig,
+      JSON.stringify({
+        upstreams: [
+          {
+            id: 'llm',
+            kind: 'openai',
+            base_url: llmUrl,
+            api_key_env: 'DEMO_LLM_KEY',
+            models: { 'planner-large': { input_cost_per_token: 0.000003, output_cost_per_token: 0.000015, max_input_tokens: 200_000, max_output_tokens: 4096 } },
+          },
+        ],
+      }),
+    )
+    const child = spawn(process.execPath, [CLI_BIN, 'serve', '--port', '0', '--data', this.dataDir, '--egress-config', egressConfig], {
+      env: { ...process.env, CHOKEPOINT_ADMIN_KEY: this.adminKey, CHOKEPOINT_RESUME_RATE: '100', DEMO_LLM_KEY: this.llmKey },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     this.children.push(child)
@@ -299,7 +370,7 @@ class DemoRun {
         const rej = ((now.rejected[inst] ?? 0) - (prev.rejected[inst] ?? 0)) * 2
         return `${inst} ${rate > 0 ? green(`${String(rate).padStart(3)}/s`) : red('  0/s')}${rej > 0 ? yellow(` (${rej} × 403/s)`) : ''}`
       })
-      this.say(`  deploys  ${cells.join('  ')}   ${dim(`deployer done: ${this.deployer.deployed}, notifier: ${this.notifier.sent}`)}`)
+      this.say(`  deploys  ${cells.join('  ')}   ${dim(`deployer done: ${this.deployer.deployed}, notifier: ${this.notifier.sent}, LLM calls: ${this.llm.requests}`)}`)
       prev = now
     }
   }

@@ -6,17 +6,22 @@ import { printJson, table } from '../output.js'
 import { describePolicy } from './agents.js'
 
 export const POLICY_HELP = `Usage: chokepoint policy list <agent>
-       chokepoint policy set <agent> --rate <n>/h|<n>/day [--direction send|receive] [--on-breach block|kill]
+       chokepoint policy set <agent> --rate <n>/h|<n>/day [--direction send|receive|egress] [--on-breach block|kill]
        chokepoint policy set <agent> --cost <usd>/day [--on-breach block|kill] [--alert-at 50,80,100]
        chokepoint policy set <agent> --allow <glob,…> | --deny <glob,…> [--direction send|receive]
        chokepoint policy set <agent> --deadman <n>s|<n>m|<n>h [--on-trigger kill|alert]
+       chokepoint policy set <agent> --allow-tools <glob,…> | --deny-tools <glob,…>
        chokepoint policy set … --add
        chokepoint policy set … --monitor
        chokepoint policy rm <policy_id>
        chokepoint policy evaluate --from <agent> --to <agent> --type <intent_type>
+       chokepoint policy evaluate --agent <agent> --upstream <id> [--tool <name>] [--worst-case <usd>]
        chokepoint policy defaults [set <file.json> | clear]
 
 Policies stop an agent before anyone is paged. Globs: "*" is one dotted segment, "**" one or more.
+Tool globs (--allow-tools/--deny-tools) are over <upstream>/<tool> (MCP) and <upstream>/<METHOD> <path>
+(HTTP): "*" is any run without "/", "**" any run. --direction egress makes --rate count the agent's
+LLM, MCP and HTTP calls through the gateway.
 "set" creates the policy, or replaces the agent's existing policy of that kind (and direction)
 in place; --add creates a second one beside it instead.
 
@@ -36,7 +41,10 @@ Examples:
   chokepoint policy set agent://acme/prod/deployer --allow 'deploy.*.v1'
   chokepoint policy set agent://acme/prod/deployer --deadman 5m --on-trigger kill   (no heartbeat for 5 min → killed)
   chokepoint policy set agent://acme/prod/deployer --rate 100/h --on-breach kill --monitor   (watch it first)
+  chokepoint policy set agent://acme/prod/deployer --rate 600/h --direction egress --on-breach kill
+  chokepoint policy set agent://acme/prod/deployer --allow-tools 'github/*,deploy-api/GET /v2/**'
   chokepoint policy evaluate --from agent://acme/prod/deployer --to agent://acme/prod/api --type deploy.service.v1
+  chokepoint policy evaluate --agent agent://acme/prod/deployer --upstream github --tool delete_repo
   chokepoint policy defaults set ./policy-defaults.json
 
 ${CONNECTION_HELP}`
@@ -49,6 +57,12 @@ export async function policy(argv: string[]): Promise<CommandResult> {
     'on-trigger': { type: 'string' },
     allow: { type: 'string' },
     deny: { type: 'string' },
+    'allow-tools': { type: 'string' },
+    'deny-tools': { type: 'string' },
+    agent: { type: 'string' },
+    upstream: { type: 'string' },
+    tool: { type: 'string' },
+    'worst-case': { type: 'string' },
     direction: { type: 'string' },
     'on-breach': { type: 'string' },
     'alert-at': { type: 'string' },
@@ -121,8 +135,19 @@ export async function policy(argv: string[]): Promise<CommandResult> {
       return EXIT.ok
     }
     case 'evaluate': {
-      if (!values.from || !values.to || !values.type) throw new UsageError('policy evaluate needs --from, --to and --type')
-      const res = await op.policies.evaluate({ from_agent: values.from, to_agent: values.to, intent_type: values.type })
+      let res
+      if (values.agent !== undefined || values.upstream !== undefined) {
+        if (!values.agent || !values.upstream) throw new UsageError('policy evaluate for an egress call needs --agent and --upstream')
+        const worst = values['worst-case'] === undefined ? undefined : Number(String(values['worst-case']).replace(/^\$/, ''))
+        if (worst !== undefined && !(worst >= 0)) throw new UsageError('--worst-case looks like 0.02 (USD)')
+        res = await op.policies.evaluate({
+          agent: values.agent,
+          egress: { upstream: values.upstream, ...(values.tool ? { tool: values.tool } : {}), ...(worst === undefined ? {} : { worst_case_usd: worst }) },
+        })
+      } else {
+        if (!values.from || !values.to || !values.type) throw new UsageError('policy evaluate needs --from, --to and --type (or --agent and --upstream for an egress call)')
+        res = await op.policies.evaluate({ from_agent: values.from, to_agent: values.to, intent_type: values.type })
+      }
       if (values.json) printJson(res)
       else {
         const by = res.policy_id ? ` by ${res.decided_by === 'default' ? 'default policy ' : ''}${res.policy_id}` : ''
@@ -184,8 +209,13 @@ function policyBody(v: Record<string, string | boolean | undefined>): PolicyBody
 }
 
 function ruleBody(v: Record<string, string | boolean | undefined>): PolicyBody {
-  const chosen = ['rate', 'cost', 'allow', 'deny', 'deadman'].filter((k) => v[k] !== undefined)
-  if (chosen.length !== 1) throw new UsageError('policy set needs exactly one of --rate, --cost, --allow, --deny, --deadman')
+  const chosen = ['rate', 'cost', 'allow', 'deny', 'deadman', 'allow-tools', 'deny-tools'].filter((k) => v[k] !== undefined)
+  if (chosen.length !== 1) throw new UsageError('policy set needs exactly one of --rate, --cost, --allow, --deny, --deadman, --allow-tools, --deny-tools')
+  if (v['allow-tools'] !== undefined || v['deny-tools'] !== undefined) {
+    const allowTools = v['allow-tools'] !== undefined
+    const patterns = String(allowTools ? v['allow-tools'] : v['deny-tools']).split(',').map((p) => p.trim()).filter(Boolean)
+    return { kind: 'tool', mode: allowTools ? 'allowlist' : 'denylist', patterns }
+  }
   if (v['deadman'] !== undefined) {
     const m = /^(\d+)\s*(s|m|h)?$/.exec(String(v['deadman']))
     if (!m) throw new UsageError('--deadman looks like 300s, 5m or 1h')
@@ -197,7 +227,9 @@ function ruleBody(v: Record<string, string | boolean | undefined>): PolicyBody {
   const onBreach = (v['on-breach'] as string | undefined) ?? 'block'
   if (onBreach !== 'block' && onBreach !== 'kill') throw new UsageError('--on-breach must be block or kill')
   const direction = (v['direction'] as string | undefined) ?? 'send'
-  if (direction !== 'send' && direction !== 'receive') throw new UsageError('--direction must be send or receive')
+  if (direction !== 'send' && direction !== 'receive' && !(direction === 'egress' && v['rate'] !== undefined)) {
+    throw new UsageError('--direction must be send or receive (or egress, for --rate)')
+  }
   if (v['rate'] !== undefined) {
     const m = /^(\d+)\s*\/\s*(h|hour|d|day)$/.exec(String(v['rate']))
     if (!m) throw new UsageError('--rate looks like 500/h or 10000/day')
@@ -229,10 +261,10 @@ function ruleBody(v: Record<string, string | boolean | undefined>): PolicyBody {
 /** The policy "slot" set replaces: same kind, and for rate and action policies the same direction. */
 function sameSlot(existing: { kind: string; direction?: string | undefined }, body: PolicyBody): boolean {
   if (existing.kind !== body.kind) return false
-  if (body.kind === 'cost' || body.kind === 'deadman') return true
+  if (body.kind === 'cost' || body.kind === 'deadman' || body.kind === 'tool') return true
   return (existing.direction ?? 'send') === ((body as { direction?: string }).direction ?? 'send')
 }
 
 function slotName(body: PolicyBody): string {
-  return body.kind === 'cost' || body.kind === 'deadman' ? body.kind : `${body.kind} (${(body as { direction?: string }).direction ?? 'send'})`
+  return body.kind === 'cost' || body.kind === 'deadman' || body.kind === 'tool' ? body.kind : `${body.kind} (${(body as { direction?: string }).direction ?? 'send'})`
 }

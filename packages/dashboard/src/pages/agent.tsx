@@ -155,7 +155,7 @@ export function AgentPage(props: { op: Operator; id: string; canAct: boolean; ti
         <PolicyList op={op} agent={agent} canAct={props.canAct} />
         {props.canAct && (
           <div class="actions left">
-            {(['action', 'rate', 'cost', 'deadman'] as const).map((k) => (
+            {(['action', 'rate', 'cost', 'deadman', 'tool'] as const).map((k) => (
               <button key={k} type="button" onClick={() => setAdding(k)}>
                 Add {k} policy
               </button>

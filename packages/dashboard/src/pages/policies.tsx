@@ -14,6 +14,8 @@ function describePolicy(p: Policy): string {
       return `≤ ${usd(p.max_cost_per_day_usd)}/day, on breach ${p.on_breach}`
     case 'deadman':
       return `silent ≥ ${p.silent_after_seconds} s → ${p.on_trigger}`
+    case 'tool':
+      return `${p.mode} ${p.patterns.join(', ')}`
   }
 }
 
@@ -70,6 +72,10 @@ function fieldsOf(kind: PolicyBody['kind'], p: Policy | null): Fields {
     const r = p as (Policy & { kind: 'rate' }) | null
     return { ...base, direction: r?.direction ?? 'send', max_per_hour: String(r?.max_per_hour ?? ''), max_per_day: String(r?.max_per_day ?? ''), on_breach: r?.on_breach ?? 'block' }
   }
+  if (kind === 'tool') {
+    const t = p as (Policy & { kind: 'tool' }) | null
+    return { ...base, mode: t?.mode ?? 'allowlist', patterns: t?.patterns.join(', ') ?? '' }
+  }
   if (kind === 'cost') {
     const c = p as (Policy & { kind: 'cost' }) | null
     return { ...base, max_cost_per_day_usd: String(c?.max_cost_per_day_usd ?? ''), on_breach: c?.on_breach ?? 'block' }
@@ -94,6 +100,10 @@ function bodyOf(kind: PolicyBody['kind'], f: Fields): PolicyBody {
     if (d !== undefined) body.max_per_day = d
     return body
   }
+  if (kind === 'tool') {
+    const patterns = (f['patterns'] ?? '').split(',').map((s) => s.trim()).filter(Boolean)
+    return { kind, mode: f['mode'] as 'allowlist', patterns, ...meta }
+  }
   if (kind === 'cost') return { kind, max_cost_per_day_usd: num(f['max_cost_per_day_usd']) as number, on_breach: f['on_breach'] as 'block', ...meta }
   return { kind, silent_after_seconds: num(f['silent_after_seconds']) as number, on_trigger: f['on_trigger'] as 'alert', ...meta }
 }
@@ -105,7 +115,7 @@ const FIELDS: Record<PolicyBody['kind'], [string, string, readonly string[] | nu
     ['patterns', 'Intent types (globs, comma-separated)', null],
   ],
   rate: [
-    ['direction', 'Direction', ['send', 'receive']],
+    ['direction', 'Counts', ['send', 'receive', 'egress']],
     ['max_per_hour', 'Max per hour', null],
     ['max_per_day', 'Max per day', null],
     ['on_breach', 'On breach', ['block', 'kill']],
@@ -117,6 +127,10 @@ const FIELDS: Record<PolicyBody['kind'], [string, string, readonly string[] | nu
   deadman: [
     ['silent_after_seconds', 'Silent after (seconds)', null],
     ['on_trigger', 'On trigger', ['alert', 'kill']],
+  ],
+  tool: [
+    ['mode', 'Mode', ['allowlist', 'denylist']],
+    ['patterns', 'Tools (<upstream>/<tool> or <upstream>/<METHOD> <path>, comma-separated)', null],
   ],
 }
 

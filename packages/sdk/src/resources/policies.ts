@@ -98,11 +98,14 @@ export interface PolicyDeleteResponse {
   deleted: string
 }
 
-export interface PolicyEvaluateParams {
-  from_agent: string
-  to_agent: string
-  intent_type: string
-}
+/** A send (`from_agent`, `to_agent`, `intent_type`) or an egress call of an agent (`agent`, `egress`). */
+export type PolicyEvaluateParams =
+  | { from_agent: string; to_agent: string; intent_type: string }
+  | {
+      agent: string
+      /** `tool`: the MCP tool name, or `<METHOD> <path>` of an HTTP upstream; `worst_case_usd`: checked against the ceiling. */
+      egress: { upstream: string; tool?: string; worst_case_usd?: number }
+    }
 
 /** The decision a send would get now. */
 export interface PolicyEvaluateResponse {

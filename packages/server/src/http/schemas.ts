@@ -4,6 +4,7 @@
  */
 import { z } from 'zod'
 import { globError } from '../core/policies/glob.js'
+import { toolGlobError } from '../core/policies/tool-glob.js'
 import { addressPatternError, labelsError } from '../core/fleet/selector.js'
 
 const SEGMENT = '[a-z0-9][a-z0-9_-]{0,62}'
@@ -205,6 +206,11 @@ const Pattern = z.string().superRefine((value, ctx) => {
   if (problem) ctx.addIssue({ code: 'custom', message: `invalid pattern "${value.slice(0, 80)}": it ${problem}` })
 })
 
+const ToolPattern = z.string().superRefine((value, ctx) => {
+  const problem = toolGlobError(value)
+  if (problem) ctx.addIssue({ code: 'custom', message: `invalid pattern "${value.slice(0, 80)}": it ${problem}` })
+})
+
 const Direction = z.enum(['send', 'receive'])
 const OnBreach = z.enum(['block', 'kill'])
 const PolicyMeta = {
@@ -224,7 +230,8 @@ export const ActionPolicyBody = z.strictObject({
 
 export const RatePolicyBody = z.strictObject({
   kind: z.literal('rate'),
-  direction: Direction,
+  /** `egress`: counts the agent's calls through `/llm`, `/mcp` and `/egress` upstreams. */
+  direction: z.enum(['send', 'receive', 'egress']),
   max_per_hour: z.number().int().min(1).max(1_000_000_000).optional(),
   max_per_day: z.number().int().min(1).max(1_000_000_000).optional(),
   on_breach: OnBreach,
@@ -246,19 +253,51 @@ export const DeadmanPolicyBody = z.strictObject({
   ...PolicyMeta,
 })
 
+/** Which MCP tools and HTTP endpoints an agent may call through the gateway. */
+export const ToolPolicyBody = z.strictObject({
+  kind: z.literal('tool'),
+  mode: z.enum(['allowlist', 'denylist']),
+  patterns: z.array(ToolPattern).min(1).max(256),
+  ...PolicyMeta,
+})
+
 /** Flat policy bodies (DESIGN §10), told apart by `kind`. */
-export const PolicyBody = z.discriminatedUnion('kind', [ActionPolicyBody, RatePolicyBody, CostPolicyBody, DeadmanPolicyBody])
+export const PolicyBody = z.discriminatedUnion('kind', [ActionPolicyBody, RatePolicyBody, CostPolicyBody, DeadmanPolicyBody, ToolPolicyBody])
 
 /** `PUT /v1/policies/defaults` and the `--policy-defaults` file: the whole default set. */
 export const DefaultPoliciesBody = z.strictObject({
   policies: z.array(PolicyBody).max(64),
 })
 
-export const EvaluateBody = z.strictObject({
-  from_agent: Address,
-  to_agent: Address,
-  intent_type: IntentType,
-})
+/**
+ * A dry run: a send (`from_agent`, `to_agent`, `intent_type`), or an egress call of an agent
+ * (`agent`, `egress: {upstream, tool?, worst_case_usd?}`; `tool` is the MCP tool name or
+ * `<METHOD> <path>` of an HTTP upstream).
+ */
+export const EvaluateBody = z
+  .strictObject({
+    from_agent: Address.optional(),
+    to_agent: Address.optional(),
+    intent_type: IntentType.optional(),
+    agent: Address.optional(),
+    egress: z
+      .strictObject({
+        upstream: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/, 'an upstream id'),
+        tool: z.string().min(1).max(512).optional(),
+        worst_case_usd: z.number().finite().min(0).max(1_000_000).optional(),
+      })
+      .optional(),
+  })
+  .superRefine((b, ctx) => {
+    const send = b.from_agent !== undefined || b.to_agent !== undefined || b.intent_type !== undefined
+    const egress = b.agent !== undefined || b.egress !== undefined
+    if (send && egress) ctx.addIssue({ code: 'custom', path: ['agent'], message: 'evaluate either a send (from_agent, to_agent, intent_type) or an egress call (agent, egress), not both' })
+    else if (egress) {
+      for (const f of ['agent', 'egress'] as const) if (b[f] === undefined) ctx.addIssue({ code: 'custom', path: [f], message: `${f} is required for an egress call` })
+    } else {
+      for (const f of ['from_agent', 'to_agent', 'intent_type'] as const) if (b[f] === undefined) ctx.addIssue({ code: 'custom', path: [f], message: `${f} is required` })
+    }
+  })
 
 const metric = z.number().finite().min(0).max(1e12).nullable().optional()
 /** Intent counts are whole numbers (PostgreSQL keeps them in bigint columns, which refuse 1.5). */

@@ -262,7 +262,7 @@ export interface AlertRow {
 /** Turns a mesh event into an alert (type and JSON body), or null when it alerts no one. */
 export type AlertMapper = (event: MeshEventDraft, alertId: string) => { type: string; body: string } | null
 
-export type PolicyKind = 'action' | 'rate' | 'cost' | 'deadman'
+export type PolicyKind = 'action' | 'rate' | 'cost' | 'deadman' | 'tool'
 
 /**
  * The `address_id` of a default policy's row: defaults belong to no agent. The policy rows the
@@ -271,13 +271,20 @@ export type PolicyKind = 'action' | 'rate' | 'cost' | 'deadman'
  */
 export const DEFAULT_POLICY_OWNER = '*'
 
-/** One metered call of an agent to an upstream (an LLM today), from admission to settlement. */
+/** What an egress call goes to: an LLM provider, an MCP server or a generic HTTP API. */
+export type EgressKind = 'llm' | 'mcp' | 'http'
+
+/** One metered call of an agent to an upstream, from admission to settlement. */
 export interface EgressCallRow {
   call_id: string
   address_id: string
   upstream: string
+  kind: EgressKind
   endpoint: string
+  /** The LLM model; '' for MCP and HTTP calls. */
   model: string
+  /** `<upstream>/<tool>` (MCP) or `<upstream>/<METHOD> <path>` (HTTP); null for LLM calls. */
+  tool: string | null
   /** UTC day of admission: its reservation and its cost count for that day. */
   day: string
   /** Worst-case cost held while the call is open, micro-USD. */
@@ -354,6 +361,9 @@ export interface AgentCounters {
   sent_day: number
   received_hour: number
   received_day: number
+  /** Egress calls admitted (LLM, MCP, HTTP), for `rate` policies with `direction: "egress"`. */
+  egress_hour: number
+  egress_day: number
   cost_day: number
 }
 

@@ -1,4 +1,4 @@
-import type { AgentCounters, EgressCallRow, PolicyRow, Store } from '../../store/store.js'
+import type { AgentCounters, EgressCallRow, EgressKind, PolicyRow, Store } from '../../store/store.js'
 import type { Principal } from '../auth/principal.js'
 import type { Clock } from '../clock.js'
 import { GatewayError, forbidden, notFound } from '../errors.js'
@@ -6,18 +6,61 @@ import { randomBase62 } from '../ids.js'
 import { egressRule } from '../kill-switch/rules.js'
 import type { KillSwitchService } from '../kill-switch/kill-switch-service.js'
 import type { Metrics } from '../metrics.js'
+import { handleBreach } from '../policies/breach.js'
 import { costRule, noFindings } from '../policies/cost-rule.js'
-import type { PolicyEngine } from '../policies/policy-engine.js'
+import { countWould, wouldEvents } from '../policies/monitor.js'
+import { PolicyBreach, type PolicyEngine, type WouldDecision } from '../policies/policy-engine.js'
 import { usd, type PriceEntry } from './pricing.js'
 
-/** A configured upstream (`--egress-config`), with its provider key read from the environment. */
-export interface EgressUpstream {
+/** An LLM provider (`--egress-config`), with its key read from the environment. */
+export interface LlmUpstream {
   id: string
-  kind: 'openai'
+  kind: 'openai' | 'anthropic'
   base_url: string
   api_key: string
   models: Map<string, PriceEntry>
   /** Longest a call may take; the gateway aborts it then, and settles it at its reservation. */
+  timeout_ms: number
+  /** `anthropic-version` sent to an anthropic upstream. */
+  anthropic_version: string
+}
+
+/** A Streamable-HTTP MCP server; `headers` are the credentials injected upstream. */
+export interface McpUpstream {
+  id: string
+  kind: 'mcp'
+  url: string
+  headers: Record<string, string>
+  cost_per_call_micro: number
+  timeout_ms: number
+}
+
+/** A generic HTTP API (deploy, email, …) agents call through `/egress/{upstream}/…`. */
+export interface HttpUpstream {
+  id: string
+  kind: 'http'
+  base_url: string
+  headers: Record<string, string>
+  cost_per_call_micro: number
+  timeout_ms: number
+}
+
+/** A configured upstream (`--egress-config`), told apart by `kind`. */
+export type EgressUpstream = LlmUpstream | McpUpstream | HttpUpstream
+
+/** The upstream type of a kind. */
+export type UpstreamOf<K extends EgressUpstream['kind']> = K extends 'mcp' ? McpUpstream : K extends 'http' ? HttpUpstream : LlmUpstream
+
+/** One call to admit: what it goes to, and its worst-case cost. */
+export interface EgressCall {
+  kind: EgressKind
+  upstream: string
+  endpoint: string
+  /** The priced model of an LLM call; null for MCP and HTTP calls. */
+  model: string | null
+  /** What `tool` policies decide on: `<upstream>/<tool>` (MCP) or `<upstream>/<METHOD> <path>` (HTTP). */
+  tool: string | null
+  reserved_micro: number
   timeout_ms: number
 }
 
@@ -25,6 +68,9 @@ export interface EgressUpstream {
 const SWEEP_GRACE_MS = 5_000
 
 const newCallId = (): string => `egc_${randomBase62(20)}`
+
+/** No counts: `toolDenial` asks about tool policies only, never limits. */
+const ZERO_COUNTERS: AgentCounters = { day: '', hour: '', sent_hour: 0, sent_day: 0, received_hour: 0, received_day: 0, egress_hour: 0, egress_day: 0, cost_day: 0 }
 
 /**
  * Egress: agents' calls to LLM providers through the gateway, under the kill switch and exact
@@ -40,6 +86,9 @@ export class EgressService {
   readonly #metrics: Metrics | undefined
   readonly #upstreams: Map<string, EgressUpstream>
   readonly #inFlight = new Map<string, Set<(reason: string) => void>>()
+  /** Kills seen on the change feed, per agent: a call admitted before one and tracked after is aborted. */
+  readonly #kills = new Map<string, number>()
+  readonly #killsAtAdmission = new WeakMap<EgressCallRow, number>()
 
   constructor(
     deps: { store: Store; clock: Clock; engine: PolicyEngine; killSwitch: KillSwitchService; metrics?: Metrics },
@@ -52,7 +101,9 @@ export class EgressService {
     this.#metrics = deps.metrics
     this.#upstreams = new Map(upstreams.map((u) => [u.id, u]))
     deps.store.feed.subscribe((change) => {
-      if (change.type === 'agent.killed') this.#abortAll(change.address_id, 'the agent was killed')
+      if (change.type !== 'agent.killed') return
+      this.#kills.set(change.address_id, (this.#kills.get(change.address_id) ?? 0) + 1)
+      this.#abortAll(change.address_id, 'the agent was killed')
     })
   }
 
@@ -60,16 +111,20 @@ export class EgressService {
     return this.#upstreams.size > 0
   }
 
-  /** The upstream of a route, for an agent key (404 for an unknown one, like any unknown route). */
-  upstream(principal: Principal, id: string): EgressUpstream {
+  /**
+   * The upstream of a route, for an agent key: 404 for an unknown one or one of a kind the route
+   * does not serve (like any unknown route: never a blind pass-through).
+   */
+  upstream<K extends EgressUpstream['kind']>(principal: Principal, id: string, kinds: readonly K[]): UpstreamOf<K> {
     if (principal.role !== 'agent' || principal.address_id === null) throw forbidden('egress routes take an agent key')
     const upstream = this.#upstreams.get(id)
     if (!upstream) throw notFound(`upstream ${id} (not in --egress-config)`)
-    return upstream
+    if (!(kinds as readonly string[]).includes(upstream.kind)) throw notFound(`this route on upstream ${id} (a ${upstream.kind} upstream)`)
+    return upstream as UpstreamOf<K>
   }
 
   /** The model's price; an unpriced model is refused (fail closed: no unmetered spend). */
-  price(upstream: EgressUpstream, model: unknown): { model: string; price: PriceEntry } {
+  price(upstream: LlmUpstream, model: unknown): { model: string; price: PriceEntry } {
     if (typeof model !== 'string' || model === '') {
       throw new GatewayError('schema_invalid', 'the request needs a "model"', { details: { field: 'model' } })
     }
@@ -83,18 +138,21 @@ export class EgressService {
   }
 
   /**
-   * Admits a call: kill check, then every enforced cost ceiling of the agent must hold with this
-   * call's worst case reserved on top of what is spent and reserved today (near the ceiling a
-   * call that might not fit is refused: overshoot is never allowed).
+   * Admits a call in one store transaction: kill check, `tool` policies, egress `rate` policies,
+   * then every enforced cost ceiling of the agent must hold with this call's worst case reserved
+   * on top of what is spent and reserved today (near the ceiling a call that might not fit is
+   * refused: overshoot is never allowed). A breach with `on_breach: kill` kills the agent.
    */
-  async admit(principal: Principal, call: { upstream: string; endpoint: string; model: string; reserved_micro: number; timeout_ms: number }): Promise<EgressCallRow> {
+  async admit(principal: Principal, call: EgressCall): Promise<EgressCallRow> {
     const now = this.#clock.now()
     const row: EgressCallRow = {
       call_id: newCallId(),
       address_id: principal.address_id as string,
       upstream: call.upstream,
+      kind: call.kind,
       endpoint: call.endpoint,
-      model: call.model,
+      model: call.model ?? '',
+      tool: call.tool,
       day: new Date(now).toISOString().slice(0, 10),
       reserved_micro: call.reserved_micro,
       cost_micro: null,
@@ -106,22 +164,44 @@ export class EgressService {
       deadline_at: now + call.timeout_ms,
       settled_at: null,
     }
+    const subject = { upstream: call.upstream, ...(call.tool === null ? {} : { tool: call.tool }) }
+    const killsBefore = this.#kills.get(row.address_id) ?? 0
+    let monitored: WouldDecision[] = []
     try {
       const admitted = await this.#store.admitEgress({
         call: row,
         now,
         decide: ({ agent, policies, counters, reserved_micro }) => {
           egressRule(agent)
+          monitored = this.#engine.enforceEgress(agent, policies, counters, call.tool, now)
           this.#checkCeilings(agent, policies, counters, reserved_micro, call.reserved_micro, now)
         },
       })
-      this.#metrics?.egressRequests.inc({ kind: 'llm', result: 'admitted' })
+      this.#killsAtAdmission.set(admitted, killsBefore)
+      this.#metrics?.egressRequests.inc({ kind: call.kind, result: 'admitted' })
       this.#metrics?.egressReserved.inc(usd(call.reserved_micro))
+      // Would-be decisions of monitored policies, recorded once the call is admitted.
+      for (const event of wouldEvents(monitored, subject, now)) await this.#store.appendMeshEvent(event)
+      countWould(this.#metrics, monitored)
       return admitted
     } catch (error) {
-      this.#metrics?.egressRequests.inc({ kind: 'llm', result: error instanceof GatewayError ? error.code : 'error' })
+      this.#metrics?.egressRequests.inc({ kind: call.kind, result: error instanceof GatewayError ? error.code : 'error' })
+      if (error instanceof PolicyBreach) await handleBreach({ store: this.#store, killSwitch: this.#killSwitch, metrics: this.#metrics }, error, now, subject)
       throw error
     }
+  }
+
+  /**
+   * Whether the agent's enforced `tool` policies refuse a tool (`<upstream>/<name>`): for hiding
+   * denied tools from an MCP `tools/list`. Not a decision on a call: `admit` decides those.
+   */
+  async toolDenial(principal: Principal, tool: string): Promise<{ policy_id: string } | null> {
+    const addressId = principal.address_id as string
+    const agent = await this.#store.getAgentById(addressId)
+    if (!agent || agent.policy_version === 0) return null
+    const [own, defaults] = await Promise.all([this.#store.listPolicies(addressId), this.#store.listDefaultPolicies()])
+    const d = this.#engine.decideEgress(agent, [...own, ...defaults], ZERO_COUNTERS, tool, this.#clock.now())
+    return d.decision === 'deny' && d.policy_id !== null ? { policy_id: d.policy_id } : null
   }
 
   #checkCeilings(
@@ -169,11 +249,17 @@ export class EgressService {
     if (k) await this.#killSwitch.hold(k.address_id, { kind: 'policy', policy_id: k.policy_id }, k.reason)
   }
 
-  /** Registers an in-flight call's abort; returns its unregister. A kill calls every abort. */
-  track(addressId: string, abort: (reason: string) => void): () => void {
+  /**
+   * Registers an in-flight call's abort; returns its unregister. A kill calls every abort. Given
+   * the admitted `call`, a kill the change feed delivered between its admission and this
+   * registration aborts it at once (the kill may have committed right after the admission).
+   */
+  track(addressId: string, abort: (reason: string) => void, call?: EgressCallRow): () => void {
     let set = this.#inFlight.get(addressId)
     if (!set) this.#inFlight.set(addressId, (set = new Set()))
     set.add(abort)
+    const before = call === undefined ? undefined : this.#killsAtAdmission.get(call)
+    if (before !== undefined && (this.#kills.get(addressId) ?? 0) !== before) queueMicrotask(() => abort('the agent was killed'))
     return () => {
       set.delete(abort)
       if (set.size === 0 && this.#inFlight.get(addressId) === set) this.#inFlight.delete(addressId)
@@ -206,8 +292,10 @@ export function egressCallView(row: EgressCallRow): Record<string, unknown> {
     call_id: row.call_id,
     address_id: row.address_id,
     upstream: row.upstream,
+    kind: row.kind,
     endpoint: row.endpoint,
-    model: row.model,
+    model: row.model === '' ? null : row.model,
+    tool: row.tool,
     state: row.state,
     outcome: row.outcome,
     reserved_usd: usd(row.reserved_micro),

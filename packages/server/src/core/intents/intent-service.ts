@@ -7,6 +7,7 @@ import { newIntentId, sha256Hex } from '../ids.js'
 import { acceptRule, settleRule } from '../kill-switch/rules.js'
 import type { KillSwitchService } from '../kill-switch/kill-switch-service.js'
 import { costRule, noFindings } from '../policies/cost-rule.js'
+import { handleBreach } from '../policies/breach.js'
 import { countWould, recordWouldKills, wouldEvents } from '../policies/monitor.js'
 import { PolicyBreach, type PolicyEngine, type WouldDecision } from '../policies/policy-engine.js'
 import type { AcceptDecision } from '../../store/store.js'
@@ -94,7 +95,7 @@ export class IntentService {
       seen?.(registered)
       acceptRule(parties)
       monitored.push(...this.#policies.enforce(parties, intentType, now))
-      return wouldEvents(monitored, intentType, now)
+      return wouldEvents(monitored, { intent_type: intentType }, now)
     }
   }
 
@@ -110,35 +111,15 @@ export class IntentService {
       return result
     } catch (error) {
       this.#metrics?.intents.inc({ result: 'rejected', reason: error instanceof GatewayError ? error.code : 'error' })
+      // Refused by an enforced policy: the monitored policies' verdicts were rolled back with the
+      // transaction, so they are recorded after it.
       if (error instanceof PolicyBreach) await this.#onBreach(error, now, intentType)
       throw error
     }
   }
 
   async #onBreach(breach: PolicyBreach, now: number, intentType: string): Promise<void> {
-    // Refused by an enforced policy: the monitored policies' verdicts were rolled back with the
-    // transaction, so they are recorded here, after it.
-    const monitored = breach.decision.monitored
-    for (const event of wouldEvents(monitored, intentType, now)) await this.#store.appendMeshEvent(event)
-    countWould(this.#metrics, monitored)
-    const target = breach.autoKill
-    if (target) {
-      await this.#killSwitch.killAgent({ kind: 'policy', policy_id: target.policy_id }, target.address_id, {
-        reason: breach.message,
-      })
-      return
-    }
-    const d = breach.decision
-    if (d.decision !== 'rate_limited' || !d.owner || !d.policy_id) return
-    const at = new Date(now).toISOString()
-    await this.#store.recordBreach(d.policy_id, d.window === 'hour' ? at.slice(0, 13) : at.slice(0, 10), {
-      address_id: d.owner.address_id,
-      address: d.owner.address,
-      event_type: 'policy.breached',
-      details: { policy_id: d.policy_id, reason: d.reason, limit: d.limit ?? null, window: d.window ?? null, on_breach: 'block' },
-      actor_id: `policy:${d.policy_id}`,
-      created_at: now,
-    })
+    await handleBreach({ store: this.#store, killSwitch: this.#killSwitch, metrics: this.#metrics }, breach, now, { intent_type: intentType })
   }
 
   async create(

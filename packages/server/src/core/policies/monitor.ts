@@ -7,8 +7,8 @@ import type { WouldDecision } from './policy-engine.js'
  * it would have made becomes a `policy.would_deny` / `policy.would_kill` mesh event and a count
  * in `chokepoint_policy_would_total{policy_id,decision}`.
  */
-export function wouldEvents(monitored: readonly WouldDecision[], intentType: string, now: number): MeshEventDraft[] {
-  return monitored.map((w) => wouldEvent(w.owner, w, now, { intent_type: intentType, decision: w.decision }))
+export function wouldEvents(monitored: readonly WouldDecision[], subject: Record<string, unknown>, now: number): MeshEventDraft[] {
+  return monitored.map((w) => wouldEvent(w.owner, w, now, { ...subject, decision: w.decision }))
 }
 
 /** One would-be decision as a mesh event on the policy's owner. */

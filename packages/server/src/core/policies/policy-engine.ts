@@ -1,7 +1,8 @@
 import type { AgentCounters, AgentRow, CostContext, CostOutcome, EnforcementBaseline, Parties, PolicyRow } from '../../store/store.js'
 import { GatewayError } from '../errors.js'
 import { compileGlob } from './glob.js'
-import { specOf, DEFAULT_ALERT_PERCENTS, DEFAULT_OWNER, type CostSpec, type Direction, type RateSpec } from './policy-spec.js'
+import { specOf, DEFAULT_ALERT_PERCENTS, DEFAULT_OWNER, type CostSpec, type Direction, type RateDirection, type RateSpec } from './policy-spec.js'
+import { compileToolGlob } from './tool-glob.js'
 
 /** Where an effective policy comes from: the agent's own, or the default set (DESIGN §6). */
 export type PolicySource = 'agent' | 'default'
@@ -19,6 +20,7 @@ interface Common {
 type Compiled =
   | (Common & { kind: 'action'; direction: Direction; allow: boolean; match: (t: string) => boolean })
   | (Common & { kind: 'rate'; spec: RateSpec })
+  | (Common & { kind: 'tool'; allow: boolean; match: (name: string) => boolean })
   | (Common & { kind: 'cost'; spec: CostSpec })
   /** Decides nothing about intents: the sweeper acts on it (core/policies/deadman.ts). */
   | (Common & { kind: 'deadman' })
@@ -67,7 +69,8 @@ export interface PolicyDecision {
 const HOUR_MS = 3_600_000
 const DAY_MS = 86_400_000
 
-type Side = { agent: AgentRow; policies: Compiled[]; direction: Direction; counters: AgentCounters }
+/** The party a decision is about: an intent's sender or recipient, or an agent calling an upstream. */
+type Side = { agent: AgentRow; policies: Compiled[]; direction: RateDirection; counters: AgentCounters }
 
 /**
  * Policy decisions (DESIGN §2.6, §6). Policies are compiled once per agent `policy_version`
@@ -108,57 +111,26 @@ export class PolicyEngine {
       { agent: ctx.from, policies: from, direction: 'send', counters: ctx.from_counters },
       { agent: ctx.to, policies: to, direction: 'receive', counters: ctx.to_counters },
     ]
-    // Precedence (DESIGN §11): policy_denied before 429; within a class the oldest policy is named.
-    const ordered = sides
-      .flatMap((side) => side.policies.map((p) => ({ side, p })))
-      .sort((a, b) => a.p.seqOrder - b.p.seqOrder)
-    const anyMonitored = ordered.some((x) => x.p.monitor)
-    let denied: { side: Side; p: Compiled; v: Verdict } | null = null
-    let limited: { side: Side; p: Compiled; v: Verdict } | null = null
-    let monitored: WouldDecision[] | null = null
-    for (const { side, p } of ordered) {
-      if (p.monitor) {
-        const v = judge(p, side, intentType, now)
-        if (v) {
-          ;(monitored ??= []).push({
-            policy_id: p.id,
-            source: p.source,
-            would: v.on_breach === 'kill' ? 'kill' : 'deny',
-            decision: v.decision,
-            owner: side.agent,
-            reason: v.reason,
-          })
-        }
-        continue
-      }
-      // Enforced: the first denial decides; else the first limit reached.
-      if (denied || (limited && p.kind !== 'action')) continue
-      const v = judge(p, side, intentType, now)
-      if (!v) continue
-      if (v.decision === 'deny') {
-        denied = { side, p, v }
-        if (!anyMonitored) break
-      } else {
-        limited = { side, p, v }
-      }
-    }
-    const first = denied ?? limited
-    if (!first) return monitored === null ? ALLOW : { ...ALLOW, monitored }
-    // Built field by field: spreading the verdict here made every decision ~1.5× slower.
-    const v = first.v
-    const decision: PolicyDecision = {
-      decision: v.decision,
-      policy_id: v.policy_id,
-      source: first.p.source,
-      owner: first.side.agent,
-      reason: v.reason,
-      on_breach: v.on_breach,
-      monitored: monitored ?? NO_WOULD,
-    }
-    if (v.limit !== undefined) decision.limit = v.limit
-    if (v.reset_s !== undefined) decision.reset_s = v.reset_s
-    if (v.window !== undefined) decision.window = v.window
-    return decision
+    return decideOver(sides, intentType, now)
+  }
+
+  /**
+   * The decision for one egress call (LLM, MCP, HTTP) of an agent, on the rows its admission
+   * transaction read: `tool` policies over the tool name (null for LLM calls, which no tool
+   * policy names) and `rate` policies with `direction: "egress"`. Cost ceilings are checked with
+   * the call's reservation by the caller (`egressCeiling`).
+   */
+  decideEgress(agent: AgentRow, rows: readonly PolicyRow[], counters: AgentCounters, tool: string | null, now: number): PolicyDecision {
+    const policies = this.compiled(agent, rows)
+    if (policies.length === 0) return ALLOW
+    return decideOver([{ agent, policies, direction: 'egress', counters }], tool, now)
+  }
+
+  /** Throws the error of a non-allow egress decision; returns the monitored would-be decisions. */
+  enforceEgress(agent: AgentRow, rows: readonly PolicyRow[], counters: AgentCounters, tool: string | null, now: number): WouldDecision[] {
+    const d = this.decideEgress(agent, rows, counters, tool, now)
+    if (d.decision === 'allow') return d.monitored
+    throw decisionError(d)
   }
 
   /** Throws the error of a non-allow decision; returns the monitored would-be decisions. */
@@ -222,6 +194,65 @@ export class PolicyEngine {
   }
 }
 
+/**
+ * The decision over the parties' compiled policies: enforced policies decide (denials before
+ * limits, oldest first); monitored ones only report what they would have decided. `subject` is
+ * the intent type, or the egress call's tool name.
+ */
+function decideOver(sides: readonly Side[], subject: string | null, now: number): PolicyDecision {
+  // Precedence (DESIGN §11): policy_denied before 429; within a class the oldest policy is named.
+  const ordered = sides
+    .flatMap((side) => side.policies.map((p) => ({ side, p })))
+    .sort((a, b) => a.p.seqOrder - b.p.seqOrder)
+  const anyMonitored = ordered.some((x) => x.p.monitor)
+  let denied: { side: Side; p: Compiled; v: Verdict } | null = null
+  let limited: { side: Side; p: Compiled; v: Verdict } | null = null
+  let monitored: WouldDecision[] | null = null
+  for (const { side, p } of ordered) {
+    if (p.monitor) {
+      const v = judge(p, side, subject, now)
+      if (v) {
+        ;(monitored ??= []).push({
+          policy_id: p.id,
+          source: p.source,
+          would: v.on_breach === 'kill' ? 'kill' : 'deny',
+          decision: v.decision,
+          owner: side.agent,
+          reason: v.reason,
+        })
+      }
+      continue
+    }
+    // Enforced: the first denial decides; else the first limit reached.
+    if (denied || (limited && p.kind !== 'action' && p.kind !== 'tool')) continue
+    const v = judge(p, side, subject, now)
+    if (!v) continue
+    if (v.decision === 'deny') {
+      denied = { side, p, v }
+      if (!anyMonitored) break
+    } else {
+      limited = { side, p, v }
+    }
+  }
+  const first = denied ?? limited
+  if (!first) return monitored === null ? ALLOW : { ...ALLOW, monitored }
+  // Built field by field: spreading the verdict here made every decision ~1.5× slower.
+  const v = first.v
+  const decision: PolicyDecision = {
+    decision: v.decision,
+    policy_id: v.policy_id,
+    source: first.p.source,
+    owner: first.side.agent,
+    reason: v.reason,
+    on_breach: v.on_breach,
+    monitored: monitored ?? NO_WOULD,
+  }
+  if (v.limit !== undefined) decision.limit = v.limit
+  if (v.reset_s !== undefined) decision.reset_s = v.reset_s
+  if (v.window !== undefined) decision.window = v.window
+  return decision
+}
+
 /** Shared, never mutated. */
 const NO_WOULD: WouldDecision[] = []
 
@@ -245,8 +276,21 @@ export function effectiveRows(rows: readonly PolicyRow[]): PolicyRow[] {
   return [...own, ...enabled.filter((r) => r.address_id === DEFAULT_OWNER && !ownKinds.has(r.kind))]
 }
 
-/** What one policy says about the intent on this side, or null when it has nothing to say. */
-function judge(p: Compiled, side: Side, intentType: string, now: number): Verdict | null {
+/** What one policy says about the intent (or egress call) on this side, or null when it has nothing to say. */
+function judge(p: Compiled, side: Side, subject: string | null, now: number): Verdict | null {
+  if (p.kind === 'tool') {
+    if (side.direction !== 'egress' || subject === null || p.match(subject) === p.allow) return null
+    return {
+      decision: 'deny',
+      policy_id: p.id,
+      on_breach: null,
+      reason: `${subject} is ${p.allow ? 'not in the allowlist' : 'in the denylist'} of ${p.label} (called by ${side.agent.address})`,
+    }
+  }
+  if (side.direction === 'egress' || subject === null) {
+    return p.kind === 'rate' && p.spec.direction === 'egress' ? rateBreach(p, side.agent, side.counters, 'egress', now) : null
+  }
+  const intentType = subject
   if (p.kind === 'action') {
     if (p.direction !== side.direction || p.match(intentType) === p.allow) return null
     return {
@@ -296,6 +340,10 @@ function compile(row: PolicyRow, index: number): Compiled {
     }
   }
   if (spec.kind === 'rate') return { ...common, kind: 'rate', spec }
+  if (spec.kind === 'tool') {
+    const matchers = spec.patterns.map(compileToolGlob)
+    return { ...common, kind: 'tool', allow: spec.mode === 'allowlist', match: (name) => matchers.some((m) => m(name)) }
+  }
   if (spec.kind === 'deadman') return { ...common, kind: 'deadman' }
   return { ...common, kind: 'cost', spec: { ...spec, alert_at_percent: spec.alert_at_percent ?? DEFAULT_ALERT_PERCENTS } }
 }
@@ -310,18 +358,25 @@ function baselineOf(agent: AgentRow, policyId: string, counters: AgentCounters) 
     hour_received: b.hour === counters.hour ? b.received_hour : 0,
     day_sent: b.day === counters.day ? b.sent_day : 0,
     day_received: b.day === counters.day ? b.received_day : 0,
+    hour_egress: b.hour === counters.hour ? (b.egress_hour ?? 0) : 0,
+    day_egress: b.day === counters.day ? (b.egress_day ?? 0) : 0,
     cost_day_offset: b.day === counters.day ? b.cost_day : 0,
   }
 }
 
-function rateBreach(p: Compiled & { kind: 'rate' }, agent: AgentRow, counters: AgentCounters, direction: Direction, now: number): Verdict | null {
+/** The counts a rate policy of each direction limits, with the matching resume baselines. */
+const RATE_COUNTS = {
+  send: { hour: 'sent_hour', day: 'sent_day', baseHour: 'hour_sent', baseDay: 'day_sent', what: 'intents sent' },
+  receive: { hour: 'received_hour', day: 'received_day', baseHour: 'hour_received', baseDay: 'day_received', what: 'intents received' },
+  egress: { hour: 'egress_hour', day: 'egress_day', baseHour: 'hour_egress', baseDay: 'day_egress', what: 'egress calls' },
+} as const
+
+function rateBreach(p: Compiled & { kind: 'rate' }, agent: AgentRow, counters: AgentCounters, direction: RateDirection, now: number): Verdict | null {
   const { id, spec } = p
   const base = baselineOf(agent, id, counters)
-  const send = direction === 'send'
-  const hourBase = (send ? base?.hour_sent : base?.hour_received) ?? 0
-  const dayBase = (send ? base?.day_sent : base?.day_received) ?? 0
-  const hourCount = (send ? counters.sent_hour : counters.received_hour) - hourBase
-  const dayCount = (send ? counters.sent_day : counters.received_day) - dayBase
+  const c = RATE_COUNTS[direction]
+  const hourCount = counters[c.hour] - (base?.[c.baseHour] ?? 0)
+  const dayCount = counters[c.day] - (base?.[c.baseDay] ?? 0)
   const windows: { limit: number | undefined; count: number; label: 'hour' | 'day'; ms: number }[] = [
     { limit: spec.max_per_hour, count: hourCount, label: 'hour', ms: HOUR_MS },
     { limit: spec.max_per_day, count: dayCount, label: 'day', ms: DAY_MS },
@@ -332,7 +387,7 @@ function rateBreach(p: Compiled & { kind: 'rate' }, agent: AgentRow, counters: A
         decision: 'rate_limited',
         policy_id: id,
         on_breach: spec.on_breach,
-        reason: `${agent.address} reached ${w.limit} intents ${send ? 'sent' : 'received'} per ${w.label} (${p.label})`,
+        reason: `${agent.address} reached ${w.limit} ${c.what} per ${w.label} (${p.label})`,
         limit: w.limit,
         reset_s: Math.ceil((w.ms - (now % w.ms)) / 1000),
         window: w.label,

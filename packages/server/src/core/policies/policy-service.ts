@@ -256,8 +256,54 @@ export class PolicyService {
     }
   }
 
-  async #snapshot(address: string, now: number) {
-    if (!isAddress(address)) throw new GatewayError('schema_invalid', 'not an agent address', { details: { field: 'from_agent' } })
+  /**
+   * Dry run for an egress call of an agent (no side effects): the kill, `tool` policies over
+   * `<upstream>/<tool>`, egress `rate` policies, and — given the call's worst case — the cost
+   * ceiling with today's spend and open reservations, as admission would decide it now.
+   */
+  async evaluateEgress(input: { agent: string; egress: { upstream: string; tool?: string | undefined; worst_case_usd?: number | undefined } }) {
+    const now = this.#clock.now()
+    const side = await this.#snapshot(input.agent, now, 'agent')
+    const tool = input.egress.tool === undefined ? null : `${input.egress.upstream}/${input.egress.tool}`
+    const realId = side.agent.address_id.replace(/#evaluate$/, '')
+    const day = new Date(now).toISOString().slice(0, 10)
+    const open = realId === '' ? [] : (await this.#store.listEgressCalls(realId, 500, null)).filter((c) => c.state === 'open' && c.day === day)
+    const reservedMicro = open.reduce((sum, c) => sum + c.reserved_micro, 0)
+    const counters = {
+      egress_this_hour: side.counters.egress_hour,
+      egress_today: side.counters.egress_day,
+      cost_today_usd: side.counters.cost_day,
+      reserved_usd: reservedMicro / 1_000_000,
+    }
+    const base = { tool, counters }
+    if (side.agent.killed_at !== null) {
+      return { ...base, decision: 'deny' as const, policy_id: null, decided_by: null, reason: `${side.agent.address} is killed (agent_killed)`, killed: true, monitored: [] }
+    }
+    const d = this.#engine.decideEgress(side.agent, side.policies, side.counters, tool, now)
+    const monitored = d.monitored.map((w) => ({ policy_id: w.policy_id, source: w.source, would: w.would, decision: w.decision, agent: w.owner.address, reason: w.reason }))
+    if (d.decision !== 'allow') {
+      return { ...base, decision: d.decision, policy_id: d.policy_id, decided_by: d.source, reason: d.reason, ...(d.on_breach ? { on_breach: d.on_breach } : {}), monitored }
+    }
+    const worst = Math.round((input.egress.worst_case_usd ?? 0) * 1_000_000)
+    const ceiling = this.#engine.egressCeiling(side.agent, side.policies, side.counters)
+    if (ceiling !== null) {
+      const spent = Math.round(side.counters.cost_day * 1_000_000) - ceiling.offset_micro
+      if (spent + reservedMicro + worst > ceiling.max_micro) {
+        return {
+          ...base,
+          decision: 'budget_exceeded' as const,
+          policy_id: ceiling.policy_id,
+          decided_by: ceiling.label.startsWith('default') ? ('default' as const) : ('agent' as const),
+          reason: `a call that may cost $${worst / 1_000_000} could pass the ceiling of $${ceiling.max_micro / 1_000_000} (${ceiling.label}): $${spent / 1_000_000} spent and $${reservedMicro / 1_000_000} reserved today`,
+          monitored,
+        }
+      }
+    }
+    return { ...base, decision: 'allow' as const, policy_id: null, decided_by: null, reason: 'allowed', monitored }
+  }
+
+  async #snapshot(address: string, now: number, field = 'from_agent') {
+    if (!isAddress(address)) throw new GatewayError('schema_invalid', 'not an agent address', { details: { field } })
     const defaults = await this.#store.listDefaultPolicies()
     // A never-seen address would be created with the defaults by the send itself.
     const agent = (await this.#store.getAgentByAddress(address)) ?? { ...blankAgent(address, '', 0), policy_version: defaults.length > 0 ? 1 : 0 }

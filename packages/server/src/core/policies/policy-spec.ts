@@ -1,6 +1,8 @@
 import { DEFAULT_POLICY_OWNER, type PolicyKind, type PolicyRow } from '../../store/store.js'
 
 export type Direction = 'send' | 'receive'
+/** What a `rate` policy counts: intents sent, intents received, or egress calls (LLM, MCP, HTTP). */
+export type RateDirection = Direction | 'egress'
 export type OnBreach = 'block' | 'kill'
 export type Enforcement = 'enforce' | 'monitor'
 
@@ -18,7 +20,7 @@ export interface ActionSpec extends Mode {
 
 export interface RateSpec extends Mode {
   kind: 'rate'
-  direction: Direction
+  direction: RateDirection
   max_per_hour?: number | undefined
   max_per_day?: number | undefined
   on_breach: OnBreach
@@ -38,7 +40,17 @@ export interface DeadmanSpec extends Mode {
   on_trigger: 'kill' | 'alert'
 }
 
-export type PolicySpec = ActionSpec | RateSpec | CostSpec | DeadmanSpec
+/**
+ * Which egress tools an agent may call: `<upstream>/<tool>` for MCP `tools/call`,
+ * `<upstream>/<METHOD> <path>` for HTTP upstreams (core/policies/tool-glob.ts).
+ */
+export interface ToolSpec extends Mode {
+  kind: 'tool'
+  mode: 'allowlist' | 'denylist'
+  patterns: string[]
+}
+
+export type PolicySpec = ActionSpec | RateSpec | CostSpec | DeadmanSpec | ToolSpec
 
 export const DEFAULT_ALERT_PERCENTS = [50, 80, 100]
 

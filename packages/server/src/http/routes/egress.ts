@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { z } from 'zod'
 import { assertActsFor, type Principal } from '../../core/auth/principal.js'
-import { egressCallView, type EgressService, type EgressUpstream } from '../../core/egress/egress-service.js'
+import { egressCallView, type EgressService, type LlmUpstream } from '../../core/egress/egress-service.js'
 import { OpenAiStreamReader, openAiUsage, shapeOpenAi, type OpenAiEndpoint } from '../../core/egress/openai.js'
 import { usageMicro, worstCaseMicro } from '../../core/egress/pricing.js'
 import { GatewayError, isGatewayError } from '../../core/errors.js'
@@ -42,7 +42,7 @@ export function egressRoutes(s: Services & { egress: EgressService }): Route[] {
       body: OpenAiBody,
       handler: async ({ params, body, principal, res, req, requestId }) => {
         try {
-          await forward(s.egress, principal, s.egress.upstream(principal, params['upstream'] as string), endpoint, path, body, res, req, requestId)
+          await forward(s.egress, principal, s.egress.upstream(principal, params['upstream'] as string, ['openai']), endpoint, path, body, res, req, requestId)
         } catch (error) {
           throw withType(error)
         }
@@ -60,7 +60,7 @@ export function egressRoutes(s: Services & { egress: EgressService }): Route[] {
       summary: 'The priced models of an upstream (the ones the gateway lets through)',
       handler: async ({ params, principal, res }) => {
         try {
-          const upstream = s.egress.upstream(principal, params['upstream'] as string)
+          const upstream = s.egress.upstream(principal, params['upstream'] as string, ['openai'])
           sendJson(res, 200, { object: 'list', data: [...upstream.models.keys()].map((id) => ({ id, object: 'model', created: 0, owned_by: upstream.id })) })
         } catch (error) {
           throw withType(error)
@@ -98,7 +98,7 @@ export function egressRoutes(s: Services & { egress: EgressService }): Route[] {
 async function forward(
   egress: EgressService,
   principal: Principal,
-  upstream: EgressUpstream,
+  upstream: LlmUpstream,
   endpoint: OpenAiEndpoint,
   path: string,
   input: Record<string, unknown>,
@@ -110,7 +110,7 @@ async function forward(
   const shaped = shapeOpenAi(endpoint, input, price.max_output_tokens)
   const payload = JSON.stringify(shaped.body)
   const reserved = worstCaseMicro(price, { bytes: Buffer.byteLength(payload), opaque: shaped.opaque_input }, shaped.output_cap, shaped.choices)
-  const call = await egress.admit(principal, { upstream: upstream.id, endpoint, model, reserved_micro: reserved, timeout_ms: upstream.timeout_ms })
+  const call = await egress.admit(principal, { kind: 'llm', upstream: upstream.id, endpoint, model, tool: null, reserved_micro: reserved, timeout_ms: upstream.timeout_ms })
 
   const controller = new AbortController()
   let stopped: 'killed' | 'timeout' | 'client' | null = null
@@ -124,7 +124,7 @@ async function forward(
     if (streaming && !res.writableEnded) res.end(`data: ${JSON.stringify({ error })}\n\n`)
     else if (!res.headersSent) sendError(res, requestId, { code: 'agent_killed', message, extra: { type: 'agent_killed' } })
   }
-  const untrack = egress.track(principal.address_id as string, (reason) => stop('killed', `${principal.address} is killed: ${reason}`))
+  const untrack = egress.track(principal.address_id as string, (reason) => stop('killed', `${principal.address} is killed: ${reason}`), call)
   const timer = setTimeout(() => stop('timeout', 'upstream timeout'), upstream.timeout_ms)
   const onClose = (): void => {
     if (!res.writableFinished) stop('client', 'client went away')
@@ -141,6 +141,12 @@ async function forward(
     await egress.settle(call, { outcome, cost_micro: cost, usage, status })
   }
   try {
+    // Killed between admission and here: nothing was sent, nothing is charged.
+    await Promise.resolve()
+    if (stopped !== null) {
+      await settle('refused', 0, null, null)
+      return
+    }
     let upstreamRes: Response
     try {
       upstreamRes = await fetch(`${upstream.base_url}/v1/${path}`, {

@@ -106,9 +106,12 @@ export function policyRoutes(s: Services): Route[] {
       path: '/v1/policies/evaluate',
       access: 'viewer',
       tag: 'policies',
-      summary: 'Dry run: the decision a send would get now, and which policy decides (no side effects)',
+      summary: 'Dry run: the decision a send or an egress call (LLM, MCP tool, HTTP) would get now, and which policy decides (no side effects)',
       body: EvaluateBody,
-      handler: async ({ body }) => s.policies.evaluate(body),
+      handler: async ({ body }) =>
+        body.agent !== undefined && body.egress !== undefined
+          ? s.policies.evaluateEgress({ agent: body.agent, egress: body.egress })
+          : s.policies.evaluate(body as { from_agent: string; to_agent: string; intent_type: string }),
     }),
   ]
 }

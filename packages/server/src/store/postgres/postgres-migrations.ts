@@ -291,4 +291,11 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   CREATE INDEX egress_calls_deadline ON egress_calls (deadline_at) WHERE state = 'open';
   CREATE INDEX egress_calls_agent ON egress_calls (address_id, seqno);
   `,
+  // Egress kinds (MCP, HTTP tools) and egress calls counted for `rate` policies (see the SQLite migration).
+  `
+  ALTER TABLE egress_calls ADD COLUMN kind text NOT NULL DEFAULT 'llm';
+  ALTER TABLE egress_calls ADD COLUMN tool text;
+  ALTER TABLE counters_day ADD COLUMN egress bigint NOT NULL DEFAULT 0;
+  ALTER TABLE counters_hour ADD COLUMN egress bigint NOT NULL DEFAULT 0;
+  `,
 ]

@@ -890,9 +890,9 @@ export class PostgresStore implements Store {
     now: number,
   ): Promise<Map<string, AgentCounters>> {
     const { day, hour } = windowOf(now)
-    type Row = { id: string; sd: number | null; rd: number | null; cd: number | null; sh: number | null; rh: number | null }
+    type Row = { id: string; sd: number | null; rd: number | null; ed: number | null; cd: number | null; sh: number | null; rh: number | null; eh: number | null }
     const rows = await query<Row>(
-      `SELECT a.id, d.sent AS sd, d.received AS rd, d.cost_usd AS cd, h.sent AS sh, h.received AS rh
+      `SELECT a.id, d.sent AS sd, d.received AS rd, d.egress AS ed, d.cost_usd AS cd, h.sent AS sh, h.received AS rh, h.egress AS eh
        FROM unnest($1::text[]) AS a(id)
        LEFT JOIN counters_day d ON d.address_id = a.id AND d.day = $2
        LEFT JOIN counters_hour h ON h.address_id = a.id AND h.hour = $3`,
@@ -908,6 +908,8 @@ export class PostgresStore implements Store {
           sent_day: r.sd ?? 0,
           received_hour: r.rh ?? 0,
           received_day: r.rd ?? 0,
+          egress_hour: Number(r.eh ?? 0),
+          egress_day: Number(r.ed ?? 0),
           cost_day: r.cd ?? 0,
         },
       ]),
@@ -1784,10 +1786,19 @@ export class PostgresStore implements Store {
               [id, call.day],
             ))?.n ?? 0)
       input.decide({ agent, policies, counters, reserved_micro: Number(reserved) })
+      const { day, hour } = windowOf(input.now)
+      // One statement: the call's row and its count for egress `rate` policies.
       await tx.run(
-        `INSERT INTO egress_calls (call_id, address_id, upstream, endpoint, model, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, 'open', NULL, NULL, NULL, $8, $9, NULL)`,
-        [call.call_id, id, call.upstream, call.endpoint, call.model, call.day, call.reserved_micro, call.started_at, call.deadline_at],
+        `WITH c AS (
+           INSERT INTO egress_calls (call_id, address_id, upstream, kind, endpoint, model, tool, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
+           VALUES ($1, $2, $3, $10, $4, $5, $11, $6, $7, NULL, 'open', NULL, NULL, NULL, $8, $9, NULL)
+         ), d AS (
+           INSERT INTO counters_day (address_id, day, egress) VALUES ($2, $12, 1)
+           ON CONFLICT (address_id, day) DO UPDATE SET egress = counters_day.egress + 1
+         )
+         INSERT INTO counters_hour (address_id, hour, egress) VALUES ($2, $13, 1)
+         ON CONFLICT (address_id, hour) DO UPDATE SET egress = counters_hour.egress + 1`,
+        [call.call_id, id, call.upstream, call.endpoint, call.model, call.day, call.reserved_micro, call.started_at, call.deadline_at, call.kind, call.tool, day, hour],
       )
       return call
     })

@@ -278,4 +278,13 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   CREATE INDEX egress_calls_deadline ON egress_calls (deadline_at) WHERE state = 'open';
   CREATE INDEX egress_calls_agent ON egress_calls (address_id, seqno);
   `,
+  // Egress to MCP servers and HTTP APIs: a call's kind and its tool name (`<upstream>/<tool>`,
+  // `<upstream>/<METHOD> <path>`), what tool policies decide on. Admitted egress calls are
+  // counted with the intents, for `rate` policies with `direction: "egress"`.
+  `
+  ALTER TABLE egress_calls ADD COLUMN kind TEXT NOT NULL DEFAULT 'llm';
+  ALTER TABLE egress_calls ADD COLUMN tool TEXT;
+  ALTER TABLE counters_day ADD COLUMN egress INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE counters_hour ADD COLUMN egress INTEGER NOT NULL DEFAULT 0;
+  `,
 ]

@@ -177,8 +177,8 @@ function prepare(db: Db) {
     ),
     egressReserved: s("SELECT coalesce(sum(reserved_micro), 0) AS n FROM egress_calls WHERE address_id = ? AND day = ? AND state = 'open'"),
     egressInsert: s(
-      `INSERT INTO egress_calls (call_id, address_id, upstream, endpoint, model, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
-       VALUES (@call_id, @address_id, @upstream, @endpoint, @model, @day, @reserved_micro, @cost_micro, @state, @outcome, @usage, @status, @started_at, @deadline_at, @settled_at)`,
+      `INSERT INTO egress_calls (call_id, address_id, upstream, kind, endpoint, model, tool, day, reserved_micro, cost_micro, state, outcome, usage, status, started_at, deadline_at, settled_at)
+       VALUES (@call_id, @address_id, @upstream, @kind, @endpoint, @model, @tool, @day, @reserved_micro, @cost_micro, @state, @outcome, @usage, @status, @started_at, @deadline_at, @settled_at)`,
     ),
     egressSettle: s(
       `UPDATE egress_calls SET state = 'settled', cost_micro = ?, outcome = ?, usage = ?, status = ?, settled_at = ?
@@ -210,8 +210,8 @@ function prepare(db: Db) {
     ),
     deletePolicy: s('DELETE FROM policies WHERE policy_id = ?'),
     bumpPolicyVersion: s('UPDATE agents SET policy_version = policy_version + 1 WHERE address_id = ?'),
-    dayRow: s('SELECT sent, received, cost_usd FROM counters_day WHERE address_id = ? AND day = ?'),
-    hourRow: s('SELECT sent, received FROM counters_hour WHERE address_id = ? AND hour = ?'),
+    dayRow: s('SELECT sent, received, egress, cost_usd FROM counters_day WHERE address_id = ? AND day = ?'),
+    hourRow: s('SELECT sent, received, egress FROM counters_hour WHERE address_id = ? AND hour = ?'),
     countDay: s(
       `INSERT INTO counters_day (address_id, day, sent, received, cost_usd) VALUES (@address_id, @day, @sent, @received, @cost)
        ON CONFLICT (address_id, day) DO UPDATE SET sent = sent + excluded.sent, received = received + excluded.received,
@@ -229,6 +229,15 @@ function prepare(db: Db) {
     countAcceptHour: s(
       `INSERT INTO counters_hour (address_id, hour, sent, received) VALUES (@from, @hour, 1, 0), (@to, @hour, 0, 1)
        ON CONFLICT (address_id, hour) DO UPDATE SET sent = sent + excluded.sent, received = received + excluded.received`,
+    ),
+    // One admitted egress call, counted for `rate` policies with `direction: "egress"`.
+    countEgressDay: s(
+      `INSERT INTO counters_day (address_id, day, egress) VALUES (?, ?, 1)
+       ON CONFLICT (address_id, day) DO UPDATE SET egress = egress + 1`,
+    ),
+    countEgressHour: s(
+      `INSERT INTO counters_hour (address_id, hour, egress) VALUES (?, ?, 1)
+       ON CONFLICT (address_id, hour) DO UPDATE SET egress = egress + 1`,
     ),
     // Cost counted for an agent, also by hour (the per-hour chart).
     costHour: s(
@@ -1310,8 +1319,8 @@ export class SqliteStore implements Store {
     const at = new Date(now).toISOString()
     const day = at.slice(0, 10)
     const hour = at.slice(0, 13)
-    const d = this.#q.dayRow.get(addressId, day) as { sent: number; received: number; cost_usd: number } | undefined
-    const h = this.#q.hourRow.get(addressId, hour) as { sent: number; received: number } | undefined
+    const d = this.#q.dayRow.get(addressId, day) as { sent: number; received: number; egress: number; cost_usd: number } | undefined
+    const h = this.#q.hourRow.get(addressId, hour) as { sent: number; received: number; egress: number } | undefined
     return {
       day,
       hour,
@@ -1319,6 +1328,8 @@ export class SqliteStore implements Store {
       sent_day: d?.sent ?? 0,
       received_hour: h?.received ?? 0,
       received_day: d?.received ?? 0,
+      egress_hour: h?.egress ?? 0,
+      egress_day: d?.egress ?? 0,
       cost_day: d?.cost_usd ?? 0,
     }
   }
@@ -1381,6 +1392,9 @@ export class SqliteStore implements Store {
       // The single writer makes read (spent + reserved) → decide → reserve atomic.
       input.decide({ agent, policies, counters: this.#counters(agent.address_id, input.now), reserved_micro: reserved })
       this.#q.egressInsert.run(call)
+      const at = new Date(input.now).toISOString()
+      this.#q.countEgressDay.run(call.address_id, at.slice(0, 10))
+      this.#q.countEgressHour.run(call.address_id, at.slice(0, 13))
       return call
     })
   }
