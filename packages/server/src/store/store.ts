@@ -454,6 +454,7 @@ export interface Parties {
   from_quarantine: InstanceQuarantineRow | null
   from_policies: PolicyRow[]
   to_policies: PolicyRow[]
+  /** Zeros (with the current day and hour) for a party whose policy_version is 0: it has no policy to read them. */
   from_counters: AgentCounters
   to_counters: AgentCounters
 }

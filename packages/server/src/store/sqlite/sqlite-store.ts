@@ -339,9 +339,6 @@ function prepare(db: Db) {
        VALUES (@address_id, @address, @event_type, @details, @actor_id, @created_at) RETURNING *`,
     ),
     meshAfter: s('SELECT * FROM mesh_events WHERE seqno > ? ORDER BY seqno LIMIT ?'),
-    nextDue: s(
-      `SELECT min(available_at) AS at FROM intents WHERE to_address_id = ? AND delivery_state = 'queued' AND available_at > ?`,
-    ),
     listAgents: s('SELECT * FROM agents ORDER BY created_at, address LIMIT ?'),
     listAgentsKilled: s('SELECT * FROM agents WHERE killed_at IS NOT NULL ORDER BY created_at, address LIMIT ?'),
     listAgentsByHealth: s(
@@ -393,8 +390,10 @@ function prepare(db: Db) {
     // The sender filter is the store half of core's delivery rule (kill-switch/rules.ts):
     // a killed sender's never-delivered output is not handed to anyone.
     queued: s(
+      // Due and not yet due alike, in due order: the claim takes the due ones and learns from the
+      // first one not due yet when to look again (no second query for it).
       `SELECT i.* FROM intents i JOIN agents f ON f.address_id = i.from_address_id
-       WHERE i.to_address_id = @address_id AND i.delivery_state = 'queued' AND i.available_at <= @now
+       WHERE i.to_address_id = @address_id AND i.delivery_state = 'queued'
          AND (f.killed_at IS NULL OR i.delivery_attempt > 0)
          AND (i.deadline_at IS NULL OR i.deadline_at > @now)
        ORDER BY i.available_at, i.seqno LIMIT 64`,
@@ -417,8 +416,8 @@ function prepare(db: Db) {
       `UPDATE intents SET status = @status, delivery_state = @delivery_state, lease_expires_at = @lease_expires_at,
          lease_instance = CASE WHEN @delivery_state = 'leased' THEN lease_instance ELSE NULL END,
          result = coalesce(@result, result), error = coalesce(@error, error), cost_usd = coalesce(@cost_usd, cost_usd),
-         updated_at = @now
-       WHERE intent_id = @intent_id`,
+         updated_at = @now, last_event_seq = last_event_seq + @event
+       WHERE intent_id = @intent_id RETURNING *`,
     ),
     expired: s(
       `SELECT * FROM intents WHERE delivery_state = 'leased' AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?`,
@@ -463,6 +462,27 @@ function prepare(db: Db) {
   }
 }
 
+/** The current UTC day and hour with every count zero (a party without policies: nothing reads them). */
+function zeroCounters(now: number): AgentCounters {
+  const at = new Date(now).toISOString()
+  return {
+    day: at.slice(0, 10),
+    hour: at.slice(0, 13),
+    sent_hour: 0,
+    sent_day: 0,
+    received_hour: 0,
+    received_day: 0,
+    egress_hour: 0,
+    egress_day: 0,
+    cost_day: 0,
+  }
+}
+
+/** Statements that write a table whose rows the store caches (see SqliteStore#watch). */
+const WRITES_CACHED = /\b(?:UPDATE(?:\s+OR\s+\w+)?|INTO|DELETE\s+FROM)\s+(?:agents|instance_quarantines)\b/i
+/** Cached rows per cache before it is emptied (a bound, not an eviction policy). */
+const CACHE_LIMIT = 10_000
+
 const TERMINAL = new Set<IntentStatus>(['COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT'])
 
 export class SqliteStore implements Store {
@@ -493,6 +513,7 @@ export class SqliteStore implements Store {
     this.#db.pragma('wal_autocheckpoint = 10000')
     migrate(this.#db)
     this.#q = this.#counter.wrapAll(prepare(this.#db))
+    for (const stmt of Object.values(this.#q)) this.#watch(stmt)
     this.#hashAudit = config.hashAudit
     this.#alertFor = config.alertFor
     this.#heartbeatBatchMs = config.heartbeatBatchMs ?? 0
@@ -539,15 +560,15 @@ export class SqliteStore implements Store {
     const batch = this.#pending.splice(0)
     if (batch.length === 0) return
     const outcomes: ({ ok: true; value: unknown; changes: Change[] } | { ok: false; error: unknown })[] = []
-    // BEGIN IMMEDIATE and COMMIT, and a SAVEPOINT and its RELEASE (or ROLLBACK TO) per write.
-    this.#counter.transactionStatements += 2 + 2 * batch.length
+    // BEGIN IMMEDIATE and COMMIT (each write's SAVEPOINT and RELEASE: #savepoint).
+    this.#counter.transactionStatements += 2
     try {
       this.#db
         .transaction(() => {
           for (const op of batch) {
             const changes: Change[] = []
             try {
-              const value = this.#db.transaction(() => op.fn(changes))()
+              const value = this.#savepoint(() => op.fn(changes))
               outcomes.push({ ok: true, value, changes })
             } catch (error) {
               outcomes.push({ ok: false, error })
@@ -556,6 +577,8 @@ export class SqliteStore implements Store {
         })
         .immediate()
     } catch (error) {
+      // Nothing of the batch was committed: rows cached during it may be gone.
+      this.#dropCaches()
       const failure = this.#db.open ? error : new GatewayError('store_unavailable', 'the store is closed', { cause: error })
       for (const op of batch) op.reject(failure)
       return
@@ -575,7 +598,87 @@ export class SqliteStore implements Store {
 
   /** A statement built per call (dynamic filters), counted by the first words of its SQL. */
   #adhoc(sql: string): Statement {
-    return this.#counter.wrap(this.#db.prepare(sql), `adhoc: ${sql.replace(/\s+/g, ' ').trim().slice(0, 48)}`)
+    return this.#watch(this.#counter.wrap(this.#db.prepare(sql), `adhoc: ${sql.replace(/\s+/g, ' ').trim().slice(0, 48)}`))
+  }
+
+  // ---- cached rows: agents and instance quarantines ----
+  //
+  // The hot paths read the same agent rows (and the absence of a quarantine) on every accept,
+  // claim and resolve. This process is the database's only writer, and every statement that
+  // writes `agents` or `instance_quarantines` empties both caches before it runs (#watch), so a
+  // row read from the cache is the row SQLite would return at that point of the write queue:
+  // a kill committed ahead of a send is seen by it, whichever statement wrote it. A write that
+  // rolls back (a rejected write's savepoint, a failed commit) empties them again, since rows
+  // read after its writes may not survive it. Cached rows are frozen: nobody edits them in place.
+
+  readonly #agentsById = new Map<string, AgentRow>()
+  readonly #agentsByAddress = new Map<string, AgentRow>()
+  readonly #quarantines = new Map<string, InstanceQuarantineRow | null>()
+  /** Bumped by every statement that writes a cached table (see #watch). */
+  #cachedWrites = 0
+
+  #agentById(addressId: string): AgentRow | undefined {
+    const hit = this.#agentsById.get(addressId)
+    if (hit) return hit
+    return this.#remember(this.#q.agentById.get(addressId) as AgentRow | undefined)
+  }
+
+  #agentByAddress(address: string): AgentRow | undefined {
+    const hit = this.#agentsByAddress.get(address)
+    if (hit) return hit
+    return this.#remember(this.#q.agentByAddress.get(address) as AgentRow | undefined)
+  }
+
+  #remember(row: AgentRow | undefined): AgentRow | undefined {
+    if (!row) return row
+    if (this.#agentsById.size >= CACHE_LIMIT) this.#dropCaches()
+    Object.freeze(row)
+    this.#agentsById.set(row.address_id, row)
+    this.#agentsByAddress.set(row.address, row)
+    return row
+  }
+
+  #quarantine(addressId: string, instanceId: string): InstanceQuarantineRow | null {
+    const key = `${addressId}\n${instanceId}`
+    const hit = this.#quarantines.get(key)
+    if (hit !== undefined) return hit
+    const row = (this.#q.quarantineOf.get(addressId, instanceId) as InstanceQuarantineRow | undefined) ?? null
+    if (this.#quarantines.size >= CACHE_LIMIT) this.#quarantines.clear()
+    this.#quarantines.set(key, row === null ? null : Object.freeze(row))
+    return row
+  }
+
+  #dropCaches(): void {
+    this.#agentsById.clear()
+    this.#agentsByAddress.clear()
+    this.#quarantines.clear()
+  }
+
+  /** A statement that writes a cached table empties the caches each time before it runs. */
+  #watch<S extends Statement>(stmt: S): S {
+    if (!WRITES_CACHED.test(stmt.source)) return stmt
+    const target = stmt as unknown as Record<'run' | 'get' | 'all' | 'iterate', (...args: unknown[]) => unknown>
+    for (const method of ['run', 'get', 'all', 'iterate'] as const) {
+      const original = target[method]
+      target[method] = (...args: unknown[]) => {
+        this.#cachedWrites += 1
+        this.#dropCaches()
+        return original.apply(stmt, args)
+      }
+    }
+    return stmt
+  }
+
+  /** Runs `fn` in a savepoint; if it rolls back after writing a cached table, the caches go. */
+  #savepoint<T>(fn: () => T): T {
+    const writes = this.#cachedWrites
+    this.#counter.transactionStatements += 2
+    try {
+      return this.#db.transaction(fn)()
+    } catch (error) {
+      if (this.#cachedWrites !== writes) this.#dropCaches()
+      throw error
+    }
   }
 
   stats(): StoreStats {
@@ -660,11 +763,11 @@ export class SqliteStore implements Store {
 
   // ---- agents ----
   async getAgentById(addressId: string): Promise<AgentRow | undefined> {
-    return this.#q.agentById.get(addressId) as AgentRow | undefined
+    return this.#agentById(addressId)
   }
 
   async getAgentByAddress(address: string): Promise<AgentRow | undefined> {
-    return this.#q.agentByAddress.get(address) as AgentRow | undefined
+    return this.#agentByAddress(address)
   }
 
   async registerAgent(agent: AgentRow, event: MeshEventDraft): Promise<AgentRow | undefined> {
@@ -705,7 +808,7 @@ export class SqliteStore implements Store {
 
   async updateAgent(input: AgentUpdateInput): Promise<{ agent: AgentRow; changed: boolean }> {
     return this.#write((changes) => {
-      const before = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      const before = this.#agentById(input.address_id)
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       const patch = input.build(before)
       if (patch === null) return { agent: before, changed: false }
@@ -751,7 +854,7 @@ export class SqliteStore implements Store {
 
   /** The agent row, created if missing; `register` marks it registered (a recipient alone is not). */
   #ensureAgent(address: string, now: number, register: boolean, changes: Change[]): AgentRow {
-    const existing = this.#q.agentByAddress.get(address) as AgentRow | undefined
+    const existing = this.#agentByAddress(address)
     if (existing) {
       if (!register || existing.registered_at !== null) return existing
       this.#q.markRegistered.run(now, existing.address_id)
@@ -767,7 +870,7 @@ export class SqliteStore implements Store {
     return this.#write((changes) => {
       const { intent, now } = input
       if (input.idempotency) {
-        const from = this.#q.agentByAddress.get(intent.from_agent) as AgentRow | undefined
+        const from = this.#agentByAddress(intent.from_agent)
         const prior = from
           ? (this.#q.idemGet.get(from.address_id, input.idempotency.key) as
               | { request_hash: string; intent_id: string }
@@ -804,8 +907,9 @@ export class SqliteStore implements Store {
       from_quarantine: fromInstance === null ? null : this.#quarantine(from.address_id, fromInstance),
       from_policies: from.policy_version === 0 ? [] : (this.#q.effectivePolicies.all(from.address_id) as PolicyRow[]),
       to_policies: to.policy_version === 0 ? [] : (this.#q.effectivePolicies.all(to.address_id) as PolicyRow[]),
-      from_counters: this.#counters(from.address_id, now),
-      to_counters: this.#counters(to.address_id, now),
+      // Counters are read only for a party that may have policies: without any, nothing reads them.
+      from_counters: from.policy_version === 0 ? zeroCounters(now) : this.#counters(from.address_id, now),
+      to_counters: to.policy_version === 0 ? zeroCounters(now) : this.#counters(to.address_id, now),
     }
     for (const event of decide(parties) ?? []) this.#meshEvent(event, changes)
     // Counted in the accepting transaction: the single writer makes read-decide-increment atomic.
@@ -856,7 +960,7 @@ export class SqliteStore implements Store {
 
   async claimDeliveries(input: ClaimInput): Promise<ClaimResult> {
     return this.#write((changes) => {
-      const recipient = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      const recipient = this.#agentById(input.address_id)
       if (!recipient) throw new GatewayError('not_found', 'agent not found')
       input.decide(recipient, this.#quarantine(input.address_id, input.instance_id))
       const inFlight = (this.#q.inFlight.get(input.address_id, input.instance_id) as { n: number }).n
@@ -864,14 +968,17 @@ export class SqliteStore implements Store {
       if (room <= 0) return { deliveries: [], has_room: false, next_due_at: null }
       // A literal LIMIT: a bound one makes SQLite re-prepare this hot statement on every run.
       const candidates: IntentRow[] = []
+      let due: number | null = null
       for (const row of this.#q.queued.iterate({ address_id: input.address_id, now: input.now }) as IterableIterator<IntentRow>) {
+        if (row.available_at > input.now) {
+          // During a paced resume more held work becomes due later: tell the stream when.
+          due = row.available_at
+          break
+        }
         candidates.push(row)
         if (candidates.length >= room) break
       }
-      if (candidates.length === 0) {
-        const due = (this.#q.nextDue.get(input.address_id, input.now) as { at: number | null }).at
-        return { deliveries: [], has_room: true, next_due_at: due }
-      }
+      if (candidates.length === 0) return { deliveries: [], has_room: true, next_due_at: due }
       const last = (this.#q.nextSeq.get(input.address_id, candidates.length) as { last_seq: number }).last_seq
       let seq = last - candidates.length
       const deliveries: Delivery[] = []
@@ -899,9 +1006,7 @@ export class SqliteStore implements Store {
         deliveries.push({ intent: leased, seq, event_type: eventType })
       }
       const hasRoom = inFlight + deliveries.length < input.max_in_flight
-      // During a paced resume more held work becomes due later: tell the stream when.
-      const due = hasRoom ? (this.#q.nextDue.get(input.address_id, input.now) as { at: number | null }).at : null
-      return { deliveries, has_room: hasRoom, next_due_at: due }
+      return { deliveries, has_room: hasRoom, next_due_at: hasRoom ? due : null }
     })
   }
 
@@ -913,12 +1018,14 @@ export class SqliteStore implements Store {
     return this.#write((changes) => {
       const intent = this.#q.intentById.get(input.intent_id) as IntentRow | undefined
       if (!intent) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
-      const recipient = this.#q.agentById.get(intent.to_address_id) as AgentRow
-      const sender = this.#q.agentById.get(intent.from_address_id) as AgentRow
+      const recipient = this.#agentById(intent.to_address_id) as AgentRow
+      const sender = this.#agentById(intent.from_address_id) as AgentRow
       const instanceId = input.instance_id ?? null
       const quarantine = instanceId === null ? null : this.#quarantine(intent.to_address_id, instanceId)
       const change = input.decide({ intent, recipient, sender, quarantine })
-      this.#q.updateIntent.run({
+      // The row as written (and its new event seq), instead of reading it again.
+      const updated = this.#q.updateIntent.get({
+        event: change.event_type ? 1 : 0,
         intent_id: intent.intent_id,
         status: change.status,
         delivery_state: change.delivery_state,
@@ -927,10 +1034,10 @@ export class SqliteStore implements Store {
         error: change.error ?? null,
         cost_usd: change.cost_usd ?? null,
         now: input.now,
-      })
+      }) as IntentRow
       let event: IntentEventRow | null = null
       if (change.event_type) {
-        const seq = (this.#q.bumpEventSeq.get(intent.intent_id) as { last_event_seq: number }).last_event_seq
+        const seq = updated.last_event_seq
         event = {
           intent_id: intent.intent_id,
           seq,
@@ -954,14 +1061,12 @@ export class SqliteStore implements Store {
         const { intent: next, decide } = change.follow_up
         // A rejected follow-up (e.g. reply_to agent killed) must not undo the resolve: savepoint.
         try {
-          this.#counter.transactionStatements += 2
-          const row = this.#db.transaction(() => this.#accept(next, input.actor, input.now, decide, changes))()
+          const row = this.#savepoint(() => this.#accept(next, input.actor, input.now, decide, changes))
           followUp = { accepted: true, intent: row }
         } catch (error) {
           followUp = { accepted: false, error }
         }
       }
-      const updated = this.#q.intentById.get(intent.intent_id) as IntentRow
       return { intent: updated, event, follow_up: followUp }
     })
   }
@@ -982,7 +1087,7 @@ export class SqliteStore implements Store {
           this.#q.failExpired.run({ intent_id: row.intent_id, error, now })
           this.#q.insertEvent.run(row.intent_id, seq, 'intent.delivery_failed', 'FAILED', 'system', now, error)
           failed += 1
-        } else if ((this.#q.agentById.get(row.to_address_id) as AgentRow).killed_at !== null) {
+        } else if ((this.#agentById(row.to_address_id) as AgentRow).killed_at !== null) {
           // The recipient was killed meanwhile: the work is held for its resume, not requeued.
           const r = this.#q.hold.get({ intent_id: row.intent_id, now }) as { last_event_seq: number; status: string }
           this.#q.insertEvent.run(row.intent_id, r.last_event_seq, 'intent.held', r.status, 'system', now, null)
@@ -1028,7 +1133,7 @@ export class SqliteStore implements Store {
   // ---- kill switch ----
   async killAgent(input: KillInput): Promise<{ agent: AgentRow; changed: boolean }> {
     return this.#write((changes) => {
-      const before = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      const before = this.#agentById(input.address_id)
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       if (input.guard && !input.guard(before)) return { agent: before, changed: false }
       const after = this.#q.killAgent.get({
@@ -1054,7 +1159,7 @@ export class SqliteStore implements Store {
 
   async holdBacklog(input: HoldInput): Promise<{ held: number; canceled: number }> {
     return this.#write((changes) => {
-      const agent = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      const agent = this.#agentById(input.address_id)
       // Resumed in between: nothing to hold any more.
       if (!agent || agent.killed_at === null) return { held: 0, canceled: 0 }
       let held = 0
@@ -1088,7 +1193,7 @@ export class SqliteStore implements Store {
 
   async resumeAgent(input: ResumeInput): Promise<{ agent: AgentRow; changed: boolean; redelivering: number }> {
     return this.#write((changes) => {
-      const before = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      const before = this.#agentById(input.address_id)
       if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       const resumed = this.#resumeOne(before, input, changes)
       if (resumed === null) return { agent: before, changed: false, redelivering: 0 }
@@ -1127,13 +1232,9 @@ export class SqliteStore implements Store {
     }
   }
 
-  #quarantine(addressId: string, instanceId: string): InstanceQuarantineRow | null {
-    return (this.#q.quarantineOf.get(addressId, instanceId) as InstanceQuarantineRow | undefined) ?? null
-  }
-
   async quarantineInstance(input: QuarantineInput): Promise<QuarantineResult> {
     return this.#write((changes) => {
-      const agent = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      const agent = this.#agentById(input.address_id)
       if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       const inserted = this.#q.insertQuarantine.get({
         address_id: input.address_id,
@@ -1164,7 +1265,7 @@ export class SqliteStore implements Store {
 
   async liftQuarantine(input: LiftQuarantineInput): Promise<{ agent: AgentRow; changed: boolean; lifted: InstanceQuarantineRow | null }> {
     return this.#write((changes) => {
-      const agent = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      const agent = this.#agentById(input.address_id)
       if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       const lifted = this.#q.deleteQuarantine.get(input.address_id, input.instance_id) as InstanceQuarantineRow | undefined
       if (!lifted) return { agent, changed: false, lifted: null }
@@ -1316,9 +1417,7 @@ export class SqliteStore implements Store {
 
   // ---- policies and counters ----
   #counters(addressId: string, now: number): AgentCounters {
-    const at = new Date(now).toISOString()
-    const day = at.slice(0, 10)
-    const hour = at.slice(0, 13)
+    const { day, hour } = zeroCounters(now)
     const d = this.#q.dayRow.get(addressId, day) as { sent: number; received: number; egress: number; cost_usd: number } | undefined
     const h = this.#q.hourRow.get(addressId, hour) as { sent: number; received: number; egress: number } | undefined
     return {
@@ -1382,7 +1481,7 @@ export class SqliteStore implements Store {
   async admitEgress(input: EgressAdmitInput): Promise<EgressCallRow> {
     return this.#write(() => {
       const { call } = input
-      const agent = this.#q.agentById.get(call.address_id) as AgentRow | undefined
+      const agent = this.#agentById(call.address_id)
       if (!agent) throw new GatewayError('not_found', 'agent not found')
       const policies = agent.policy_version === 0 ? [] : (this.#q.effectivePolicies.all(agent.address_id) as PolicyRow[])
       const reserved =
@@ -1407,7 +1506,7 @@ export class SqliteStore implements Store {
       if (!call) return { call: this.#q.egressById.get(input.call_id) as EgressCallRow | undefined, changed: false }
       // Charged to the day it was reserved on, so that day's `spent + reserved` never grows.
       if (input.cost_micro > 0) {
-        const agent = this.#q.agentById.get(call.address_id) as AgentRow
+        const agent = this.#agentById(call.address_id) as AgentRow
         this.#applyCost(agent, input.cost_micro / 1_000_000, call.started_at, input.cost_rule, changes)
       }
       return { call, changed: true }
@@ -1485,7 +1584,7 @@ export class SqliteStore implements Store {
       }
       const next = input.build(current)
       const addressId = next?.address_id ?? current?.address_id
-      const agent = this.#q.agentById.get(addressId) as AgentRow | undefined
+      const agent = addressId === undefined ? undefined : this.#agentById(addressId)
       if (!agent) throw new GatewayError('not_found', `agent ${addressId} not found`)
       if (input.op === 'create' && next) this.#q.insertPolicy.run(next)
       else if (input.op === 'update' && next) this.#q.updatePolicy.run(next)
@@ -1530,7 +1629,7 @@ export class SqliteStore implements Store {
   // ---- heartbeats and health ----
   async heartbeat(input: HeartbeatInput): Promise<{ agent: AgentRow; health_status: HealthStatus }> {
     return this.#write((changes) => {
-      const agent = this.#q.agentById.get(input.address_id) as AgentRow | undefined
+      const agent = this.#agentById(input.address_id)
       if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
       this.#q.upsertInstance.run(input.address_id, input.instance_id, input.now, input.now)
       this.#q.setHeartbeat.run(input.now, input.address_id)
@@ -1557,7 +1656,7 @@ export class SqliteStore implements Store {
       }
       // Only the budget rule can have changed the agent row (an auto-kill).
       const current =
-        agent.policy_version === 0 ? { ...agent, last_heartbeat_at: input.now } : (this.#q.agentById.get(input.address_id) as AgentRow)
+        agent.policy_version === 0 ? { ...agent, last_heartbeat_at: input.now } : (this.#agentById(input.address_id) as AgentRow)
       const status = input.keeps_health(current, m)
         ? current.health_status
         : this.#reassess(current, input.now, input.window_start, input.health, input.transition, changes)
