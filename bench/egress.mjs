@@ -16,6 +16,15 @@
 // stream_options.include_usage, which the gateway forces), so the upstream does the same work.
 // Overhead = gateway − direct, per percentile.
 //
+// MCP: the tests' MCP server (packages/server/test/mcp-server.ts, the official SDK's McpServer
+// over StreamableHTTPServerTransport, stateful sessions), twice in its own processes — one
+// answering POSTs with SSE streams (the SDK's default), one with JSON — configured as `kind: mcp`
+// upstreams whose Authorization comes from headers_env. Per route one session is initialized,
+// then --mcp-calls sequential `tools/call echo` go
+//   direct    POST {server}/mcp            with the server's token
+//   gateway   POST {gateway}/mcp/{id}      with the agent key (admitted and settled as egress calls)
+// and each is timed to the end of its answer.
+//
 // When the gateway answers 404 for the route (a build without egress), only the direct
 // baseline is measured and the run still succeeds.
 //
@@ -34,6 +43,9 @@ import { now, num, sleep } from './lib/util.mjs'
 
 const HERE = fileURLToPath(new URL('.', import.meta.url))
 const FAKE_SOURCE = fileURLToPath(new URL('../packages/server/test/fake-llm.ts', import.meta.url))
+const MCP_SOURCE = fileURLToPath(new URL('../packages/server/test/mcp-server.ts', import.meta.url))
+const MCP_TOKEN = 'mcp-bench-upstream-token-0123456789'
+const MCP_PROTOCOL = '2025-11-25'
 const UPSTREAM = 'fake'
 const MODEL = 'fake-model'
 const PROVIDER_KEY = 'sk-bench-egress-provider-key-0123456789'
@@ -43,7 +55,7 @@ const MESSAGES = [
   { role: 'user', content: 'Say hello in about twenty tokens.' },
 ]
 
-export const description = 'LLM egress: fake upstream direct vs through /llm/fake/v1 (chat sequential, concurrent, 50-chunk streams); overhead p50/p99 ms'
+export const description = 'LLM and MCP egress: fake upstream direct vs through /llm/fake/v1 (chat sequential, concurrent, 50-chunk streams), SDK MCP server direct vs through /mcp/{id} (tools/call, SSE and JSON answers); overhead p50/p99 ms'
 
 /** Options this benchmark understands (node:util parseArgs format + help text). */
 export const options = {
@@ -53,6 +65,7 @@ export const options = {
   streams: { type: 'string', help: 'sequential streamed chat calls per route (default 300; --quick: 40)' },
   chunks: { type: 'string', help: 'content chunks per stream (default 50)' },
   'chunk-delay-ms': { type: 'string', help: 'delay between stream chunks in the fake upstream (default 0)' },
+  'mcp-calls': { type: 'string', help: 'sequential MCP tools/call per route and answer type (default 1000; --quick: 100)' },
   server: { type: 'string', help: 'server entry to benchmark, for A/B runs (default packages/server/dist/index.js)' },
 }
 
@@ -67,6 +80,22 @@ function fakeLlmModule(dir) {
   })
   const file = join(dir, 'fake-llm.mjs')
   writeFileSync(file, outputText)
+  return file
+}
+
+/**
+ * The tests' MCP server, transpiled into `dir`; its package imports (the MCP SDK, zod) are
+ * rewritten to absolute URLs, since the temp dir has no node_modules.
+ */
+function mcpServerModule(dir) {
+  const source = readFileSync(MCP_SOURCE, 'utf8')
+  const { outputText } = ts.transpileModule(source, {
+    compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, verbatimModuleSyntax: true },
+    fileName: MCP_SOURCE,
+  })
+  const resolved = outputText.replace(/from '((?:@modelcontextprotocol\/sdk|zod)[^']*)'/g, (_m, spec) => `from '${import.meta.resolve(spec)}'`)
+  const file = join(dir, 'mcp-server.mjs')
+  writeFileSync(file, resolved)
   return file
 }
 
@@ -93,7 +122,7 @@ function post(agent, base, path, headers, body) {
           if (firstMs === null) firstMs = now() - t0
           text += chunk
         })
-        res.on('end', () => resolveCall({ status: res.statusCode, ms: now() - t0, firstMs, text }))
+        res.on('end', () => resolveCall({ status: res.statusCode, ms: now() - t0, firstMs, text, headers: res.headers }))
         res.on('error', (error) => resolveCall({ status: error.code ?? 'error', ms: now() - t0, firstMs, text }))
       },
     )
@@ -133,6 +162,44 @@ function good(kind, r) {
   if (r.status !== 200) return false
   if (kind === 'chat') return r.text.includes('"chat.completion"') && r.text.includes('"usage"')
   return r.text.includes('"chat.completion.chunk"') && r.text.endsWith('data: [DONE]\n\n')
+}
+
+// ---- MCP ----------------------------------------------------------------------------------------
+
+/** An MCP route: the server direct (its token) or the gateway's /mcp/{id} (the agent key). */
+function mcpRoute(name, url, path, key) {
+  return { name, base: new URL(url), path, headers: { authorization: `Bearer ${key}`, accept: 'application/json, text/event-stream' }, agent: new http.Agent({ keepAlive: true, maxSockets: 4 }), session: null }
+}
+
+const mcpPost = (route, body) =>
+  post(route.agent, route.base, route.path, { ...route.headers, ...(route.session ? { 'mcp-session-id': route.session, 'mcp-protocol-version': MCP_PROTOCOL } : {}) }, JSON.stringify(body))
+
+/** initialize + notifications/initialized; the route then carries the session id. */
+async function mcpSession(route) {
+  const init = await mcpPost(route, { jsonrpc: '2.0', id: 0, method: 'initialize', params: { protocolVersion: MCP_PROTOCOL, capabilities: {}, clientInfo: { name: 'bench', version: '1' } } })
+  const session = init.headers?.['mcp-session-id']
+  if (init.status !== 200 || typeof session !== 'string') return { ok: false, status: init.status, text: init.text }
+  route.session = session
+  const initialized = await mcpPost(route, { jsonrpc: '2.0', method: 'notifications/initialized' })
+  return { ok: initialized.status === 202, status: initialized.status, text: initialized.text }
+}
+
+let mcpId = 1
+const mcpCall = (route) => mcpPost(route, { jsonrpc: '2.0', id: mcpId++, method: 'tools/call', params: { name: 'echo', arguments: { text: 'hello from the bench' } } })
+const mcpGood = (r) => r.status === 200 && r.text.includes('"result"') && r.text.includes('hello from the bench')
+
+async function mcpSequential(route, n) {
+  const samples = []
+  const statuses = {}
+  const t0 = now()
+  for (let i = 0; i < n; i++) {
+    const r = await mcpCall(route)
+    const ok = mcpGood(r)
+    tally(statuses, r, ok)
+    if (ok) samples.push(r.ms)
+  }
+  const windowMs = now() - t0
+  return { n, statuses, window_ms: Math.round(windowMs), per_s: Math.round(((statuses.ok ?? 0) * 1000) / windowMs), ms: summarize(samples) }
 }
 
 function tally(statuses, r, ok) {
@@ -207,6 +274,7 @@ export async function run(opts = {}) {
     streams: num(opts.streams, quick ? 40 : 300, 'streams'),
     chunks: num(opts.chunks, 50, 'chunks'),
     chunkDelayMs: nonNegative(opts['chunk-delay-ms'], 0, 'chunk-delay-ms'),
+    mcpCalls: num(opts['mcp-calls'], quick ? 100 : 1000, 'mcp-calls'),
     serverEntry: resolve(opts.server ?? SERVER_ENTRY),
     completionTokens: 20,
   }
@@ -220,6 +288,11 @@ export async function run(opts = {}) {
     name: 'fake-llm',
     args: [fakeLlmModule(dir), JSON.stringify({ apiKey: PROVIDER_KEY, models: [MODEL], chunks: cfg.chunks, chunkDelayMs: cfg.chunkDelayMs, completionTokens: cfg.completionTokens })],
   })
+  const mcpModule = mcpServerModule(dir)
+  const mcpServers = {
+    sse: await startChild(join(HERE, 'lib/mcp-server-child.mjs'), { name: 'mcp-server-sse', args: [mcpModule, JSON.stringify({ token: MCP_TOKEN })] }),
+    json: await startChild(join(HERE, 'lib/mcp-server-child.mjs'), { name: 'mcp-server-json', args: [mcpModule, JSON.stringify({ token: MCP_TOKEN, json: true })] }),
+  }
   const egressConfig = join(dir, 'egress.json')
   writeFileSync(
     egressConfig,
@@ -232,6 +305,8 @@ export async function run(opts = {}) {
           api_key_env: 'FAKE_LLM_KEY',
           models: { [MODEL]: { input_cost_per_token: 0.000001, output_cost_per_token: 0.000002, max_input_tokens: 100000, max_output_tokens: 1000 } },
         },
+        { id: 'mcp', kind: 'mcp', url: mcpServers.sse.url, headers_env: { Authorization: 'MCP_BENCH_AUTH' }, cost_per_call_usd: 0.0001 },
+        { id: 'mcp-json', kind: 'mcp', url: mcpServers.json.url, headers_env: { Authorization: 'MCP_BENCH_AUTH' }, cost_per_call_usd: 0.0001 },
       ],
     })}\n`,
   )
@@ -239,7 +314,7 @@ export async function run(opts = {}) {
   const notes = []
   const problems = []
   try {
-    gw = await startGateway({ serverEntry: cfg.serverEntry, env: { CHOKEPOINT_EGRESS_CONFIG: egressConfig, FAKE_LLM_KEY: PROVIDER_KEY } })
+    gw = await startGateway({ serverEntry: cfg.serverEntry, env: { CHOKEPOINT_EGRESS_CONFIG: egressConfig, FAKE_LLM_KEY: PROVIDER_KEY, MCP_BENCH_AUTH: `Bearer ${MCP_TOKEN}` } })
     const agentKey = (await api(gw.url, gw.adminKey, 'POST', '/v1/keys', { role: 'agent', agent: AGENT })).key
 
     // Does this build have the route?
@@ -294,6 +369,30 @@ export async function run(opts = {}) {
       route.agent.destroy()
     }
 
+    // ---- MCP: tools/call direct vs through /mcp/{id}, SSE and JSON answers --------------------
+    for (const [kind, server, upstreamId] of [['sse', mcpServers.sse, 'mcp'], ['json', mcpServers.json, 'mcp-json']]) {
+      const mcpRoutes = [mcpRoute('direct', server.url, new URL(server.url).pathname, MCP_TOKEN)]
+      if (egress) mcpRoutes.push(mcpRoute('gateway', gw.url, `/mcp/${upstreamId}`, agentKey))
+      for (const route of mcpRoutes) {
+        const session = await mcpSession(route)
+        if (!session.ok) {
+          route.agent.destroy()
+          const line = `mcp (${kind}): ${route.name} could not open a session (${session.status}: ${String(session.text).slice(0, 200)})`
+          if (route.name === 'gateway' && session.status === 404) notes.push(`${line}: this build has no MCP egress route; direct baseline only`)
+          else problems.push(line)
+          log(`egress: ${line}`)
+          continue
+        }
+        for (let i = 0; i < 100; i++) await mcpCall(route) // warm-up
+        await server.rpc('reset')
+        log(`egress: ${route.name}: ${cfg.mcpCalls} sequential MCP tools/call (${kind} answers)…`)
+        const seq = await withCpu(route.name === 'gateway' ? gatewayChild : null, () => mcpSequential(route, cfg.mcpCalls))
+        results[route.name][`mcp_${kind}_sequential`] = { ...seq.result, server_cpu_us_per_call: cpuPer(seq) }
+        upstreamSeen[`mcp_${kind}_${route.name}`] = await server.rpc('stats')
+        route.agent.destroy()
+      }
+    }
+
     // ---- checks --------------------------------------------------------------------------------
     for (const [name, byScenario] of Object.entries(results)) {
       for (const [scenario, r] of Object.entries(byScenario)) {
@@ -308,6 +407,14 @@ export async function run(opts = {}) {
       notes.push(
         `through the gateway the upstream saw ${seen.requests} request(s), statuses ${JSON.stringify(seen.statuses)}; stream_options.include_usage forced on ${seen.streams.with_include_usage}/${seen.streams.requests} streams, a cap (max_completion_tokens or max_tokens) on ${seen.chat.with_cap}/${seen.chat.requests} chats; aborted by the caller ${seen.aborted}`,
       )
+    }
+    for (const kind of ['sse', 'json']) {
+      const m = upstreamSeen[`mcp_${kind}_gateway`]
+      if (!m) continue
+      if (m.saw_agent_key) problems.push(`the MCP server (${kind}) saw a cp_ key on ${m.saw_agent_key} request(s) through the gateway`)
+      if (m.unauthorized) problems.push(`${m.unauthorized} request(s) reached the MCP server (${kind}) without its token`)
+      if (m.tool_calls !== cfg.mcpCalls) problems.push(`the MCP server (${kind}) saw ${m.tool_calls} tools/call through the gateway, ${cfg.mcpCalls} were sent`)
+      notes.push(`MCP (${kind} answers): through the gateway the server saw ${m.requests} request(s) ${JSON.stringify(m.methods)}, aborted ${m.aborted}`)
     }
 
     // ---- table ---------------------------------------------------------------------------------
@@ -339,6 +446,8 @@ export async function run(opts = {}) {
     add(`chat, ${cfg.concurrency} concurrent`, 'chat_concurrent', 'ms', true)
     add(`stream ${cfg.chunks} chunks: first chunk`, 'stream_sequential', 'first_ms', false)
     add(`stream ${cfg.chunks} chunks: total`, 'stream_sequential', 'ms', true)
+    add('MCP tools/call, SSE answer', 'mcp_sse_sequential', 'ms', true)
+    add('MCP tools/call, JSON answer', 'mcp_json_sequential', 'ms', true)
 
     notes.unshift(
       `same run, keep-alive node:http from this process; upstream: the tests' fake (own process, ${cfg.completionTokens} completion tokens, ${cfg.chunks} chunks ${cfg.chunkDelayMs} ms apart); gateway: child on fresh SQLite, upstream "${UPSTREAM}" = the fake; overhead = gateway − direct at the same percentile; server CPU = the gateway process's CPU µs per call`,
@@ -382,6 +491,8 @@ export async function run(opts = {}) {
   } finally {
     await gw?.stop()
     await fake.stop()
+    await mcpServers.sse.stop()
+    await mcpServers.json.stop()
     removeTempDir(dir)
   }
 }

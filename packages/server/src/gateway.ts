@@ -32,6 +32,8 @@ import { FleetService } from './core/fleet/fleet-service.js'
 import { DeadmanService } from './core/policies/deadman.js'
 import { EgressService } from './core/egress/egress-service.js'
 import { egressRoutes } from './http/routes/egress.js'
+import { mcpRoutes } from './http/routes/mcp.js'
+import { egressHttpRoutes } from './http/routes/egress-http.js'
 import { AlertDispatcher } from './core/alerts/alert-dispatcher.js'
 import { WebhookService } from './core/alerts/webhook-service.js'
 import { HeartbeatService } from './core/health/heartbeat-service.js'
@@ -214,6 +216,8 @@ export async function startGateway(
     ...policyRoutes(services),
     ...alertRoutes(services),
     ...egressRoutes(services),
+    ...mcpRoutes(services),
+    ...egressHttpRoutes(services),
   )
   const onDispatchError = (error: unknown) => log('error', 'alert delivery pass failed', { error: String(error) })
   const dispatcher = new AlertDispatcher(store, clock, {

@@ -334,6 +334,9 @@ describe('errors and input', () => {
     const EXPECTED: [string, string][] = [
       ['get', '/health'],
       ['get', '/openapi.json'],
+      ['get', '/egress/{upstream}/{path}'],
+      ['head', '/egress/{upstream}/{path}'],
+      ['options', '/egress/{upstream}/{path}'],
       ['post', '/v1/keys'],
       ['get', '/v1/keys'],
       ['delete', '/v1/keys/{key_id}'],
@@ -366,7 +369,8 @@ describe('errors and input', () => {
         expect(path.startsWith('/'), path).toBe(true)
         expect(path, 'OpenAPI templates use {param}, not :param').not.toMatch(/:/)
         for (const [method, op] of Object.entries<any>(item)) {
-          expect(['get', 'post', 'put', 'delete', 'patch']).toContain(method)
+          // HEAD and OPTIONS: the HTTP egress routes forward every method.
+          expect(['get', 'post', 'put', 'delete', 'patch', 'head', 'options']).toContain(method)
           expect(op.responses, `${method} ${path}`).toBeTypeOf('object')
           for (const p of (path.match(/\{([a-z_]+)\}/g) ?? []).map((s) => s.slice(1, -1))) {
             expect(op.parameters.some((x: any) => x.in === 'path' && x.name === p && x.required === true), `${method} ${path} ${p}`).toBe(true)
@@ -394,7 +398,7 @@ describe('errors and input', () => {
       for (const [path, item] of Object.entries<any>(spec.paths)) {
         for (const [method, op] of Object.entries<any>(item)) {
           const concrete = path.replace(/\{([a-z_]+)\}/g, (_m: string, p: string) => fill[p] ?? 'probe')
-          const res = await raw(gw.url, method.toUpperCase(), concrete, method === 'get' || method === 'delete' ? {} : { body: '{}' })
+          const res = await raw(gw.url, method.toUpperCase(), concrete, method === 'get' || method === 'delete' || method === 'head' ? {} : { body: '{}' })
           const keyed = Array.isArray(op.security) && op.security.length > 0
           if (keyed) expect(res.status, `${method.toUpperCase()} ${path}`).toBe(401)
           else expect(res.status, `${method.toUpperCase()} ${path}`).not.toBe(404)

@@ -2,6 +2,8 @@
  * The fake OpenAI-compatible upstream (fake-llm.ts), exercised with the official `openai`
  * client pointed straight at it: what the gateway's egress tests will rely on.
  */
+import type { APIError as AnthropicError } from '@anthropic-ai/sdk'
+import Anthropic from '@anthropic-ai/sdk'
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from 'openai'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { FAKE_LLM_KEY, embeddingTokensOf, parseBehaviour, promptTokensOf, startFakeLlm, type FakeLlm } from './fake-llm.js'
@@ -397,5 +399,56 @@ describe('fake LLM upstream', () => {
     expect(other.aborted).toBe(0)
     expect(other.inFlight).toBe(0)
     expect(other.requests[0]?.outcome).toBe('closed')
+  })
+})
+
+describe('fake LLM upstream: Responses API and Anthropic Messages', () => {
+  let fake: FakeLlm
+  beforeAll(async () => {
+    fake = await startFakeLlm({ models: ['fake-model', 'claude-fake'], chunks: 4, cachedTokens: 2, cacheCreationTokens: 5 })
+  })
+  afterEach(async () => {
+    await fake.waitForIdle()
+    fake.reset()
+  })
+  afterAll(() => fake.close())
+  const anthropic = () => new Anthropic({ apiKey: null, baseURL: fake.url, maxRetries: 0, defaultHeaders: { 'x-api-key': fake.apiKey } })
+
+  it('responses: a response object with deterministic usage; streams end in response.completed with the same usage', async () => {
+    const openai = client(fake)
+    const answer = await openai.responses.create({ model: 'fake-model', input: 'hello there', max_output_tokens: 50 })
+    expect(answer.status).toBe('completed')
+    expect(answer.usage).toMatchObject({ input_tokens: promptTokensOf('hello there'), output_tokens: 20, input_tokens_details: { cached_tokens: 2 } })
+    const events: OpenAI.Responses.ResponseStreamEvent[] = []
+    for await (const e of await openai.responses.create({ model: 'fake-model', input: 'hello there', stream: true, max_output_tokens: 5 })) events.push(e)
+    expect(events.filter((e) => e.type === 'response.output_text.delta')).toHaveLength(4)
+    const last = events.at(-1)
+    expect(last?.type).toBe('response.incomplete')
+    expect((last as OpenAI.Responses.ResponseIncompleteEvent).response.usage?.output_tokens).toBe(5)
+    expect(events.map((e) => e.sequence_number)).toEqual(events.map((_, i) => i))
+  })
+
+  it('messages: x-api-key required, Anthropic error shape; usage apart from the cache; streams report cumulative output_tokens', async () => {
+    const noKey = await fetch(`${fake.url}/v1/messages`, { method: 'POST', headers: { authorization: `Bearer ${fake.apiKey}`, 'anthropic-version': '2023-06-01' }, body: '{}' })
+    expect(noKey.status).toBe(401)
+    expect(await noKey.json()).toMatchObject({ type: 'error', error: { type: 'authentication_error' } })
+    const answer = await anthropic().messages.create({ model: 'claude-fake', max_tokens: 9, messages: [{ role: 'user', content: 'hi' }] })
+    expect(answer.stop_reason).toBe('max_tokens')
+    expect(answer.usage).toMatchObject({ input_tokens: promptTokensOf([{ role: 'user', content: 'hi' }]), output_tokens: 9, cache_read_input_tokens: 2, cache_creation_input_tokens: 5 })
+    fake.once({ deltas: 2 })
+    const outputs: number[] = []
+    for await (const e of await anthropic().messages.create({ model: 'claude-fake', max_tokens: 100, messages: [{ role: 'user', content: 'hi' }], stream: true })) {
+      if (e.type === 'message_start') outputs.push(e.message.usage.output_tokens)
+      if (e.type === 'message_delta') outputs.push(e.usage.output_tokens)
+    }
+    expect(outputs).toEqual([1, 10, 20])
+    fake.once({ status: 529 })
+    const overloaded = await anthropic()
+      .messages.create({ model: 'claude-fake', max_tokens: 9, messages: [{ role: 'user', content: 'hi' }] })
+      .catch((e: unknown) => e)
+    expect((overloaded as AnthropicError).status).toBe(529)
+    expect((overloaded as AnthropicError).type).toBe('overloaded_error')
+    const models = await anthropic().models.list()
+    expect(models.data.map((m) => m.id)).toEqual(['fake-model', 'claude-fake'])
   })
 })

@@ -9,6 +9,17 @@
  *                               (float arrays, or base64 little-endian float32 when
  *                               `encoding_format: 'base64'`, which the `openai` client asks for)
  *   GET  /v1/models             `{object: 'list', data: [{id, object: 'model', created, owned_by}]}`
+ *   POST /v1/responses          OpenAI Responses API: a `response` object, or with `stream: true`
+ *                               its typed SSE events (`event: <type>` + `data`, with sequence_number)
+ *                               ending in `response.completed` (`response.incomplete` when capped)
+ *
+ * Anthropic endpoints (a request is Anthropic's when the path is /v1/messages or it carries an
+ * `anthropic-version` header; they require `x-api-key: <options.apiKey>`, else 401 in
+ * Anthropic's error shape `{type: 'error', error: {type, message}, request_id}`):
+ *   POST /v1/messages           an Anthropic `message`, or with `stream: true` the SSE events
+ *                               message_start, content_block_start, ping, content_block_delta × chunks,
+ *                               content_block_stop, message_delta × deltas (default 1), message_stop
+ *   GET  /v1/models             (with anthropic-version) `{data: [{type: 'model', id, display_name, created_at}], has_more, first_id, last_id}`
  *
  * Token accounting is deterministic, so a test can compute what the gateway should have seen:
  *   chat prompt_tokens       = promptTokensOf(messages) = ceil(JSON.stringify(messages).length / 4)
@@ -16,17 +27,25 @@
  *                              with `over_cap: n`: (cap ?? completionTokens) + n
  *   cached_tokens            = min(options.cachedTokens (0), prompt_tokens)
  *   embeddings prompt_tokens = embeddingTokensOf(input) = ceil(JSON.stringify(input).length / 4)
+ *   responses input_tokens   = promptTokensOf(input); output_tokens = min(max_output_tokens, 20) (over_cap as chat);
+ *                              input_tokens_details.cached_tokens = min(cachedTokens, input_tokens)
+ *   messages input_tokens    = promptTokensOf(messages); output_tokens = min(max_tokens, 20) (over_cap as chat);
+ *                              cache_read_input_tokens = cachedTokens, cache_creation_input_tokens =
+ *                              cacheCreationTokens (Anthropic counts them apart from input_tokens)
  * The streamed usage is the same as the non-streamed one (it does not depend on the chunk count).
+ * Anthropic streams report usage as Anthropic does: message_start has the input fields and
+ * output_tokens 1; each message_delta has every field CUMULATIVE (the last one is the total).
  *
  * Misbehaviours (`FakeBehaviour`) combine; for one request they are merged, later wins, from:
  *   1. `fake.behaviour` (every request, to any endpoint; assignable at any time)
- *   2. `fake.once(b)` (a FIFO queue: each POST to chat/completions or embeddings that passes the
- *      key check takes the next entry; GET /v1/models never does)
+ *   2. `fake.once(b)` (a FIFO queue: each POST to chat/completions, embeddings, responses or
+ *      messages that passes the key check takes the next entry; GET /v1/models never does)
  *   3. the request header `x-fake-behaviour: <spec>`
  *   4. the model name: `<model>@<spec>`, e.g. `fake-model@drop=3,no_usage` (the part before `@`
  *      is the model that must be in options.models)
  * `<spec>` is a comma-separated list: `slow=200`, `no_usage`, `drop=3`, `stall=3`, `status=429`,
- * `over_cap` (= over_cap=10) or `over_cap=5`, `hang`.
+ * `over_cap` (= over_cap=10) or `over_cap=5`, `hang`, `deltas=3` (Anthropic streams: that many
+ * message_delta events), `failed` (Responses streams: end in `response.failed`, with usage).
  */
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -46,6 +65,10 @@ export interface FakeBehaviour {
   over_cap?: number
   /** Never answer (no headers); the request stays open until the client goes away or `close()`. */
   hang?: boolean
+  /** Anthropic streams: send this many message_delta events (cumulative usage), default 1. */
+  deltas?: number
+  /** Responses streams: end with `response.failed` (usage still reported) instead of completed. */
+  failed?: boolean
 }
 
 export interface FakeLlmOptions {
@@ -61,6 +84,8 @@ export interface FakeLlmOptions {
   chunks?: number
   /** Milliseconds between stream chunks (default 0). */
   chunkDelayMs?: number
+  /** Anthropic cache_creation_input_tokens (default 0). */
+  cacheCreationTokens?: number
   /** Length of each embedding vector (default 8). */
   embeddingDimensions?: number
   /** The initial `fake.behaviour` (default {}). */
@@ -77,8 +102,10 @@ export interface FakeRequest {
   body: unknown
   /** Date.now() when the request arrived. */
   at: number
-  /** Whether the Authorization header carried the expected provider key. */
+  /** Whether the request carried the expected provider key (Authorization: Bearer, or x-api-key for Anthropic requests). */
   authorized: boolean
+  /** Whether it was answered as an Anthropic request (path /v1/messages or an anthropic-version header). */
+  anthropic: boolean
   /** Whether any header name or value contained `cp_` (a Chokepoint key leaking upstream). */
   sawAgentKey: boolean
   /** The merged behaviour this request was answered with. */
@@ -160,6 +187,12 @@ export function parseBehaviour(spec: string): FakeBehaviour {
       case 'hang':
         out.hang = true
         break
+      case 'deltas':
+        out.deltas = n ?? 1
+        break
+      case 'failed':
+        out.failed = true
+        break
       default:
         throw new Error(`fake-llm: unknown behaviour "${name}"`)
     }
@@ -178,6 +211,15 @@ const ERRORS: Record<number, { message: string; type: string; code: string | nul
   429: { message: 'Rate limit reached for requests. Please try again in 7s.', type: 'requests', code: 'rate_limit_exceeded' },
   500: { message: 'The server had an error while processing your request. Sorry about that!', type: 'server_error', code: null },
   503: { message: 'The engine is currently overloaded, please try again later.', type: 'server_error', code: null },
+}
+
+const ANTHROPIC_ERRORS: Record<number, { type: string; message: string }> = {
+  400: { type: 'invalid_request_error', message: 'Bad request.' },
+  401: { type: 'authentication_error', message: 'invalid x-api-key' },
+  404: { type: 'not_found_error', message: 'Not found.' },
+  429: { type: 'rate_limit_error', message: 'Number of request tokens has exceeded your per-minute rate limit.' },
+  500: { type: 'api_error', message: 'Internal server error' },
+  529: { type: 'overloaded_error', message: 'Overloaded' },
 }
 
 function hasAgentKey(headers: http.IncomingHttpHeaders): boolean {
@@ -212,6 +254,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
   const models = options.models ?? ['fake-model']
   const completionTokens = options.completionTokens ?? 20
   const cachedTokens = options.cachedTokens ?? 0
+  const cacheCreationTokens = options.cacheCreationTokens ?? 0
   const chunkCount = options.chunks ?? 5
   const chunkDelayMs = options.chunkDelayMs ?? 0
   const dims = options.embeddingDimensions ?? 8
@@ -308,7 +351,8 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
         }
       }
       const path = (req.url ?? '/').split('?')[0] ?? '/'
-      const authorized = req.headers.authorization === `Bearer ${apiKey}`
+      const anthropic = path === '/v1/messages' || req.headers['anthropic-version'] !== undefined
+      const authorized = anthropic ? req.headers['x-api-key'] === apiKey : req.headers.authorization === `Bearer ${apiKey}`
       record = {
         method: req.method ?? 'GET',
         path,
@@ -316,6 +360,7 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
         body,
         at: Date.now(),
         authorized,
+        anthropic,
         sawAgentKey: hasAgentKey(req.headers),
         behaviour: {},
         outcome: 'pending',
@@ -331,12 +376,13 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
     })
 
     async function handle(rec: FakeRequest, path: string, body: unknown, badJson: boolean): Promise<void> {
+      if (rec.anthropic) return handleAnthropic(rec, path, body, badJson)
       if (!rec.authorized) {
         const shown = req.headers.authorization ? String(req.headers.authorization).replace(/^Bearer\s+/i, '').slice(0, 6) : ''
         return fail(401, req.headers.authorization ? `Incorrect API key provided: ${shown}****. You can find your API key at https://platform.openai.com/account/api-keys.` : "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", req.headers.authorization ? 'invalid_api_key' : null)
       }
       const route = `${req.method} ${path}`
-      const known = ['POST /v1/chat/completions', 'POST /v1/embeddings', 'GET /v1/models']
+      const known = ['POST /v1/chat/completions', 'POST /v1/embeddings', 'POST /v1/responses', 'GET /v1/models']
       if (!known.includes(route)) return fail(404, `Invalid URL (${req.method} ${path})`, null)
 
       const b = (body && typeof body === 'object' ? body : {}) as Record<string, unknown>
@@ -386,6 +432,8 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
         if (merged.drop !== undefined) return dropBody(out)
         return json(200, out)
       }
+
+      if (route === 'POST /v1/responses') return responses(b, model, merged)
 
       // chat completions
       const messages = b['messages']
@@ -441,6 +489,192 @@ export async function startFakeLlm(options: FakeLlmOptions = {}): Promise<FakeLl
       if (includeUsage) await write(chunk([], { usage }))
       await write('data: [DONE]\n\n')
       res.end()
+    }
+
+    /** Events of an SSE stream with `event:` names (Responses, Anthropic): drop/stall apply per content chunk. */
+    async function typedStream(events: { before: unknown[]; chunk: (i: number) => unknown[]; after: () => unknown[] }, merged: FakeBehaviour): Promise<void> {
+      head(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
+      res.flushHeaders()
+      const send = async (list: unknown[]) => {
+        for (const e of list) await write(`event: ${(e as { type: string }).type}\ndata: ${JSON.stringify(e)}\n\n`)
+      }
+      await send(events.before)
+      for (let i = 0; i < chunkCount; i++) {
+        if (merged.drop !== undefined && i >= merged.drop) return cut()
+        if (merged.stall !== undefined && i >= merged.stall) return
+        if (i > 0 && chunkDelayMs > 0) await wait(chunkDelayMs)
+        await send(events.chunk(i))
+      }
+      if (merged.drop !== undefined) return cut()
+      if (merged.stall !== undefined) return
+      await send(events.after())
+      res.end()
+    }
+
+    /** POST /v1/responses (OpenAI Responses API). */
+    async function responses(b: Record<string, unknown>, model: string, merged: FakeBehaviour): Promise<void> {
+      const input = b['input']
+      if (input === undefined) return fail(400, "Missing required parameter: 'input'.", 'missing_required_parameter', 'input')
+      const cap = typeof b['max_output_tokens'] === 'number' ? b['max_output_tokens'] : null
+      const inputTokens = promptTokensOf(input)
+      const output = merged.over_cap !== undefined ? (cap ?? completionTokens) + merged.over_cap : cap === null ? completionTokens : Math.min(cap, completionTokens)
+      const capped = cap !== null && cap < completionTokens
+      const usage = merged.no_usage
+        ? null
+        : {
+            input_tokens: inputTokens,
+            input_tokens_details: { cached_tokens: Math.min(cachedTokens, inputTokens) },
+            output_tokens: output,
+            output_tokens_details: { reasoning_tokens: 0 },
+            total_tokens: inputTokens + output,
+          }
+      const id = `resp_fake${++seq}`
+      const msgId = `msg_fake${seq}`
+      const created_at = Math.floor(Date.now() / 1000)
+      const status = merged.failed ? 'failed' : capped ? 'incomplete' : 'completed'
+      const text = (n: number) => Array.from({ length: n }, (_, i) => `c${i} `).join('')
+      const message = (content: string, state: string) => ({
+        type: 'message',
+        id: msgId,
+        status: state,
+        role: 'assistant',
+        content: content === '' && state === 'in_progress' ? [] : [{ type: 'output_text', text: content, annotations: [], logprobs: [] }],
+      })
+      const response = (state: string, out: unknown[], u: unknown) => ({
+        id,
+        object: 'response',
+        created_at,
+        status: state,
+        error: state === 'failed' ? { code: 'server_error', message: 'The model failed mid-answer.' } : null,
+        incomplete_details: state === 'incomplete' ? { reason: 'max_output_tokens' } : null,
+        instructions: b['instructions'] ?? null,
+        max_output_tokens: cap,
+        model,
+        output: out,
+        parallel_tool_calls: true,
+        temperature: 1,
+        tool_choice: 'auto',
+        tools: [],
+        top_p: 1,
+        text: { format: { type: 'text' } },
+        truncation: 'disabled',
+        usage: u,
+        metadata: {},
+      })
+      if (b['stream'] !== true) {
+        const words = Array.from({ length: Math.max(1, Math.min(output, 200)) }, (_, i) => `w${i}`).join(' ')
+        const out = JSON.stringify(response(status, [message(words, status === 'completed' ? 'completed' : 'incomplete')], usage))
+        if (merged.drop !== undefined) return dropBody(out)
+        return json(200, out, { 'x-request-id': `req_fake${seq}` })
+      }
+      let n = 0
+      const ev = (type: string, rest: Record<string, unknown>) => ({ type, sequence_number: n++, ...rest })
+      const finalType = merged.failed ? 'response.failed' : capped ? 'response.incomplete' : 'response.completed'
+      return typedStream(
+        {
+          before: [
+            ev('response.created', { response: response('in_progress', [], null) }),
+            ev('response.in_progress', { response: response('in_progress', [], null) }),
+            ev('response.output_item.added', { output_index: 0, item: message('', 'in_progress') }),
+            ev('response.content_part.added', { item_id: msgId, output_index: 0, content_index: 0, part: { type: 'output_text', text: '', annotations: [] } }),
+          ],
+          chunk: (i) => [ev('response.output_text.delta', { item_id: msgId, output_index: 0, content_index: 0, delta: `c${i} `, logprobs: [] })],
+          after: () => [
+            ev('response.output_text.done', { item_id: msgId, output_index: 0, content_index: 0, text: text(chunkCount), logprobs: [] }),
+            ev('response.content_part.done', { item_id: msgId, output_index: 0, content_index: 0, part: { type: 'output_text', text: text(chunkCount), annotations: [] } }),
+            ev('response.output_item.done', { output_index: 0, item: message(text(chunkCount), 'completed') }),
+            ev(finalType, { response: response(status, [message(text(chunkCount), 'completed')], usage) }),
+          ],
+        },
+        merged,
+      )
+    }
+
+    /** Anthropic requests: POST /v1/messages, GET /v1/models (with anthropic-version). */
+    async function handleAnthropic(rec: FakeRequest, path: string, body: unknown, badJson: boolean): Promise<void> {
+      const requestId = `req_fake${++seq}`
+      const afail = (status: number, message?: string) => {
+        const e = ANTHROPIC_ERRORS[status] ?? { type: 'api_error', message: `HTTP ${status}` }
+        json(status, JSON.stringify({ type: 'error', error: { type: e.type, message: message ?? e.message }, request_id: requestId }), {
+          'request-id': requestId,
+          ...(status === 429 ? { 'retry-after': '7' } : {}),
+        })
+      }
+      if (!rec.authorized) return afail(401, req.headers['x-api-key'] ? 'invalid x-api-key' : 'x-api-key header is required')
+      const route = `${req.method} ${path}`
+      if (route !== 'POST /v1/messages' && route !== 'GET /v1/models') return afail(404, `Not found: ${req.method} ${path}`)
+      if (req.headers['anthropic-version'] === undefined) return afail(400, 'anthropic-version: header is required')
+      const b = (body && typeof body === 'object' ? body : {}) as Record<string, unknown>
+      const rawModel = typeof b['model'] === 'string' ? b['model'] : ''
+      const at = rawModel.indexOf('@')
+      const model = at === -1 ? rawModel : rawModel.slice(0, at)
+      let merged: FakeBehaviour
+      try {
+        merged = {
+          ...behaviour,
+          ...(route === 'POST /v1/messages' ? (queue.shift() ?? {}) : {}),
+          ...parseBehaviour(String(req.headers['x-fake-behaviour'] ?? '')),
+          ...(at === -1 ? {} : parseBehaviour(rawModel.slice(at + 1))),
+        }
+      } catch (error) {
+        return afail(400, (error as Error).message)
+      }
+      rec.behaviour = merged
+      if (merged.hang) return
+      if (merged.slow) await wait(merged.slow)
+      if (merged.status) return afail(merged.status)
+      if (route === 'GET /v1/models') {
+        const data = models.map((id) => ({ type: 'model', id, display_name: id, created_at: '2025-01-01T00:00:00Z' }))
+        return json(200, JSON.stringify({ data, has_more: false, first_id: models[0] ?? null, last_id: models.at(-1) ?? null }))
+      }
+      if (badJson) return afail(400, 'There was an issue with the format of the request body: invalid JSON.')
+      if (!models.includes(model)) return afail(404, `model: ${rawModel}`)
+      const messages = b['messages']
+      if (!Array.isArray(messages)) return afail(400, 'messages: Field required')
+      const cap = b['max_tokens']
+      if (typeof cap !== 'number') return afail(400, 'max_tokens: Field required')
+      const inputTokens = promptTokensOf(messages)
+      const output = merged.over_cap !== undefined ? cap + merged.over_cap : Math.min(cap, completionTokens)
+      const stop = cap < completionTokens && merged.over_cap === undefined ? 'max_tokens' : 'end_turn'
+      const inputUsage = { input_tokens: inputTokens, cache_creation_input_tokens: cacheCreationTokens, cache_read_input_tokens: cachedTokens }
+      const id = `msg_fake${seq}`
+      const message = (content: unknown[], stopReason: string | null, usage: Record<string, unknown> | null) => ({
+        id,
+        type: 'message',
+        role: 'assistant',
+        model,
+        content,
+        stop_reason: stopReason,
+        stop_sequence: null,
+        ...(usage ? { usage } : {}),
+      })
+      if (b['stream'] !== true) {
+        const words = Array.from({ length: Math.max(1, Math.min(output, 200)) }, (_, i) => `w${i}`).join(' ')
+        const out = JSON.stringify(message([{ type: 'text', text: words }], stop, merged.no_usage ? null : { ...inputUsage, output_tokens: output, service_tier: 'standard' }))
+        if (merged.drop !== undefined) return dropBody(out)
+        return json(200, out, { 'request-id': requestId, 'anthropic-ratelimit-requests-remaining': '99' })
+      }
+      const deltas = Math.max(1, merged.deltas ?? 1)
+      return typedStream(
+        {
+          before: [
+            { type: 'message_start', message: message([], null, merged.no_usage ? null : { ...inputUsage, output_tokens: 1 }) },
+            { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } },
+            { type: 'ping' },
+          ],
+          chunk: (i) => [{ type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: `c${i} ` } }],
+          after: () => [
+            { type: 'content_block_stop', index: 0 },
+            ...Array.from({ length: deltas }, (_, k) => ({
+              type: 'message_delta',
+              delta: k === deltas - 1 ? { stop_reason: stop, stop_sequence: null } : { stop_reason: null, stop_sequence: null },
+              ...(merged.no_usage ? {} : { usage: { ...inputUsage, output_tokens: k === deltas - 1 ? output : Math.floor((output * (k + 1)) / deltas) } }),
+            })),
+            { type: 'message_stop' },
+          ],
+        },
+        merged,
+      )
     }
 
     /** Headers and half of `body`, then the socket is destroyed. */

@@ -133,7 +133,9 @@ async function handle(
   }
   for (const header of route.headers ?? []) HEADER_CHECKS[header](req)
   let body: unknown = undefined
-  if (req.method === 'POST' || req.method === 'PUT' || req.method === 'PATCH') {
+  if (route.raw) {
+    body = await readBody(req, deps.bodyLimitBytes)
+  } else if (req.method === 'POST' || req.method === 'PUT' || req.method === 'PATCH') {
     const raw = await readBody(req, deps.bodyLimitBytes)
     body = route.body ? validate(route.body, parseJson(raw), 'body') : undefined
   } else {

@@ -26,8 +26,9 @@ const toSchema = (schema: unknown): Record<string, unknown> =>
 export function buildOpenApi(routes: readonly Route[], version: string): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {}
   for (const r of routes) {
-    const path = r.path.replace(/:([a-z_]+)/g, '{$1}')
-    const parameters: unknown[] = [...r.path.matchAll(/:([a-z_]+)/g)].map((m) => ({
+    // `*name` (a catch-all tail) is documented as one more path parameter.
+    const path = r.path.replace(/[:*]([a-z_]+)/g, '{$1}')
+    const parameters: unknown[] = [...r.path.matchAll(/[:*]([a-z_]+)/g)].map((m) => ({
       name: m[1],
       in: 'path',
       required: true,
@@ -47,13 +48,17 @@ export function buildOpenApi(routes: readonly Route[], version: string): Record<
       responses: {
         '200': r.stream
           ? { description: 'Server-sent events', content: { 'text/event-stream': { schema: { type: 'string' } } } }
-          : { description: 'OK', content: { 'application/json': { schema: { type: 'object' } } } },
+          : r.raw
+            ? { description: "The upstream's answer (status, headers and body passed through)" }
+            : { description: 'OK', content: { 'application/json': { schema: { type: 'object' } } } },
         default: { description: 'Error', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
       },
     }
     if (r.access !== 'public') operation['security'] = [{ apiKey: [] }, { bearer: [] }]
     if (r.body) {
       operation['requestBody'] = { required: false, content: { 'application/json': { schema: toSchema(r.body) } } }
+    } else if (r.raw) {
+      operation['requestBody'] = { required: false, content: { '*/*': { schema: {} } } }
     }
     paths[path] = { ...paths[path], [r.method.toLowerCase()]: operation }
   }

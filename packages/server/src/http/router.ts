@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { ZodType } from 'zod'
 import type { Access, Principal } from '../core/auth/principal.js'
 
-export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE'
+export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE' | 'HEAD' | 'OPTIONS'
 
 export interface RouteContext<TBody, TQuery> {
   req: IncomingMessage
@@ -31,6 +31,11 @@ export interface Route<TBody = unknown, TQuery = unknown> {
   query?: ZodType<TQuery>
   /** SSE routes: documented as text/event-stream. */
   stream?: boolean
+  /**
+   * Proxy routes: the body is not parsed as JSON; the handler gets the raw bytes as `body` (a
+   * Buffer, at most the gateway's body limit, for every method).
+   */
+  raw?: boolean
   /** Request headers this route reads; validated (400) before the body and query (DESIGN §11 precedence). */
   headers?: readonly ('x-instance-id' | 'idempotency-key')[]
   handler: (ctx: RouteContext<TBody, TQuery>) => Promise<Record<string, unknown> | typeof STREAMED>
@@ -44,9 +49,15 @@ export function route<TBody = undefined, TQuery = Record<string, never>>(r: Rout
 interface Compiled {
   route: Route
   segments: string[]
+  /** The name of a trailing `*name` segment: it matches the rest of the path (zero or more segments). */
+  tail: string | null
 }
 
-/** A small exact-segment router: `/v1/intents/:intent_id`. */
+/**
+ * A small exact-segment router: `/v1/intents/:intent_id`. A last segment `*name` is a catch-all:
+ * `/egress/:upstream/*path` matches `/egress/a`, `/egress/a/` and `/egress/a/b/c`, with
+ * `params.path` the rest as it came (`b/c`, not decoded: the handler decides what it means).
+ */
 export class Router {
   readonly routes: Route[] = []
   readonly #compiled: Compiled[] = []
@@ -54,7 +65,10 @@ export class Router {
   add(...routes: Route[]): this {
     for (const r of routes) {
       this.routes.push(r)
-      this.#compiled.push({ route: r, segments: r.path.split('/').slice(1) })
+      const segments = r.path.split('/').slice(1)
+      const last = segments.at(-1) ?? ''
+      const tail = last.startsWith('*') ? last.slice(1) : null
+      this.#compiled.push({ route: r, segments: tail === null ? segments : segments.slice(0, -1), tail })
     }
     return this
   }
@@ -62,9 +76,11 @@ export class Router {
   /** The route for method + path and its params; `undefined` for an unknown route (404). */
   match(method: string, path: string): { route: Route; params: Record<string, string> } | undefined {
     const parts = path.split('/').slice(1)
-    for (const { route: r, segments } of this.#compiled) {
-      if (r.method !== method || segments.length !== parts.length) continue
+    for (const { route: r, segments, tail } of this.#compiled) {
+      if (r.method !== method) continue
+      if (tail === null ? segments.length !== parts.length : parts.length < segments.length) continue
       const params: Record<string, string> = {}
+      if (tail !== null) params[tail] = parts.slice(segments.length).join('/')
       let ok = true
       for (let i = 0; i < segments.length; i += 1) {
         const seg = segments[i] as string

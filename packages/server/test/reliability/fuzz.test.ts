@@ -26,7 +26,7 @@
  * `FUZZ_PG_REQUESTS` (PostgreSQL) change the counts.
  */
 import { randomInt } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
@@ -58,6 +58,8 @@ const HEADER_LIMIT = http.maxHeaderSize
 
 const SENDER = 'agent://fuzz/box/sender'
 const RECEIVER = 'agent://fuzz/box/receiver'
+/** The `kind: "http"` upstream of the child gateway: `/egress/{upstream}/…` reaches a real API. */
+const FUZZ_UPSTREAM = 'fuzz-api'
 /** The agent `{address_id}` paths name: kills, resumes and policies land on it and on nobody else. */
 const VICTIM = 'agent://fuzz/box/victim'
 
@@ -831,6 +833,9 @@ class Generator {
         return rng.chance(0.5) ? this.fx.webhookId : 'wh_doesnotexist'
       case 'key_id':
         return this.fx.revokedKeyId
+      case 'upstream':
+        // The HTTP upstream of the child's egress config (its echo API answers `{ok: true}`).
+        return rng.chance(0.8) ? FUZZ_UPSTREAM : 'x'
       default:
         return 'x'
     }
@@ -1846,10 +1851,21 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
   let fx: Fixtures
   let routes: RouteInfo[]
   let stats: Stats | null = null
+  // The upstream of the HTTP egress routes: reads any request and answers `{ok: true}`.
+  let echoed = 0
+  const echo = http.createServer((req, res) => {
+    echoed += 1
+    req.resume()
+    req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}'))
+  })
 
   beforeAll(async () => {
     ensureBuilt()
     dir = mkdtempSync(join(tmpdir(), 'chokepoint-fuzz-'))
+    await new Promise<void>((resolve) => echo.listen(0, '127.0.0.1', resolve))
+    const egressConfig = join(dir, 'egress.json')
+    const echoUrl = `http://127.0.0.1:${(echo.address() as net.AddressInfo).port}/api`
+    writeFileSync(egressConfig, JSON.stringify({ upstreams: [{ id: FUZZ_UPSTREAM, kind: 'http', base_url: echoUrl, timeout_ms: 4000 }] }))
     let databaseUrl: string | undefined
     if (engine === 'postgres') {
       const cluster = await sharedPostgres()
@@ -1859,6 +1875,7 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
     child = await startChildGateway({
       dataDir: join(dir, 'data'),
       adminKey: randomAdminKey(),
+      env: { CHOKEPOINT_EGRESS_CONFIG: egressConfig },
       ...(databaseUrl === undefined ? {} : { databaseUrl }),
     })
     port = Number(new URL(child.url).port)
@@ -1870,6 +1887,8 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
 
   afterAll(async () => {
     await child?.stop()
+    echo.closeAllConnections()
+    await new Promise((resolve) => echo.close(resolve))
     if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
@@ -1887,6 +1906,9 @@ describe.each(testEngines('reliability/fuzz.test.ts'))('fuzz on %s (DESIGN §2.9
     }
     if (ONLY.length > 0) return
     expect(stats.total).toBe(COUNT[engine])
+    // The HTTP egress routes were fuzzed through to their upstream, not only up to a 404.
+    expect(echoed).toBeGreaterThan(0)
+    console.log(`fuzz[${engine}]: ${echoed} requests reached the HTTP egress upstream`)
     // Every published route, and every field and query parameter of it, was aimed at.
     const least = Math.max(1, Math.floor(COUNT[engine] / plan.length))
     for (const route of routes) {

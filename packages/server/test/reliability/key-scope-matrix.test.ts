@@ -161,7 +161,37 @@ const MATRIX: Record<string, MatrixRow> = {
     except: { own_agent: 404, other_agent: 404 },
     cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', input: 'x' } }),
   },
+  'POST /llm/{upstream}/v1/responses': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', input: 'x' } }),
+  },
+  'POST /llm/{upstream}/v1/messages': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { model: 'm', max_tokens: 1, messages: [] } }),
+  },
   'GET /llm/{upstream}/v1/models': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
+  // HTTP-tool egress: one row per method of the catch-all `/egress/{upstream}/{path…}`. HEAD
+  // answers carry no body: only the status and x-request-id are compared.
+  ...Object.fromEntries(
+    (['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS'] as const).map((method): [string, MatrixRow] => [
+      `${method} /egress/{upstream}/{path}`,
+      {
+        access: 'agent',
+        except: { own_agent: 404, other_agent: 404 },
+        cell: () => ({ params: { upstream: 'none', path: 'v2/services' }, ...(method === 'POST' || method === 'PUT' || method === 'PATCH' ? { body: { x: 1 } } : {}) }),
+      },
+    ]),
+  ),
+  // MCP (Streamable HTTP) through the gateway: the same access as the LLM routes.
+  'POST /mcp/{upstream}': {
+    access: 'agent',
+    except: { own_agent: 404, other_agent: 404 },
+    cell: () => ({ params: { upstream: 'none' }, body: { jsonrpc: '2.0', id: 1, method: 'tools/list' } }),
+  },
+  'GET /mcp/{upstream}': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
+  'DELETE /mcp/{upstream}': { access: 'agent', except: { own_agent: 404, other_agent: 404 }, cell: () => ({ params: { upstream: 'none' } }) },
   // Without ?agent= an agent key lists its own calls, so there is no "other agent" here.
   'GET /v1/egress/calls': { access: 'agent_or_viewer', except: { other_agent: OK }, cell: () => ({}) },
 
@@ -604,6 +634,7 @@ function expectAnswer(route: DocRoute, row: MatrixRow, role: Role, expected: num
   expect.soft(res.status, `${what}: status (body ${JSON.stringify(res.body).slice(0, 300)})`).toBe(expected)
   if (res.status !== expected) return
   expect.soft(res.headers.get('x-request-id'), `${what}: x-request-id`).toMatch(/^req_/)
+  if (route.method === 'HEAD') return // no body to read
   if (expected !== 200) {
     expect.soft(res.body, `${what}: DESIGN §4 error shape`).toMatchObject({
       ok: false,

@@ -15,8 +15,10 @@ export interface PriceEntry {
 export interface TokenUsage {
   input_tokens: number
   output_tokens: number
-  /** Input tokens read from the provider's prompt cache (priced at the cache-read rate). */
+  /** Input tokens read from the provider's prompt cache (priced at the cache-read rate); part of input_tokens. */
   cached_input_tokens: number
+  /** Input tokens written to the provider's prompt cache (Anthropic; the cache-creation rate); part of input_tokens. */
+  cache_creation_input_tokens?: number
 }
 
 /** USD → micro-USD, rounded up: a charge is never smaller than the price. */
@@ -37,8 +39,12 @@ export function worstCaseMicro(price: PriceEntry, input: { bytes: number; opaque
 /** What reported usage costs. */
 export function usageMicro(price: PriceEntry, usage: TokenUsage): number {
   const cached = Math.min(usage.cached_input_tokens, usage.input_tokens)
+  const created = Math.min(usage.cache_creation_input_tokens ?? 0, usage.input_tokens - cached)
   const cacheRate = price.cache_read_input_token_cost ?? price.input_cost_per_token
-  return micro((usage.input_tokens - cached) * price.input_cost_per_token + cached * cacheRate + usage.output_tokens * price.output_cost_per_token)
+  const creationRate = price.cache_creation_input_token_cost ?? price.input_cost_per_token
+  return micro(
+    (usage.input_tokens - cached - created) * price.input_cost_per_token + cached * cacheRate + created * creationRate + usage.output_tokens * price.output_cost_per_token,
+  )
 }
 
 export const usd = (microUsd: number): number => microUsd / 1_000_000

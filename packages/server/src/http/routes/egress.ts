@@ -2,8 +2,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { z } from 'zod'
 import { assertActsFor, type Principal } from '../../core/auth/principal.js'
 import { egressCallView, type EgressService, type LlmUpstream } from '../../core/egress/egress-service.js'
-import { OpenAiStreamReader, openAiUsage, shapeOpenAi, type OpenAiEndpoint } from '../../core/egress/openai.js'
-import { usageMicro, worstCaseMicro } from '../../core/egress/pricing.js'
+import { AnthropicStreamReader, anthropicUsage, shapeAnthropic } from '../../core/egress/anthropic.js'
+import { OpenAiStreamReader, ResponsesStreamReader, openAiUsage, responsesUsage, shapeOpenAi, type OpenAiEndpoint, type ShapedRequest } from '../../core/egress/openai.js'
+import { usageMicro, worstCaseMicro, type TokenUsage } from '../../core/egress/pricing.js'
+import type { SseReader } from '../../core/egress/sse.js'
 import { GatewayError, isGatewayError } from '../../core/errors.js'
 import { sendError, sendJson } from '../errors.js'
 import { STREAMED, route, type Route } from '../router.js'
@@ -20,6 +22,55 @@ const EgressCallsQuery = z.strictObject({
 
 /** Upstream response headers a client may rely on (status, body and Retry-After pass unchanged). */
 const PASS_HEADERS = ['content-type', 'retry-after', 'openai-processing-ms', 'openai-version', 'x-ratelimit-limit-requests', 'x-ratelimit-limit-tokens', 'x-ratelimit-remaining-requests', 'x-ratelimit-remaining-tokens', 'x-ratelimit-reset-requests', 'x-ratelimit-reset-tokens']
+/** Anthropic's rate-limit headers all start with this; they pass too. */
+const PASS_PREFIX = 'anthropic-ratelimit-'
+
+/** One metered LLM endpoint: how its request is bounded, where it goes, how its usage is read. */
+interface Protocol {
+  /** `endpoint` of the egress call row. */
+  endpoint: 'chat' | 'embeddings' | 'responses' | 'messages'
+  /** Path under the upstream's base_url. */
+  path: string
+  shape(input: Record<string, unknown>, maxOutput: number): ShapedRequest
+  /** Usage of a whole (non-streamed) answer. */
+  usage(json: unknown): TokenUsage | null
+  reader(shaped: ShapedRequest): SseReader
+  /** Provider credentials and version headers sent upstream (never the agent's key). */
+  headers(upstream: LlmUpstream, req: IncomingMessage): Record<string, string>
+}
+
+const bearer = (upstream: LlmUpstream): Record<string, string> => ({ authorization: `Bearer ${upstream.api_key}` })
+
+const OPENAI: Record<OpenAiEndpoint, Protocol> = {
+  chat: { endpoint: 'chat', path: '/v1/chat/completions', shape: (b, m) => shapeOpenAi('chat', b, m), usage: openAiUsage, reader: (sh) => new OpenAiStreamReader(sh.hide_usage_chunk), headers: bearer },
+  embeddings: { endpoint: 'embeddings', path: '/v1/embeddings', shape: (b, m) => shapeOpenAi('embeddings', b, m), usage: openAiUsage, reader: (sh) => new OpenAiStreamReader(sh.hide_usage_chunk), headers: bearer },
+  responses: {
+    endpoint: 'responses',
+    path: '/v1/responses',
+    shape: (b, m) => shapeOpenAi('responses', b, m),
+    usage: responsesUsage,
+    reader: () => new ResponsesStreamReader(),
+    headers: bearer,
+  },
+}
+
+/** A request header value, if sent once and printable (passed through to Anthropic). */
+function headerOf(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name]
+  return typeof v === 'string' && /^[\x20-\x7e]{1,512}$/.test(v) ? v : undefined
+}
+
+const ANTHROPIC_MESSAGES: Protocol = {
+  endpoint: 'messages',
+  path: '/v1/messages',
+  shape: shapeAnthropic,
+  usage: (json) => anthropicUsage((json as { usage?: unknown } | null)?.usage),
+  reader: () => new AnthropicStreamReader(),
+  headers: (upstream, req) => {
+    const beta = headerOf(req, 'anthropic-beta')
+    return { 'x-api-key': upstream.api_key, 'anthropic-version': headerOf(req, 'anthropic-version') ?? upstream.anthropic_version, ...(beta ? { 'anthropic-beta': beta } : {}) }
+  },
+}
 
 /** Provider SDKs read `error.type`; ours reads `error.code`: egress errors carry both. */
 function withType(error: unknown): unknown {
@@ -32,17 +83,18 @@ function withType(error: unknown): unknown {
 }
 
 export function egressRoutes(s: Services & { egress: EgressService }): Route[] {
-  const proxy = (endpoint: OpenAiEndpoint, path: string, summary: string): Route =>
+  // Each route serves one kind: the same path on an upstream of the other kind is a 404.
+  const proxy = (kind: LlmUpstream['kind'], protocol: Protocol, summary: string): Route =>
     route<z.output<typeof OpenAiBody>>({
       method: 'POST',
-      path: `/llm/:upstream/v1/${path}`,
+      path: `/llm/:upstream${protocol.path}`,
       access: 'agent',
       tag: 'egress',
       summary,
       body: OpenAiBody,
       handler: async ({ params, body, principal, res, req, requestId }) => {
         try {
-          await forward(s.egress, principal, s.egress.upstream(principal, params['upstream'] as string, ['openai']), endpoint, path, body, res, req, requestId)
+          await forward(s.egress, principal, s.egress.upstream(principal, params['upstream'] as string, [kind]), protocol, body, res, req, requestId)
         } catch (error) {
           throw withType(error)
         }
@@ -50,18 +102,26 @@ export function egressRoutes(s: Services & { egress: EgressService }): Route[] {
       },
     })
   return [
-    proxy('chat', 'chat/completions', 'OpenAI chat completions through the gateway (streaming or not), metered under the kill switch and cost ceilings'),
-    proxy('embeddings', 'embeddings', 'OpenAI embeddings through the gateway, metered'),
+    proxy('openai', OPENAI.chat, 'OpenAI chat completions through the gateway (streaming or not), metered under the kill switch and cost ceilings'),
+    proxy('openai', OPENAI.embeddings, 'OpenAI embeddings through the gateway, metered'),
+    proxy('openai', OPENAI.responses, 'OpenAI Responses API through the gateway (streaming or not), metered under the kill switch and cost ceilings'),
+    proxy('anthropic', ANTHROPIC_MESSAGES, 'Anthropic Messages API through the gateway (streaming or not), metered under the kill switch and cost ceilings'),
     route({
       method: 'GET',
       path: '/llm/:upstream/v1/models',
       access: 'agent',
       tag: 'egress',
-      summary: 'The priced models of an upstream (the ones the gateway lets through)',
+      summary: "The priced models of an upstream (the ones the gateway lets through), in its provider's list shape",
       handler: async ({ params, principal, res }) => {
         try {
-          const upstream = s.egress.upstream(principal, params['upstream'] as string, ['openai'])
-          sendJson(res, 200, { object: 'list', data: [...upstream.models.keys()].map((id) => ({ id, object: 'model', created: 0, owned_by: upstream.id })) })
+          const upstream = s.egress.upstream(principal, params['upstream'] as string, ['openai', 'anthropic'])
+          const ids = [...upstream.models.keys()]
+          if (upstream.kind === 'anthropic') {
+            const data = ids.map((id) => ({ type: 'model', id, display_name: id, created_at: '1970-01-01T00:00:00Z' }))
+            sendJson(res, 200, { data, has_more: false, first_id: ids[0] ?? null, last_id: ids.at(-1) ?? null })
+          } else {
+            sendJson(res, 200, { object: 'list', data: ids.map((id) => ({ id, object: 'model', created: 0, owned_by: upstream.id })) })
+          }
         } catch (error) {
           throw withType(error)
         }
@@ -93,21 +153,22 @@ export function egressRoutes(s: Services & { egress: EgressService }): Route[] {
  * One metered call: price → shape (bound the output) → reserve the worst case (admission) →
  * forward with the provider key → settle on real usage (else the reservation; 0 when the
  * upstream refused). A kill of the agent aborts it on every replica; a stream gets one
- * terminal error frame in OpenAI's shape.
+ * terminal error frame in its provider's shape.
  */
 async function forward(
   egress: EgressService,
   principal: Principal,
   upstream: LlmUpstream,
-  endpoint: OpenAiEndpoint,
-  path: string,
+  protocol: Protocol,
   input: Record<string, unknown>,
   res: ServerResponse,
   req: IncomingMessage,
   requestId: string,
 ): Promise<void> {
   const { model, price } = egress.price(upstream, input['model'])
-  const shaped = shapeOpenAi(endpoint, input, price.max_output_tokens)
+  const shaped = protocol.shape(input, price.max_output_tokens)
+  const endpoint = protocol.endpoint
+  const reader = protocol.reader(shaped)
   const payload = JSON.stringify(shaped.body)
   const reserved = worstCaseMicro(price, { bytes: Buffer.byteLength(payload), opaque: shaped.opaque_input }, shaped.output_cap, shaped.choices)
   const call = await egress.admit(principal, { kind: 'llm', upstream: upstream.id, endpoint, model, tool: null, reserved_micro: reserved, timeout_ms: upstream.timeout_ms })
@@ -120,8 +181,7 @@ async function forward(
     stopped = why
     controller.abort()
     if (why !== 'killed') return
-    const error = { code: 'agent_killed', type: 'agent_killed', message, request_id: requestId }
-    if (streaming && !res.writableEnded) res.end(`data: ${JSON.stringify({ error })}\n\n`)
+    if (streaming && !res.writableEnded) res.end(reader.killFrame(message, requestId))
     else if (!res.headersSent) sendError(res, requestId, { code: 'agent_killed', message, extra: { type: 'agent_killed' } })
   }
   const untrack = egress.track(principal.address_id as string, (reason) => stop('killed', `${principal.address} is killed: ${reason}`), call)
@@ -149,9 +209,9 @@ async function forward(
     }
     let upstreamRes: Response
     try {
-      upstreamRes = await fetch(`${upstream.base_url}/v1/${path}`, {
+      upstreamRes = await fetch(`${upstream.base_url}${protocol.path}`, {
         method: 'POST',
-        headers: { authorization: `Bearer ${upstream.api_key}`, 'content-type': 'application/json', accept: shaped.stream ? 'text/event-stream' : 'application/json' },
+        headers: { ...protocol.headers(upstream, req), 'content-type': 'application/json', accept: shaped.stream ? 'text/event-stream' : 'application/json' },
         body: payload,
         signal: controller.signal,
       })
@@ -170,7 +230,8 @@ async function forward(
       const value = upstreamRes.headers.get(name)
       if (value !== null) res.setHeader(name, value)
     }
-    const upstreamId = upstreamRes.headers.get('x-request-id')
+    for (const [name, value] of upstreamRes.headers) if (name.startsWith(PASS_PREFIX)) res.setHeader(name, value)
+    const upstreamId = upstreamRes.headers.get('x-request-id') ?? upstreamRes.headers.get('request-id')
     if (upstreamId !== null) res.setHeader('x-upstream-request-id', upstreamId)
 
     if (upstreamRes.status >= 400 || !shaped.stream || !upstreamRes.body) {
@@ -178,7 +239,7 @@ async function forward(
       if (stopped !== null) return
       let usage = null
       try {
-        usage = upstreamRes.status < 400 ? openAiUsage(JSON.parse(text)) : null
+        usage = upstreamRes.status < 400 ? protocol.usage(JSON.parse(text)) : null
       } catch {
         usage = null
       }
@@ -194,7 +255,6 @@ async function forward(
     streaming = true
     res.setHeader('cache-control', 'no-cache')
     res.flushHeaders()
-    const reader = new OpenAiStreamReader(shaped.hide_usage_chunk)
     const decoder = new TextDecoder()
     let rest = ''
     try {
