@@ -85,6 +85,33 @@ function cpuMeter(child) {
   }
 }
 
+/** Statements the gateway's store ran during the window (its `store-stats` RPC), per resolved intent. */
+function storeMeter(child) {
+  let start = null
+  let end = null
+  return {
+    async start() {
+      start = await child.rpc('store-stats')
+    },
+    async stop() {
+      end = await child.rpc('store-stats')
+    },
+    perIntent(intents) {
+      if (!start || !end || !intents) return null
+      const per = (n) => Math.round((n / intents) * 100) / 100
+      const by = Object.entries(end.by_statement)
+        .map(([name, n]) => [name, n - (start.by_statement[name] ?? 0)])
+        .filter(([, n]) => n / intents >= 0.005)
+        .sort((a, b) => b[1] - a[1])
+      return {
+        statements_per_intent: per(end.statements - start.statements),
+        transaction_statements_per_intent: per(end.transaction_statements - start.transaction_statements),
+        by_statement_per_intent: Object.fromEntries(by.map(([name, n]) => [name, per(n)])),
+      }
+    },
+  }
+}
+
 async function scenario(name, cfg, { kind, profileFile }) {
   let child = null
   let gateway = null
@@ -104,6 +131,7 @@ async function scenario(name, cfg, { kind, profileFile }) {
       receiverKey = (await api(url, adminKey, 'POST', '/v1/keys', { role: 'agent', agent: toAgent, name: 'bench worker' })).key
     }
     const cpu = cpuMeter(child)
+    const storeStats = kind === 'baseline' ? null : storeMeter(child)
     const flow = await runFlow({
       url,
       senderKey,
@@ -120,10 +148,12 @@ async function scenario(name, cfg, { kind, profileFile }) {
       hooks: {
         measureStart: async () => {
           if (profileFile) await child.rpc('profile-start', { interval_us: 1000 })
+          await storeStats?.start()
           await cpu.start()
         },
         measureEnd: async () => {
           await cpu.stop()
+          await storeStats?.stop()
           if (profileFile) await child.rpc('profile-stop', { file: profileFile })
         },
       },
@@ -179,6 +209,7 @@ async function scenario(name, cfg, { kind, profileFile }) {
       cpu: cpu.result,
       // Server CPU time per resolved intent: less sensitive to a noisy machine than intents/s.
       server_cpu_us_per_intent: k.resolved_in_window ? Math.round(cpu.result.server_cpu_us / k.resolved_in_window) : null,
+      store: storeStats?.perIntent(k.resolved_in_window) ?? null,
       ...rest,
       server_check: server,
       store_bytes_per_intent: storeBytes && k.created ? Math.round(storeBytes / k.created) : null,
@@ -276,6 +307,13 @@ export async function run(opts) {
       `target ≥ ${TARGET_INTENTS_PER_S.toLocaleString('en-US')} intents/s end to end: ${main.intents_per_s >= TARGET_INTENTS_PER_S ? 'reached' : 'NOT reached'} (${main.intents_per_s.toLocaleString('en-US')}/s)`,
     )
   }
+  for (const s of scenarios) {
+    if (!s.store) continue
+    const by = Object.entries(s.store.by_statement_per_intent).map(([name, n]) => `${name} ${n}`)
+    notes.push(
+      `${s.scenario}: ${s.store.statements_per_intent} prepared statements per intent (+${s.store.transaction_statements_per_intent} BEGIN/COMMIT/SAVEPOINT/RELEASE): ${by.join(', ')}`,
+    )
+  }
   const prof = scenarios.find((s) => s.profile)?.profile
   if (prof) {
     notes.push(`gateway CPU profile (${prof.file}; ${prof.busy_samples} busy samples, ${prof.idle_pct} % idle):`)
@@ -305,6 +343,7 @@ export async function run(opts) {
         { key: 'scpu', title: 'server CPU' },
         { key: 'lcpu', title: 'loadgen CPU' },
         { key: 'cpi', title: 'server CPU µs/intent' },
+        { key: 'spi', title: 'statements/intent' },
       ],
       rows: scenarios.map((s) => ({
         scenario: s.scenario,
@@ -317,6 +356,7 @@ export async function run(opts) {
         scpu: fmt.pct(s.cpu?.server_cpu_pct),
         lcpu: fmt.pct(s.cpu?.loadgen_cpu_pct),
         cpi: fmt.int(s.server_cpu_us_per_intent),
+        spi: s.store ? `${s.store.statements_per_intent} (+${s.store.transaction_statements_per_intent} tx)` : '–',
       })),
     },
     notes,

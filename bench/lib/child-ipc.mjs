@@ -6,10 +6,11 @@ import { Session } from 'node:inspector/promises'
 import { writeFileSync } from 'node:fs'
 
 /**
+ * `commands` adds the child's own RPCs (name → async (msg) => result).
  * `onStop(reason)` closes the server (reason `orphaned` when the parent vanished); the process then exits. The child also exits when the IPC
  * channel closes (the parent died) and on SIGINT/SIGTERM (Ctrl-C reaches the whole group).
  */
-export function serveIpc({ onStop }) {
+export function serveIpc({ onStop, commands: extra = {} }) {
   let session = null
   let stopping = false
   const stop = async (code = 0, reason = 'stop') => {
@@ -45,6 +46,7 @@ export function serveIpc({ onStop }) {
       writeFileSync(file, JSON.stringify(profile))
       return { file }
     },
+    ...extra,
   }
 
   process.on('message', (msg) => {

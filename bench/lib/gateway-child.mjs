@@ -14,6 +14,10 @@ const ipc = serveIpc({
     // Orphaned (the benchmark was killed): remove the temp directory the parent would have removed.
     if (reason === 'orphaned' && process.env.BENCH_TEMP_DIR) rmSync(process.env.BENCH_TEMP_DIR, { recursive: true, force: true })
   },
+  commands: {
+    // Statements the store ran so far (SQLite: every prepared-statement execution, by name).
+    'store-stats': async () => gateway?.store.stats?.() ?? null,
+  },
 })
 
 try {

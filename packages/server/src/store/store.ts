@@ -456,7 +456,8 @@ export interface Parties {
   to_policies: PolicyRow[]
   /**
    * Exact (read under the locks that serialize the agent's accepts) for a party with a rate or
-   * cost policy, the only ones decided on counters; an engine may give zeros for the others.
+   * cost policy, the only ones decided on counters; an engine may give zeros for the others
+   * (SQLite: a party whose policy_version is 0).
    */
   from_counters: AgentCounters
   to_counters: AgentCounters
@@ -700,6 +701,16 @@ export interface MeshEventQuery {
   before_seqno: number | null
 }
 
+/** Statements a store ran since it opened: the cost of its work in round trips to the engine. */
+export interface StoreStats {
+  /** Executions of prepared statements (each run/get/all/iterate). */
+  statements: number
+  /** BEGIN/COMMIT and SAVEPOINT/RELEASE (or ROLLBACK) issued around the writes. */
+  transaction_statements: number
+  /** Executions by statement name (ad-hoc statements by the first words of their SQL). */
+  by_statement: Record<string, number>
+}
+
 export interface Store {
   readonly engine: 'sqlite' | 'postgres'
   /** Change notifications, delivered to every replica on the same store. */
@@ -712,6 +723,8 @@ export interface Store {
   close(): Promise<void>
   /** Throws GatewayError('store_unavailable') if the store cannot be reached. */
   ping(): Promise<void>
+  /** Statement counts since the store opened (engines that count them: SQLite). */
+  stats?(): StoreStats
 
   // ---- keys ----
   /** Inserts a key; for an agent key, registers the agent (if new) in the same transaction. */

@@ -44,6 +44,8 @@ export class InboxStream {
   #wakePending = false
   /** True while this stream cannot take more (max_in_flight reached). */
   full = false
+  /** Called when a claim filled the stream: work may be left that a sibling could take. */
+  onFilled: (() => void) | null = null
   #lastSeq: number
   #claiming = false
   /** A cut (kill or quarantine) that arrived during a claim, written once the claim is framed. */
@@ -158,6 +160,7 @@ export class InboxStream {
             this.#claiming = false
           })
         this.full = !claim.has_room
+        if (this.full && claim.deliveries.length > 0) this.onFilled?.()
         for (const delivery of claim.deliveries) {
           this.options.onDelivered?.(delivery.intent.delivery_attempt > 1 ? 'redelivered' : 'delivered')
           if (!this.#write(delivery.seq, deliveryFrame(delivery.intent, delivery.seq))) return

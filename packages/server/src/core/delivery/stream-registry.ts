@@ -31,6 +31,8 @@ export class StreamRegistry {
     const list = this.#byAddress.get(stream.addressId) ?? []
     list.push(stream)
     this.#byAddress.set(stream.addressId, list)
+    // A stream that fills up may leave queued work: a sibling with room looks at it.
+    stream.onFilled = () => this.#wakeFor(stream.addressId, 1)
   }
 
   remove(stream: InboxStream): void {
@@ -64,7 +66,7 @@ export class StreamRegistry {
   #onChange(change: Change): void {
     switch (change.type) {
       case 'intent.available':
-        this.#wakeOne(change.address_id)
+        this.#available(change.address_id)
         break
       case 'slot.freed':
         // Only a stream that stopped claiming because it was full needs the freed slot.
@@ -95,20 +97,59 @@ export class StreamRegistry {
     }
   }
 
-  #wakeOne(addressId: string): void {
+  /**
+   * New work for an address. A commit of several intents publishes one change each; they are
+   * counted until the end of this turn and answered together (#wakeFor), so a batch of new
+   * intents wakes as many streams as can take it rather than one per intent: the others' claims
+   * would find the queue already emptied by the first.
+   */
+  #available(addressId: string): void {
+    if (!this.#byAddress.has(addressId)) return
+    this.#arrived.set(addressId, (this.#arrived.get(addressId) ?? 0) + 1)
+    if (this.#arrived.size === 1 && this.#arrived.get(addressId) === 1) queueMicrotask(() => this.#wakeArrived())
+  }
+
+  readonly #arrived = new Map<string, number>()
+
+  #wakeArrived(): void {
+    const arrived = [...this.#arrived]
+    this.#arrived.clear()
+    for (const [addressId, count] of arrived) this.#wakeFor(addressId, count)
+  }
+
+  /**
+   * Wakes idle streams with room, round robin, until they can take `count` intents between them
+   * (a persistent stream up to its max_in_flight; a window stream ends after one claim, so it
+   * counts for one). A claim leaves work behind only when its stream is full (a freed slot wakes
+   * it again) or took a whole batch (it claims again at once), so nothing is stranded.
+   */
+  #wakeFor(addressId: string, count: number): void {
     const list = this.#byAddress.get(addressId)
     if (!list || list.length === 0) return
     this.#rr = (this.#rr + 1) % 1_000_000
-    for (let i = 0; i < list.length; i += 1) {
+    let room = 0
+    for (let i = 0; i < list.length && room < count; i += 1) {
       const stream = list[(this.#rr + i) % list.length] as InboxStream
       // A stream just cut (kill, quarantine) is still listed until its run ends: skip it.
       if (stream.idle && !stream.full && !stream.closed) {
         stream.wake()
-        return
+        room += stream.options.windowMs === null ? stream.options.maxInFlight : 1
       }
     }
-    // Nobody idle with room: make every stream look again when it finishes what it is doing.
-    for (const stream of list) if (!stream.full && !stream.closed) stream.wake()
+    if (room > 0) return
+    // Nobody idle with room: the work may have committed after a running claim read the queue.
+    // One persistent stream looks again when it finishes what it is doing (its claim takes what
+    // it can; if it fills up, a freed slot wakes it); window streams, which end after a claim, all do.
+    let persistent = false
+    for (let i = 0; i < list.length; i += 1) {
+      const stream = list[(this.#rr + i) % list.length] as InboxStream
+      if (stream.full || stream.closed) continue
+      if (stream.options.windowMs !== null) stream.wake()
+      else if (!persistent) {
+        stream.wake()
+        persistent = true
+      }
+    }
   }
 
   #pingAll(): void {
