@@ -1697,7 +1697,10 @@ function judge(r: FuzzRequest, o: Outcome): { problems: string[]; verdicts: Verd
   if (o.garbage) problems.push('bytes that are not an HTTP response')
   o.answers.forEach((a, i) => {
     const requestId = a.headers.get('x-request-id')
-    if (!a.complete) problems.push(`answer ${i + 1} (${a.status}) cut before its end${o.error ? ` (${o.error})` : ''}`)
+    // An HTTP-egress answer is cut mid-body, on purpose, when its agent is killed meanwhile — and
+    // the fuzz's own fleet kills can match the fuzz agent (egress-http.test.ts proves the cut).
+    const killCut = !a.complete && a.status < 500 && /^[A-Z]+ \/egress\//.test(r.wire.head.toString('latin1', 0, 64))
+    if (!a.complete && !killCut) problems.push(`answer ${i + 1} (${a.status}) cut before its end${o.error ? ` (${o.error})` : ''}`)
     if (a.status >= 500) problems.push(`server error ${a.status}: ${a.body.toString('utf8').slice(0, 300)}`)
     if (requestId === undefined) {
       // Node's HTTP layer answered: only for requests built to be refused there.
