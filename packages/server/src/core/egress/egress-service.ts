@@ -1,3 +1,4 @@
+import { zeroCounters } from '../../store/rows.js'
 import type { AgentCounters, EgressCallRow, EgressKind, PolicyRow, Store } from '../../store/store.js'
 import type { Principal } from '../auth/principal.js'
 import type { Clock } from '../clock.js'
@@ -69,8 +70,7 @@ const SWEEP_GRACE_MS = 5_000
 
 const newCallId = (): string => `egc_${randomBase62(20)}`
 
-/** No counts: `toolDenial` asks about tool policies only, never limits. */
-const ZERO_COUNTERS: AgentCounters = { day: '', hour: '', sent_hour: 0, sent_day: 0, received_hour: 0, received_day: 0, egress_hour: 0, egress_day: 0, cost_day: 0 }
+
 
 /**
  * Egress: agents' calls to LLM providers through the gateway, under the kill switch and exact
@@ -200,7 +200,7 @@ export class EgressService {
     const agent = await this.#store.getAgentById(addressId)
     if (!agent || agent.policy_version === 0) return null
     const [own, defaults] = await Promise.all([this.#store.listPolicies(addressId), this.#store.listDefaultPolicies()])
-    const d = this.#engine.decideEgress(agent, [...own, ...defaults], ZERO_COUNTERS, tool, this.#clock.now())
+    const d = this.#engine.decideEgress(agent, [...own, ...defaults], zeroCounters(0), tool, this.#clock.now()) // tool policies only: no counts
     return d.decision === 'deny' && d.policy_id !== null ? { policy_id: d.policy_id } : null
   }
 

@@ -1,6 +1,7 @@
 /** PostgreSQL engine, the audit chain and mesh events (written at the end of a transaction under the store_heads lock). */
 import { randomBase62 } from '../../core/ids.js'
 import type { AuditDraft, AuditQuery, AuditRow, MeshEventDraft, MeshEventQuery, MeshEventRow, WebhookRow } from '../store.js'
+import { auditRow } from '../rows.js'
 import type { PgDb, Tx } from './tx.js'
 
 /** Queues an audit entry; it is chained and written at the end of the transaction. */
@@ -30,18 +31,7 @@ export async function writeControl(db: PgDb, tx: Tx): Promise<{ audit: AuditRow[
   let prevHash = auditHead?.hash ?? '0'.repeat(64)
   for (const draft of tx.audits.splice(0)) {
     seq += 1
-    const row: AuditRow = {
-      seq,
-      at: draft.at,
-      actor: draft.actor,
-      action: draft.action,
-      target: draft.target,
-      reason: draft.reason,
-      before: draft.before === undefined || draft.before === null ? null : JSON.stringify(draft.before),
-      after: draft.after === undefined || draft.after === null ? null : JSON.stringify(draft.after),
-      prev_hash: prevHash,
-      hash: db.config.hashAudit(prevHash, { ...draft, seq }),
-    }
+    const row = auditRow(draft, seq, prevHash, db.config.hashAudit)
     await tx.run(
       `INSERT INTO audit_log (seq, at, actor, action, target, reason, before, after, prev_hash, hash)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,

@@ -9,16 +9,8 @@ import { LOCK_CLASS, LOCK_FOLD, NeedsRowLock, type PgDb, type Tx, windowOf } fro
 export const countsCounters = (p: PolicyRow): boolean => p.kind === 'rate' || p.kind === 'cost'
 
 /** The counters handed to core for a party it does not decide on counters (no rate or cost policy). */
-export const zeroCounters = (now: number): AgentCounters => ({
-  ...windowOf(now),
-  sent_hour: 0,
-  sent_day: 0,
-  received_hour: 0,
-  received_day: 0,
-  egress_hour: 0,
-  egress_day: 0,
-  cost_day: 0,
-})
+import { zeroCounters } from '../rows.js'
+export { zeroCounters }
 
 /**
  * Counts of agents without rate or cost policies: this backend's own row per (agent, hour).

@@ -2,6 +2,7 @@
 import type { Change } from '../change-feed.js'
 import type { WebhookRow, AuditDraft, AuditQuery, AuditRow, MeshEventDraft, MeshEventQuery, MeshEventRow } from '../store.js'
 import { randomBase62 } from '../../core/ids.js'
+import { auditRow } from '../rows.js'
 import type { SqliteContext } from './context.js'
 
 // ---- audit and mesh events ----
@@ -10,18 +11,7 @@ export function audit(ctx: SqliteContext, draft: AuditDraft): AuditRow {
   const head = ctx.q.auditHead.get() as { seq: number; hash: string } | undefined
   const seq = (head?.seq ?? 0) + 1
   const prev_hash = head?.hash ?? '0'.repeat(64)
-  const row: AuditRow = {
-    seq,
-    at: draft.at,
-    actor: draft.actor,
-    action: draft.action,
-    target: draft.target,
-    reason: draft.reason,
-    before: draft.before === undefined || draft.before === null ? null : JSON.stringify(draft.before),
-    after: draft.after === undefined || draft.after === null ? null : JSON.stringify(draft.after),
-    prev_hash,
-    hash: ctx.hashAudit(prev_hash, { ...draft, seq }),
-  }
+  const row = auditRow(draft, seq, prev_hash, ctx.hashAudit)
   ctx.q.insertAudit.run(row)
   return row
 }

@@ -3,21 +3,8 @@ import type { Change } from '../change-feed.js'
 import type { HourCounters, AgentCounters, CostRule, PolicyRow, MeshEventDraft, AgentRow } from '../store.js'
 import type { SqliteContext } from './context.js'
 
-/** The current UTC day and hour with every count zero (a party without policies: nothing reads them). */
-export function zeroCounters(now: number): AgentCounters {
-  const at = new Date(now).toISOString()
-  return {
-    day: at.slice(0, 10),
-    hour: at.slice(0, 13),
-    sent_hour: 0,
-    sent_day: 0,
-    received_hour: 0,
-    received_day: 0,
-    egress_hour: 0,
-    egress_day: 0,
-    cost_day: 0,
-  }
-}
+import { zeroCounters } from '../rows.js'
+export { zeroCounters }
 
 // ---- policies and counters ----
 export function counters(ctx: SqliteContext, addressId: string, now: number): AgentCounters {
