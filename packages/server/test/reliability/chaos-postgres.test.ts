@@ -441,7 +441,10 @@ describe.skipIf(!HAVE_POSTGRES)('chaos on PostgreSQL', () => {
       // after the lock timeout, then sits idle (aborted) until PostgreSQL ends it. The margin is
       // for a 2-core machine that runs other test files meanwhile (measured 10.1 s there).
       expect(killMs).toBeLessThan(LOCK_TIMEOUT_MS + IDLE_IN_TRANSACTION_MS + 5_000)
-      expect(endedByServer, 'the frozen transaction was ended by PostgreSQL').toBe(true)
+      // A frozen transaction holding the sender's gate (an accept of S) stops the kill until
+      // PostgreSQL ends its session; one that held nothing the kill needs (a claim, a sweep: the
+      // kill orders by the per-agent gate alone) does not, and may still be there.
+      if (!endedByServer) expect(killMs, 'the kill did not wait for the frozen transaction that PostgreSQL did not end').toBeLessThan(LOCK_TIMEOUT_MS)
       // No send of S that started after the kill returned was accepted, on any replica.
       expect(load.sends.filter((s) => s.loop < 6 && s.start > killReturnedAt && s.status === 200)).toEqual([])
       for (const s of load.sends.filter((x) => x.loop < 6 && x.status !== 200)) {
