@@ -181,6 +181,8 @@ describe.each(ENGINES)('Anthropic egress through the gateway (%s)', (engine) => 
     expect(data).toMatchObject({ type: 'error', error: { type: 'agent_killed' } })
     expect(data.error.message).toMatch(/killed/)
     await expect.poll(() => fake.requests.at(-1)?.outcome).toBe('aborted')
+    // The kill frame reaches the client first; the settlement follows it.
+    await expect.poll(async () => (await calls(address))[0]?.state, { timeout: 5000 }).toBe('settled')
     const [call] = await calls(address)
     expect(call).toMatchObject({ state: 'settled', outcome: 'reservation' })
     // The SDK reads a gateway refusal: APIError with the gateway's code as its type.

@@ -434,7 +434,11 @@ describe.each(ENGINES)('HTTP-tool egress (%s)', (engine) => {
     expect(complete).toBe(false) // cut, not a clean end
     expect(stream.chunks.join('')).not.toContain('chunk-399')
     await expect.poll(() => fake.aborted - abortedBefore, { timeout: 1000 }).toBe(1)
-    const [call] = await calls(address)
+    // The cut reaches the client first (at once, on the kill); the settlement follows it.
+    const call = await pollUntil(async () => {
+      const [c] = await calls(address)
+      return c?.state === 'settled' ? c : undefined
+    }, { timeoutMs: 5000, what: 'the cut call to settle' })
     expect(call).toMatchObject({ state: 'settled', outcome: 'usage', status: 200, cost_usd: 0.01 })
   })
 

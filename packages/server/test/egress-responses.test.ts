@@ -124,6 +124,8 @@ describe.each(ENGINES)('Responses API egress through the gateway (%s)', (engine)
     // Numbered after the last upstream event, as the stream's own events are.
     expect(errors[0].sequence_number).toBe(events.at(-2).sequence_number + 1)
     await expect.poll(() => fake.requests.at(-1)?.outcome).toBe('aborted')
+    // The kill frame reaches the client first; the settlement follows it.
+    await expect.poll(async () => (await calls(address))[0]?.state, { timeout: 5000 }).toBe('settled')
     expect((await calls(address))[0]).toMatchObject({ state: 'settled', outcome: 'reservation' })
     const next = await client(key)
       .responses.create({ model: 'fake-model', input: INPUT })

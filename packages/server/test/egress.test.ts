@@ -280,6 +280,8 @@ describe.each(ENGINES)('egress through the gateway (%s)', (engine) => {
     } finally {
       fake.delayMs = 0
     }
+    // The kill frame reaches the client first; the settlement follows it.
+    await expect.poll(async () => (await calls(address))[0]?.state, { timeout: 5000 }).toBe('settled')
     expect((await calls(address))[0]).toMatchObject({ state: 'settled', outcome: 'reservation' })
   })
 })
