@@ -9,7 +9,7 @@ import { LOCK_CLASS, LOCK_FOLD, NeedsRowLock, type PgDb, type Tx, windowOf } fro
 export const countsCounters = (p: PolicyRow): boolean => p.kind === 'rate' || p.kind === 'cost'
 
 /** The counters handed to core for a party it does not decide on counters (no rate or cost policy). */
-import { zeroCounters } from '../rows.js'
+import { thresholdEvent, zeroCounters } from '../rows.js'
 export { zeroCounters }
 
 /**
@@ -161,14 +161,7 @@ export async function applyCost(db: PgDb, tx: Tx, agent: AgentRow, amount: numbe
       [t.policy_id, day, t.percent, now],
     )
     if (inserted === 1) {
-      queueMeshEvent(db, tx, {
-        address_id: agent.address_id,
-        address: agent.address,
-        event_type: 'budget.threshold',
-        details: t.details,
-        actor_id: `policy:${t.policy_id}`,
-        created_at: now,
-      })
+      queueMeshEvent(db, tx, thresholdEvent(agent, t, now))
     }
   }
   if (outcome.kill) {

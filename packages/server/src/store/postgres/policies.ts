@@ -12,6 +12,7 @@ import {
 import { EFFECTIVE_POLICIES, gateById } from './agents.js'
 import { queueAudit, queueMeshEvent } from './audit.js'
 import { LOCK_AGENT, LOCK_CLASS, LOCK_FLEET, type PgDb } from './tx.js'
+import { assertPolicyVersion } from '../rows.js'
 
 export const DEFAULT_POLICIES = `SELECT policy_id, '${DEFAULT_POLICY_OWNER}' AS address_id, kind, spec, enabled, version, created_at, updated_at
   FROM default_policies ORDER BY position`
@@ -80,14 +81,7 @@ export async function getPolicy(db: PgDb, policyId: string): Promise<PolicyRow |
 export async function writePolicy(db: PgDb, input: PolicyWrite): Promise<PolicyRow | null> {
   return db.tx(async (tx) => {
     const current = await tx.one<PolicyRow>('SELECT * FROM policies WHERE policy_id = $1 FOR UPDATE', [input.policy_id])
-    if (input.op !== 'create') {
-      if (!current) throw new GatewayError('not_found', `policy ${input.policy_id} not found`)
-      if (input.expected_version !== null && current.version !== input.expected_version) {
-        throw new GatewayError('conflict', `policy ${input.policy_id} is at version ${current.version}, not ${input.expected_version}`, {
-          details: { current_version: current.version },
-        })
-      }
-    }
+    assertPolicyVersion(current ?? undefined, input)
     const next = input.build(current)
     const addressId = next?.address_id ?? current?.address_id
     // Waits for in-flight accepts that read the old policy_version (their shared gates).

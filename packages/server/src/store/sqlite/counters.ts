@@ -3,7 +3,7 @@ import type { Change } from '../change-feed.js'
 import type { HourCounters, AgentCounters, CostRule, PolicyRow, MeshEventDraft, AgentRow } from '../store.js'
 import type { SqliteContext } from './context.js'
 
-import { zeroCounters } from '../rows.js'
+import { thresholdEvent, zeroCounters } from '../rows.js'
 export { zeroCounters }
 
 // ---- policies and counters ----
@@ -41,14 +41,7 @@ export function applyCost(ctx: SqliteContext, agent: AgentRow, amount: number, n
   for (const t of outcome.thresholds) {
     if (ctx.q.budgetAlert.run(t.policy_id, before.day, t.percent, now).changes === 1) {
       ctx.meshEvent(
-        {
-          address_id: agent.address_id,
-          address: agent.address,
-          event_type: 'budget.threshold',
-          details: t.details,
-          actor_id: `policy:${t.policy_id}`,
-          created_at: now,
-        },
+        thresholdEvent(agent, t, now),
         changes,
       )
     }

@@ -1,6 +1,7 @@
 /** SQLite engine: policies and the default set. Functions of SqliteStore's context, run inside its write queue where they write. */
 import { GatewayError } from '../../core/errors.js'
 import type { PolicyKind, PolicyRow, PolicyWrite } from '../store.js'
+import { assertPolicyVersion } from '../rows.js'
 import type { DefaultPoliciesWrite } from '../store.js'
 import type { SqliteContext } from './context.js'
 
@@ -46,14 +47,7 @@ export async function getPolicy(ctx: SqliteContext, policyId: string): Promise<P
 export async function writePolicy(ctx: SqliteContext, input: PolicyWrite): Promise<PolicyRow | null> {
   return ctx.write((changes) => {
     const current = ctx.q.policyById.get(input.policy_id) as PolicyRow | undefined
-    if (input.op !== 'create') {
-      if (!current) throw new GatewayError('not_found', `policy ${input.policy_id} not found`)
-      if (input.expected_version !== null && current.version !== input.expected_version) {
-        throw new GatewayError('conflict', `policy ${input.policy_id} is at version ${current.version}, not ${input.expected_version}`, {
-          details: { current_version: current.version },
-        })
-      }
-    }
+    assertPolicyVersion(current, input)
     const next = input.build(current)
     const addressId = next?.address_id ?? current?.address_id
     const agent = addressId === undefined ? undefined : ctx.agentById(addressId)
