@@ -822,7 +822,7 @@ class Generator {
     return { role, headers: [['authorization', `bearer   ${key}  `]] }
   }
 
-  param(rng: Rng, name: string): string {
+  param(rng: Rng, name: string, template = ''): string {
     switch (name) {
       case 'intent_id':
         return rng.chance(0.8) ? rng.pick(this.fx.intentIds) : '00000000-0000-4000-8000-000000000000'
@@ -841,15 +841,17 @@ class Generator {
       case 'key_id':
         return this.fx.revokedKeyId
       case 'upstream':
-        // The HTTP upstream (its echo API answers `{ok: true}`) or the fake OpenAI of the child's egress config.
-        return rng.chance(0.45) ? FUZZ_UPSTREAM : rng.chance(0.8) ? UPSTREAM : 'x'
+        // The upstream of the route's kind in the child's egress config (the HTTP echo API, or the
+        // fake OpenAI), sometimes the other one or an unknown one (both 404).
+        if (rng.chance(0.1)) return rng.chance(0.5) ? 'x' : template.startsWith('/egress/') ? UPSTREAM : FUZZ_UPSTREAM
+        return template.startsWith('/egress/') ? FUZZ_UPSTREAM : UPSTREAM
       default:
         return 'x'
     }
   }
 
   path(rng: Rng, route: RouteInfo, override: Record<string, string> = {}): string {
-    return route.template.replace(/\{([a-z_]+)\}/g, (_m, name: string) => override[name] ?? this.param(rng, name))
+    return route.template.replace(/\{([a-z_]+)\}/g, (_m, name: string) => override[name] ?? this.param(rng, name, route.template))
   }
 
   validQuery(rng: Rng, route: RouteInfo): string {
