@@ -313,4 +313,14 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX counter_shards_hour ON counter_shards (hour);
   `,
+  // No foreign keys from intents (and address_seq) to agents: their checks took FOR KEY SHARE on
+  // both agent rows of every intent insert (and of a recipient's first claim), which writes a row
+  // lock (a multixact once two overlap) into the hottest rows of the database. Agent rows are
+  // never deleted, and every insert names agents it has just read or created in the same
+  // transaction.
+  `
+  ALTER TABLE intents DROP CONSTRAINT IF EXISTS intents_from_address_id_fkey;
+  ALTER TABLE intents DROP CONSTRAINT IF EXISTS intents_to_address_id_fkey;
+  ALTER TABLE address_seq DROP CONSTRAINT IF EXISTS address_seq_address_id_fkey;
+  `,
 ]

@@ -293,4 +293,9 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   `
   SELECT 1;
   `,
+  // Nothing here: PostgreSQL's migration 13 drops the intents → agents foreign keys (their checks
+  // lock both agent rows of every insert). SQLite's checks take no lock (one writer) and stay.
+  `
+  SELECT 1;
+  `,
 ]
