@@ -42,6 +42,8 @@ export interface GatewayConfig {
   readonly egress: { readonly file: string; readonly upstreams: readonly EgressUpstream[] } | undefined
   /** `--policy-defaults <file>`: the default policy set, applied at start and then read-only. */
   readonly policyDefaults: { readonly file: string; readonly policies: readonly PolicyInput[] } | undefined
+  /** PostgreSQL: run statements as named prepared statements (off for poolers without support). */
+  readonly pgPreparedStatements: boolean
   readonly quiet: boolean
 }
 
@@ -132,6 +134,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}): Gat
     webhookBlock: webhookBlockOf(env['CHOKEPOINT_WEBHOOK_BLOCK']),
     policyDefaults: policyDefaultsOf(flags, env),
     egress: egressOf(flags, env),
+    pgPreparedStatements: bool('CHOKEPOINT_PG_PREPARED_STATEMENTS', env['CHOKEPOINT_PG_PREPARED_STATEMENTS'], true),
     quiet: env['CHOKEPOINT_QUIET'] === '1',
   })
 }

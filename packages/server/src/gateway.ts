@@ -117,7 +117,7 @@ export async function startGateway(
   try {
     store =
       config.databaseUrl !== null
-        ? await PostgresStore.open({ url: config.databaseUrl, hashAudit: auditHash, alertFor, log })
+        ? await PostgresStore.open({ url: config.databaseUrl, hashAudit: auditHash, alertFor, log, preparedStatements: config.pgPreparedStatements })
         : new SqliteStore({
             dataDir: config.dataDir,
             durability: config.durability,

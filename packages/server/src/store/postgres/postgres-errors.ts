@@ -66,6 +66,19 @@ export function isRetryableConflict(error: unknown): boolean {
 }
 
 /**
+ * A named prepared statement this connection can no longer run: a migration changed the result
+ * type of a table it selects from (`cached plan must not change result type`, on replicas still
+ * running the old version during a rolling upgrade), or a pooler gave the session another
+ * backend (`prepared statement … does not exist`). The connection is discarded and the statement
+ * run again on a fresh one, which prepares it anew.
+ */
+export function isStalePlan(error: unknown): boolean {
+  const code = codeOf(error)
+  if (code === '26000') return true
+  return code === '0A000' && error instanceof Error && error.message.includes('cached plan must not change result type')
+}
+
+/**
  * Values PostgreSQL cannot hold that SQLite stores as given: a NUL character in text
  * (22021), numbers out of the column's range (22003), an over-long index entry (54000).
  * They come from the request, so they are the client's error, not the gateway's.

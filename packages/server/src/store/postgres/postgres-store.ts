@@ -60,9 +60,9 @@ import type {
 } from '../store.js'
 import { DatabaseClock } from './postgres-clock.js'
 import { FEED_CHANNEL, Notifier, PostgresFeed, encodeChanges } from './postgres-feed.js'
-import { isConnectionError, isRetryableConflict, toStoreError } from './postgres-errors.js'
+import { isConnectionError, isRetryableConflict, isStalePlan, toStoreError } from './postgres-errors.js'
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js'
-import { GroupCommit, LOCK_CLASS, LOCK_MIGRATIONS, NeedsRowLock, type PgDb, Tx } from './tx.js'
+import { GroupCommit, LOCK_CLASS, LOCK_MIGRATIONS, NeedsRowLock, type PgDb, prepared, Tx } from './tx.js'
 import * as agents from './agents.js'
 import * as alerts from './alerts.js'
 import * as audit from './audit.js'
@@ -84,6 +84,8 @@ export interface PostgresStoreConfig {
   alertFor: AlertMapper
   /** Pooled connections per replica (default 20). */
   poolSize?: number | undefined
+  /** Named prepared statements (default true); false for poolers that cannot carry them. */
+  preparedStatements?: boolean | undefined
   /** Giving up on opening a connection (default 5 s) → `store_unavailable`. */
   connectionTimeoutMs?: number | undefined
   /** Giving up on one statement (default 15 s) → `store_unavailable`. */
@@ -175,8 +177,19 @@ export class PostgresStore implements Store {
 
   #closed = false
 
+  readonly #named: boolean
+
+  /**
+   * Bumped when a prepared statement went stale (a migration changed a table under it): every
+   * connection opened before is retired when next checked out, since all of them may hold it.
+   */
+  #planGeneration = 0
+
+  readonly #born = new WeakMap<pg.ClientBase, number>()
+
   private constructor(config: PostgresStoreConfig) {
     this.#config = Object.freeze({ ...config })
+    this.#named = config.preparedStatements ?? true
     const clientConfig = {
       connectionString: config.url,
       types: TYPES,
@@ -195,6 +208,7 @@ export class PostgresStore implements Store {
       // process would crash. Its next query fails (→ 503) and #tx discards the client.
       pool.on('connect', (client) => {
         client.on('error', (error) => config.log?.('warn', 'postgres: connection failed', { error: String(error) }))
+        this.#born.set(client, this.#planGeneration)
       })
     }
     this.clock = new DatabaseClock({
@@ -279,11 +293,11 @@ export class PostgresStore implements Store {
     for (let attempt = 1; ; attempt += 1) {
       let client: PoolClient
       try {
-        client = await pool.connect()
+        client = await this.#connect(pool)
       } catch (error) {
         throw toStoreError(error)
       }
-      const tx = new Tx(client, lockForCost)
+      const tx = new Tx(client, lockForCost, this.#named)
       try {
         await client.query(pool === this.#controlPool ? BEGIN_CONTROL : BEGIN)
         const result = await fn(tx)
@@ -302,7 +316,8 @@ export class PostgresStore implements Store {
         if (wakeOnly) this.#notifier.push(changes)
         return result
       } catch (error) {
-        if (isConnectionError(error)) client.release(true)
+        if (isStalePlan(error)) this.#retirePlans(client)
+        else if (isConnectionError(error)) client.release(true)
         else {
           await client.query('ROLLBACK').then(
             () => client.release(),
@@ -313,6 +328,7 @@ export class PostgresStore implements Store {
           lockForCost = true
           continue
         }
+        if (isStalePlan(error) && attempt < MAX_ATTEMPTS) continue
         if (isRetryableConflict(error) && attempt < MAX_ATTEMPTS) {
           await new Promise((resolve) => setTimeout(resolve, Math.random() * 20 * attempt))
           continue
@@ -324,11 +340,43 @@ export class PostgresStore implements Store {
 
   /** One statement outside a transaction (reads). */
   async #read<T>(sql: string, params: unknown[] = []): Promise<T[]> {
-    try {
-      return (await this.#pool.query(sql, params)).rows as T[]
-    } catch (error) {
-      throw toStoreError(error)
+    for (let attempt = 1; ; attempt += 1) {
+      let client: PoolClient
+      try {
+        client = await this.#connect(this.#pool)
+      } catch (error) {
+        throw toStoreError(error)
+      }
+      try {
+        const rows = (await client.query(prepared(sql, params, this.#named))).rows as T[]
+        client.release()
+        return rows
+      } catch (error) {
+        if (isStalePlan(error)) {
+          this.#retirePlans(client)
+          if (attempt < MAX_ATTEMPTS) continue
+        } else client.release(isConnectionError(error))
+        throw toStoreError(error)
+      }
     }
+  }
+
+  /** A pooled client whose prepared statements are not stale (see #planGeneration). */
+  async #connect(pool: pg.Pool): Promise<PoolClient> {
+    for (;;) {
+      const client = await pool.connect()
+      if ((this.#born.get(client) ?? 0) >= this.#planGeneration) return client
+      client.release(true)
+    }
+  }
+
+  /** `client` ran a stale prepared statement: it and every connection opened before it are retired. */
+  #retirePlans(client: PoolClient): void {
+    if ((this.#born.get(client) ?? 0) >= this.#planGeneration) {
+      this.#planGeneration += 1
+      this.#config.log?.('info', 'postgres: the schema changed under prepared statements; reconnecting', {})
+    }
+    client.release(true)
   }
 
   async #readOne<T>(sql: string, params: unknown[] = []): Promise<T | undefined> {

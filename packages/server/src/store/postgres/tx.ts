@@ -1,4 +1,5 @@
 /** PostgreSQL engine, what every concern shares: the transaction handle, the lock keys, the event batch and the group commit. */
+import { createHash } from 'node:crypto'
 import type pg from 'pg'
 import type { PoolClient } from 'pg'
 import type { Change } from '../change-feed.js'
@@ -55,19 +56,46 @@ export class Tx {
     readonly client: PoolClient,
     /** Lock the resolving agent's row for update (see NeedsRowLock). */
     readonly lockForCost: boolean,
+    /** Run statements as named prepared statements (see `prepared`). */
+    readonly named: boolean,
   ) {}
 
   async rows<T>(sql: string, params: unknown[] = []): Promise<T[]> {
-    return (await this.client.query(sql, params)).rows as T[]
+    return (await this.client.query(prepared(sql, params, this.named))).rows as T[]
   }
 
   async one<T>(sql: string, params: unknown[] = []): Promise<T | undefined> {
-    return (await this.client.query(sql, params)).rows[0] as T | undefined
+    return (await this.client.query(prepared(sql, params, this.named))).rows[0] as T | undefined
   }
 
   async run(sql: string, params: unknown[] = []): Promise<number> {
-    return (await this.client.query(sql, params)).rowCount ?? 0
+    return (await this.client.query(prepared(sql, params, this.named))).rowCount ?? 0
   }
+}
+
+/** Distinct statement texts given a name; any beyond run unnamed (parsed each time). */
+const MAX_PREPARED = 256
+const statementNames = new Map<string, string>()
+
+/**
+ * A statement as a named prepared statement: node-postgres parses it once per connection and
+ * then only binds and executes it, so PostgreSQL skips parse, analysis and rewrite on every
+ * later run (the CTEs of the hot path cost more to parse than to run). Names come from a
+ * hash of the text, so one text has one name on every connection and in every replica.
+ * A connection whose prepared statement went stale (a migration changed a table under it, or a
+ * pooler moved the session) is discarded and the statement run again (see isStalePlan).
+ * `named: false` (CHOKEPOINT_PG_PREPARED_STATEMENTS=0, for poolers without prepared-statement
+ * support) sends every statement unnamed.
+ */
+export function prepared(text: string, values: unknown[], named = true): { name?: string; text: string; values: unknown[] } {
+  if (!named) return { text, values }
+  let name = statementNames.get(text)
+  if (name === undefined) {
+    if (statementNames.size >= MAX_PREPARED) return { text, values }
+    name = `cp_${createHash('sha1').update(text).digest('hex').slice(0, 16)}`
+    statementNames.set(text, name)
+  }
+  return { name, text, values }
 }
 
 export const INSERT_EVENTS = `INSERT INTO intent_events (intent_id, seq, event_type, status, actor, at, details)

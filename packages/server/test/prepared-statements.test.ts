@@ -1,0 +1,122 @@
+/**
+ * Named prepared statements (PostgreSQL). The engine prepares each statement once per
+ * connection. A rolling upgrade changes tables under the connections of replicas still running:
+ * a prepared `SELECT *` then fails with `cached plan must not change result type` on every
+ * connection that prepared it. The engine discards such a connection and runs the transaction
+ * again on a fresh one, so sends, deliveries, resolves and reads go on through the migration.
+ */
+import pg from 'pg'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { loadConfig } from '../src/config.js'
+import { alertFor } from '../src/core/alerts/alerts.js'
+import { auditHash } from '../src/core/audit/audit-chain.js'
+import { newIntentId } from '../src/core/ids.js'
+import { acceptRule, deliveryRule, settleRule } from '../src/core/kill-switch/rules.js'
+import { PostgresStore } from '../src/store/postgres/postgres-store.js'
+import { prepared } from '../src/store/postgres/tx.js'
+import type { NewIntent } from '../src/store/store.js'
+import { sharedPostgres, testEngines } from './harness.js'
+
+const HAVE_POSTGRES = testEngines('prepared-statements.test.ts').includes('postgres')
+
+const intentOf = (from: string, to: string): NewIntent => ({
+  intent_id: newIntentId(),
+  intent_type: 'test.prepared.v1',
+  from_agent: from,
+  to_agent: to,
+  payload: '{}',
+  correlation_id: null,
+  reply_to: null,
+  deadline_at: null,
+  max_delivery_attempts: 5,
+  trace_id: null,
+})
+
+const noMismatch = (): never => {
+  throw new Error('no idempotency keys here')
+}
+
+describe('prepared statements: naming and the switch', () => {
+  it('names a statement by its text, the same name every time; unnamed when switched off', () => {
+    const a = prepared('SELECT 1 AS one', [])
+    expect(a.name).toMatch(/^cp_[0-9a-f]{16}$/)
+    expect(prepared('SELECT 1 AS one', []).name).toBe(a.name)
+    expect(prepared('SELECT 2 AS two', []).name).not.toBe(a.name)
+    expect(prepared('SELECT 1 AS one', [], false)).toEqual({ text: 'SELECT 1 AS one', values: [] })
+  })
+
+  it('CHOKEPOINT_PG_PREPARED_STATEMENTS: on by default, 0 turns it off, anything else is refused', () => {
+    expect(loadConfig({}).pgPreparedStatements).toBe(true)
+    expect(loadConfig({ CHOKEPOINT_PG_PREPARED_STATEMENTS: '0' }).pgPreparedStatements).toBe(false)
+    expect(() => loadConfig({ CHOKEPOINT_PG_PREPARED_STATEMENTS: 'sometimes' })).toThrow(/CHOKEPOINT_PG_PREPARED_STATEMENTS/)
+  })
+})
+
+describe.skipIf(!HAVE_POSTGRES).each([true, false])('a migration under running connections (postgres, prepared: %s)', (named) => {
+  let store: PostgresStore
+  let admin: pg.Client
+
+  beforeAll(async () => {
+    const cluster = await sharedPostgres()
+    const url = await (cluster as NonNullable<typeof cluster>).createDatabase()
+    store = await PostgresStore.open({ url, hashAudit: auditHash, alertFor, preparedStatements: named })
+    admin = new pg.Client({ connectionString: url })
+    await admin.connect()
+  })
+  afterAll(async () => {
+    await admin?.end()
+    await store?.close()
+  })
+
+  const accept = (intent: NewIntent) =>
+    store.acceptIntent({ intent, actor: 'key:test', now: Date.now(), idempotency: null, decide: acceptRule, onIdempotencyMismatch: noMismatch })
+
+  /** Concurrent sends (so that many pooled connections prepare the statements), then every delivery resolved. */
+  const roundTrip = async (from: string, to: string, n: number): Promise<number> => {
+    const sent = await Promise.all(Array.from({ length: n }, () => accept(intentOf(from, to))))
+    const recipient = sent[0]?.intent.to_address_id as string
+    let resolved = 0
+    for (;;) {
+      const { deliveries } = await store.claimDeliveries({
+        address_id: recipient,
+        instance_id: 'i-1',
+        max_in_flight: 1000,
+        lease_ms: 60_000,
+        max_batch: 64,
+        now: Date.now(),
+        decide: deliveryRule,
+      })
+      if (deliveries.length === 0) break
+      await Promise.all(
+        deliveries.map(({ intent }) =>
+          store.updateIntent({
+            intent_id: intent.intent_id,
+            now: Date.now(),
+            actor: 'key:test',
+            decide: ({ recipient: r }) => {
+              settleRule(r)
+              return { status: 'COMPLETED', delivery_state: 'done', lease_expires_at: null, event_type: 'intent.completed', event_details: null, result: '{}' }
+            },
+          }),
+        ),
+      )
+      resolved += deliveries.length
+    }
+    return resolved
+  }
+
+  it('sends, deliveries, resolves and reads go on after columns are added to agents and intents', async () => {
+    const from = `agent://prepared/${named}/sender`
+    const to = `agent://prepared/${named}/worker`
+    expect(await roundTrip(from, to, 40)).toBe(40)
+    expect((await store.getAgentByAddress(from))?.address).toBe(from)
+
+    // What a newer replica's migration would do while this one runs.
+    await admin.query('ALTER TABLE agents ADD COLUMN added_by_upgrade text')
+    await admin.query('ALTER TABLE intents ADD COLUMN added_by_upgrade text')
+
+    expect(await roundTrip(from, to, 40)).toBe(40)
+    expect((await store.getAgentByAddress(from))?.address).toBe(from)
+    expect(await store.getAgentByAddress(to)).toMatchObject({ address: to, killed_at: null })
+  })
+})
