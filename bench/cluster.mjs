@@ -28,7 +28,9 @@
 // completes the batch); jobs/s = jobs handled per second, send latency = boss.send round trip,
 // end-to-end = send → handler. After the drain every job must be `completed` in pgboss.job.
 import http from 'node:http'
+import { join } from 'node:path'
 import { inboxStream } from './kill.mjs'
+import { summarizeProfile } from './lib/cpuprofile.mjs'
 import { api, randomKey, startGateway } from './lib/gateway.mjs'
 import { httpRequest, runFlow } from './lib/load.mjs'
 import { findPostgresBin, startPostgres } from './lib/postgres.mjs'
@@ -45,6 +47,10 @@ export const options = {
   'boss-batch': { type: 'string', help: 'cluster: pg-boss batchSize per worker fetch (default 500: 4 workers × 500 per 0.5 s poll do not cap it)' },
   'sqlite-durability': { type: 'string', help: 'cluster: durability of the SQLite gateway, normal (default) or full' },
   'no-pgboss': { type: 'boolean', help: 'cluster: skip the pg-boss baseline' },
+  profile: {
+    type: 'boolean',
+    help: 'cluster: V8 CPU profiles of every PostgreSQL replica over the measured throughput windows (3 replicas and 1), summarised side by side (adds profiler overhead: compare profiles, not throughput)',
+  },
   'no-pg-stats': { type: 'boolean', help: 'cluster: do not load pg_stat_statements (statements per intent and the top statements of the replica run; small overhead)' },
 }
 
@@ -73,7 +79,7 @@ async function startGateways({ n, databaseUrl, durability }) {
     await stop()
     throw failed.reason
   }
-  return { adminKey, urls: gateways.map((g) => g.url), pids: gateways.map((g) => g.pid), stop }
+  return { adminKey, urls: gateways.map((g) => g.url), pids: gateways.map((g) => g.pid), children: gateways.map((g) => g.child), stop }
 }
 
 /** CPU of the gateways, of PostgreSQL and of this process over a window, plus the machine's CPU pressure. */
@@ -116,6 +122,8 @@ async function throughput(cluster, pg, cfg, label, log, databaseUrl = null) {
   const senderKey = (await api(urls[0], adminKey, 'POST', '/v1/keys', { role: 'agent', agent: 'agent://bench/cluster/sender' })).key
   const receiverKey = (await api(urls[0], adminKey, 'POST', '/v1/keys', { role: 'agent', agent: toAgent })).key
   const cpu = cpuMeter(cluster.pids, pg)
+  const profileFiles =
+    cfg.profile && databaseUrl ? cluster.children.map((_, i) => join(cfg.resultsDir, `cluster-${cfg.stamp}-${cluster.children.length}r-replica${i}.cpuprofile`)) : null
   let usage = null
   let stats = null
   let statements = null
@@ -138,10 +146,12 @@ async function throughput(cluster, pg, cfg, label, log, databaseUrl = null) {
     hooks: {
       measureStart: async () => {
         if (pg && databaseUrl) stats = await pg.statementStats(databaseUrl)
+        if (profileFiles) await Promise.all(cluster.children.map((c) => c.rpc('profile-start', { interval_us: 1000 })))
         cpu.start()
       },
       measureEnd: async () => {
         usage = cpu.stop()
+        if (profileFiles) await Promise.all(cluster.children.map((c, i) => c.rpc('profile-stop', { file: profileFiles[i] })))
         if (stats) {
           statementCount = await stats.total()
           statements = await stats.top(25)
@@ -172,6 +182,7 @@ async function throughput(cluster, pg, cfg, label, log, databaseUrl = null) {
     // Every statement PostgreSQL executed in the window (all replicas, feeds, sweepers) per resolved intent.
     statements_per_intent: k.resolved_in_window && statementCount !== null ? Math.round((statementCount / k.resolved_in_window) * 10) / 10 : null,
     // pg_stat_statements (unless --no-pg-stats): the statements of the measured window by total time, with calls per resolved intent.
+    profiles: profileFiles?.map((file) => summarizeProfile(file)) ?? null,
     pg_statements: statements?.map((r) => ({ ...r, calls_per_intent: k.resolved_in_window ? Math.round((r.calls / k.resolved_in_window) * 100) / 100 : null })) ?? null,
     problems,
   }
@@ -591,6 +602,9 @@ export async function run(opts) {
     bossBatch: Math.round(num(opts['boss-batch'], 500, 'boss-batch')),
     sqliteDurability: durability,
     pgboss: !opts['no-pgboss'],
+    profile: Boolean(opts.profile),
+    resultsDir: opts.resultsDir,
+    stamp: opts.stamp,
   }
   log(`cluster: starting a throwaway PostgreSQL (${bin}, fsync on)…`)
   const pg = await startPostgres(bin, { statementStats: !opts['no-pg-stats'] })
@@ -744,6 +758,21 @@ export async function run(opts) {
   if (top?.length) {
     notes.push(`top statements of the ${cfg.replicas}-replica window (pg_stat_statements; calls per resolved intent, total ms, mean ms):`)
     for (const st of top.slice(0, 12)) notes.push(`  ${String(st.calls_per_intent).padStart(6)}/intent ${String(st.total_ms).padStart(9)} ms ${String(st.mean_ms).padStart(8)} ms  ${st.query}`)
+  }
+  for (const s of scenarios) {
+    const profiles = s.throughput.profiles
+    if (!profiles?.length) continue
+    const intents = s.throughput.counters.resolved_in_window
+    const busy = profiles.reduce((n, p) => n + p.busy_samples, 0)
+    // Samples are 1 ms apart: busy samples × 1000 µs ÷ intents ≈ the gateways' JS-visible CPU per intent.
+    notes.push(`${s.scenario}: CPU profiles of ${profiles.length} gateway(s), ${busy} busy samples in all (≈ ${intents ? Math.round((busy * 1000) / intents) : '–'} µs per intent); self time by category, all gateways:`)
+    const cats = new Map()
+    for (const p of profiles) for (const c of p.categories) cats.set(c.category, (cats.get(c.category) ?? 0) + c.samples)
+    for (const [cat, n] of [...cats].sort((a, b) => b[1] - a[1]).slice(0, 12)) {
+      notes.push(`    ${String(Math.round((n * 1000) / busy) / 10).padStart(5)} %  ${String(intents ? Math.round((n * 1000) / intents) : '–').padStart(5)} µs/intent  ${cat}`)
+    }
+    notes.push(`  top self-time functions (replica 0, ${profiles[0].file}):`)
+    for (const f of profiles[0].top_self.slice(0, 12)) notes.push(`    ${String(f.pct).padStart(5)} %  ${f.function}  ${f.location}`)
   }
   if (bossOk) {
     notes.push(
