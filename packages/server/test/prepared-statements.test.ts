@@ -1,4 +1,8 @@
 /**
+ * How the PostgreSQL engine sends statements: the first statement of a transaction inline with
+ * its BEGIN (parameters written as literals, one round trip fewer), the rest as named prepared
+ * statements.
+ *
  * Named prepared statements (PostgreSQL). The engine prepares each statement once per
  * connection. A rolling upgrade changes tables under the connections of replicas still running:
  * a prepared `SELECT *` then fails with `cached plan must not change result type` on every
@@ -13,7 +17,7 @@ import { auditHash } from '../src/core/audit/audit-chain.js'
 import { newIntentId } from '../src/core/ids.js'
 import { acceptRule, deliveryRule, settleRule } from '../src/core/kill-switch/rules.js'
 import { PostgresStore } from '../src/store/postgres/postgres-store.js'
-import { prepared } from '../src/store/postgres/tx.js'
+import { inlineParams, prepared } from '../src/store/postgres/tx.js'
 import type { NewIntent } from '../src/store/store.js'
 import { sharedPostgres, testEngines } from './harness.js'
 
@@ -49,6 +53,45 @@ describe('prepared statements: naming and the switch', () => {
     expect(loadConfig({}).pgPreparedStatements).toBe(true)
     expect(loadConfig({ CHOKEPOINT_PG_PREPARED_STATEMENTS: '0' }).pgPreparedStatements).toBe(false)
     expect(() => loadConfig({ CHOKEPOINT_PG_PREPARED_STATEMENTS: 'sometimes' })).toThrow(/CHOKEPOINT_PG_PREPARED_STATEMENTS/)
+  })
+})
+
+describe('the first statement inline with BEGIN', () => {
+  const escape = (v: string) => `'${v.replace(/'/g, "''")}'`
+  it('writes numbers, strings, nulls, booleans and flat arrays as literals; $10 is not $1', () => {
+    const sql = 'SELECT $1::int, $2, $3, $4::text[], $5::text[], $6, $7, $8, $9, $10, $11'
+    expect(inlineParams(sql, [-5, "it's", null, ['a', "b'c"], [], true, 1.5e-7, 8, 9, 'ten', 11n], escape)).toBe(
+      "SELECT (-5)::int, 'it''s', NULL, ARRAY['a','b''c']::text[], '{}'::text[], TRUE, (1.5e-7), (8), (9), 'ten', (11)",
+    )
+  })
+  it('refuses what has no safe literal here: NUL in a string, objects, nested arrays, NaN, a missing parameter, a long result', () => {
+    expect(inlineParams('SELECT $1', ['a\0b'], escape)).toBeNull()
+    expect(inlineParams('SELECT $1', [{ a: 1 }], escape)).toBeNull()
+    expect(inlineParams('SELECT $1', [Buffer.from('x')], escape)).toBeNull()
+    expect(inlineParams('SELECT $1', [[['a']]], escape)).toBeNull()
+    expect(inlineParams('SELECT $1', [Number.NaN], escape)).toBeNull()
+    expect(inlineParams('SELECT $1, $2', [1], escape)).toBeNull()
+    expect(inlineParams('SELECT $1', ['x'.repeat(10_000)], escape)).toBeNull()
+  })
+  it.skipIf(!HAVE_POSTGRES)('PostgreSQL reads the inlined values exactly as the bound ones', async () => {
+    const cluster = await sharedPostgres()
+    const url = await (cluster as NonNullable<typeof cluster>).createDatabase()
+    const client = new pg.Client({ connectionString: url })
+    await client.connect()
+    try {
+      const sql = 'SELECT $1::text AS a, $2::text[] AS b, $3::float8 AS c, $4::bigint AS d, $5::text AS e, hashtext($6) AS f'
+      const tricky = ["quote ' and '' and \\ backslash \\' end", 'ünïcødé ✓ \n newline\ttab', '$1 $$ dollar', 'E\'x\'', '-- not a comment', '']
+      for (const text of tricky) {
+        const params = [text, [text, 'plain', ''], -0.000123, 9007199254740991, null, text]
+        const bound = await client.query(sql, params)
+        const inlined = inlineParams(sql, params, (s) => client.escapeLiteral(s)) as string
+        expect(inlined).not.toBeNull()
+        const simple = await client.query(inlined)
+        expect(simple.rows).toEqual(bound.rows)
+      }
+    } finally {
+      await client.end()
+    }
   })
 })
 

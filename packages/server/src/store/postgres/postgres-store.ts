@@ -297,20 +297,16 @@ export class PostgresStore implements Store {
       } catch (error) {
         throw toStoreError(error)
       }
-      const tx = new Tx(client, lockForCost, this.#named)
+      const tx = new Tx(client, lockForCost, this.#named, pool === this.#controlPool ? BEGIN_CONTROL : BEGIN)
       try {
-        await client.query(pool === this.#controlPool ? BEGIN_CONTROL : BEGIN)
         const result = await fn(tx)
         await audit.writeControl(this.#db, tx)
         const changes = dedupe(tx.changes)
         const wakeOnly = changes.every((c) => WAKE_ONLY.has(c.type))
         if (changes.length > 0 && !wakeOnly) {
-          await client.query('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [
-            FEED_CHANNEL,
-            encodeChanges(this.#origin, changes),
-          ])
+          await tx.run('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [FEED_CHANNEL, encodeChanges(this.#origin, changes)])
         }
-        await client.query('COMMIT')
+        if (tx.begun) await client.query('COMMIT')
         client.release()
         for (const change of changes) this.feed.publish(change)
         if (wakeOnly) this.#notifier.push(changes)

@@ -52,25 +52,94 @@ export class Tx {
   /** The fleet lock is held (shared) by this transaction: it may create agent rows. */
   fleetLocked = false
 
+  /** The BEGIN (and its SET LOCALs) not sent yet: it goes with the first statement. */
+  #begin: string | null
+
   constructor(
     readonly client: PoolClient,
     /** Lock the resolving agent's row for update (see NeedsRowLock). */
     readonly lockForCost: boolean,
     /** Run statements as named prepared statements (see `prepared`). */
     readonly named: boolean,
-  ) {}
+    begin: string,
+  ) {
+    this.#begin = begin
+  }
+
+  /** Whether the transaction was opened (a transaction that ran no statement has nothing to commit). */
+  get begun(): boolean {
+    return this.#begin === null
+  }
 
   async rows<T>(sql: string, params: unknown[] = []): Promise<T[]> {
-    return (await this.client.query(prepared(sql, params, this.named))).rows as T[]
+    return (await this.#query(sql, params)).rows as T[]
   }
 
   async one<T>(sql: string, params: unknown[] = []): Promise<T | undefined> {
-    return (await this.client.query(prepared(sql, params, this.named))).rows[0] as T | undefined
+    return (await this.#query(sql, params)).rows[0] as T | undefined
   }
 
   async run(sql: string, params: unknown[] = []): Promise<number> {
-    return (await this.client.query(prepared(sql, params, this.named))).rowCount ?? 0
+    return (await this.#query(sql, params)).rowCount ?? 0
   }
+
+  /**
+   * The first statement travels with BEGIN in one simple query (one round trip fewer per
+   * transaction), its parameters written in as literals; one whose parameters cannot be (see
+   * inlineParams) is sent after a BEGIN of its own.
+   */
+  async #query(sql: string, params: unknown[]): Promise<pg.QueryResult> {
+    const begin = this.#begin
+    if (begin !== null) {
+      this.#begin = null
+      const inlined = inlineParams(sql, params, (s) => this.client.escapeLiteral(s))
+      if (inlined !== null) {
+        const results = (await this.client.query(`${begin}; ${inlined}`)) as unknown as pg.QueryResult[]
+        return results[results.length - 1] as pg.QueryResult
+      }
+      await this.client.query(begin)
+    }
+    return this.client.query(prepared(sql, params, this.named))
+  }
+}
+
+/** Longest first statement sent inline with BEGIN (longer ones pay the extra round trip). */
+const MAX_INLINE_CHARS = 8_192
+
+/**
+ * `sql` with `$n` replaced by `params[n-1]` as SQL literals, or null when a value has no safe
+ * literal form here (anything but null, booleans, finite numbers, strings without NUL — the
+ * simple protocol sends the query as a C string — and flat arrays of those) or the result is long.
+ * Strings go through the connection's `escapeLiteral`; arrays become `ARRAY[…]` (`'{}'` when
+ * empty), which the statement's own casts (`$2::text[]`) type.
+ */
+export function inlineParams(sql: string, params: readonly unknown[], escape: (s: string) => string): string | null {
+  const literal = (v: unknown, inArray: boolean): string | null => {
+    if (v === null || v === undefined) return 'NULL'
+    if (typeof v === 'boolean') return v ? 'TRUE' : 'FALSE'
+    if (typeof v === 'number') return Number.isFinite(v) ? `(${String(v)})` : null
+    if (typeof v === 'bigint') return `(${v.toString()})`
+    if (typeof v === 'string') return v.includes('\0') ? null : escape(v)
+    if (Array.isArray(v) && !inArray) {
+      if (v.length === 0) return "'{}'"
+      const items = v.map((x) => literal(x, true))
+      return items.includes(null) ? null : `ARRAY[${items.join(',')}]`
+    }
+    return null
+  }
+  const values: string[] = []
+  for (const p of params) {
+    const l = literal(p, false)
+    if (l === null) return null
+    values.push(l)
+  }
+  let unknownRef = false
+  const out = sql.replace(/\$(\d+)/g, (_, n: string) => {
+    const v = values[Number(n) - 1]
+    if (v === undefined) unknownRef = true
+    return v ?? ''
+  })
+  return unknownRef || out.length > MAX_INLINE_CHARS ? null : out
 }
 
 /** Distinct statement texts given a name; any beyond run unnamed (parsed each time). */
