@@ -28,7 +28,7 @@
 // completes the batch); jobs/s = jobs handled per second, send latency = boss.send round trip,
 // end-to-end = send → handler. After the drain every job must be `completed` in pgboss.job.
 import http from 'node:http'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { inboxStream } from './kill.mjs'
 import { summarizeProfile } from './lib/cpuprofile.mjs'
 import { api, randomKey, startGateway } from './lib/gateway.mjs'
@@ -47,6 +47,7 @@ export const options = {
   'boss-batch': { type: 'string', help: 'cluster: pg-boss batchSize per worker fetch (default 500: 4 workers × 500 per 0.5 s poll do not cap it)' },
   'sqlite-durability': { type: 'string', help: 'cluster: durability of the SQLite gateway, normal (default) or full' },
   'no-pgboss': { type: 'boolean', help: 'cluster: skip the pg-boss baseline' },
+  server: { type: 'string', help: 'cluster: the gateway build to run (a packages/server dist/index.js; default this checkout), for A/B runs' },
   profile: {
     type: 'boolean',
     help: 'cluster: V8 CPU profiles of every PostgreSQL replica over the measured throughput windows (3 replicas and 1), summarised side by side (adds profiler overhead: compare profiles, not throughput)',
@@ -64,13 +65,13 @@ const ratio = (a, b) => (a === null || b === null || a === undefined || b === un
 // ---- gateways ------------------------------------------------------------------------------------
 
 /** `n` gateways: one on SQLite (`databaseUrl` null), or `n` replicas on one PostgreSQL database, started together. */
-async function startGateways({ n, databaseUrl, durability }) {
+async function startGateways({ n, databaseUrl, durability, serverEntry }) {
   const adminKey = randomKey()
   const env = { CHOKEPOINT_ADMIN_KEY: adminKey }
   if (databaseUrl) env.CHOKEPOINT_DATABASE_URL = databaseUrl
   if (durability) env.CHOKEPOINT_DURABILITY = durability
   const started = await Promise.allSettled(
-    Array.from({ length: n }, (_, i) => startGateway({ name: databaseUrl ? `replica ${i}` : 'gateway (sqlite)', env })),
+    Array.from({ length: n }, (_, i) => startGateway({ name: databaseUrl ? `replica ${i}` : 'gateway (sqlite)', env, ...(serverEntry ? { serverEntry } : {}) })),
   )
   const gateways = started.filter((r) => r.status === 'fulfilled').map((r) => r.value)
   const failed = started.find((r) => r.status === 'rejected')
@@ -603,6 +604,7 @@ export async function run(opts) {
     sqliteDurability: durability,
     pgboss: !opts['no-pgboss'],
     profile: Boolean(opts.profile),
+    server: opts.server ? resolve(opts.server) : undefined,
     resultsDir: opts.resultsDir,
     stamp: opts.stamp,
   }
@@ -612,7 +614,7 @@ export async function run(opts) {
   try {
     // 1. Single node on SQLite.
     {
-      const gw = await startGateways({ n: 1, databaseUrl: null, durability: durability === 'full' ? 'full' : undefined })
+      const gw = await startGateways({ n: 1, databaseUrl: null, durability: durability === 'full' ? 'full' : undefined, serverEntry: cfg.server })
       try {
         const tp = await throughput(gw, null, cfg, 'SQLite, 1 gateway', log)
         const kill = await killCycles(gw, cfg, 'SQLite, 1 gateway', log)
@@ -626,7 +628,7 @@ export async function run(opts) {
     {
       const db = await pg.createDatabase('bench_cluster')
       const startAt = now()
-      const gw = await startGateways({ n: cfg.replicas, databaseUrl: db })
+      const gw = await startGateways({ n: cfg.replicas, databaseUrl: db, serverEntry: cfg.server })
       const startMs = Math.round(now() - startAt)
       try {
         const tp = await throughput(gw, pg, cfg, `PostgreSQL, ${cfg.replicas} replicas`, log, db)
@@ -641,7 +643,7 @@ export async function run(opts) {
     // 3. One replica on PostgreSQL (throughput only).
     if (cfg.replicas > 1) {
       const db = await pg.createDatabase('bench_single')
-      const gw = await startGateways({ n: 1, databaseUrl: db })
+      const gw = await startGateways({ n: 1, databaseUrl: db, serverEntry: cfg.server })
       try {
         const tp = await throughput(gw, pg, cfg, 'PostgreSQL, 1 replica', log, db)
         scenarios.push({ key: 'pg1', scenario: 'Chokepoint, PostgreSQL, 1 replica', throughput: tp, kill: null })

@@ -23,7 +23,7 @@ export async function claimDeliveries(db: PgDb, input: ClaimInput): Promise<Clai
   return db.tx(async (tx) => {
     // The agent's gate (shared), then the claim lock: one claim at a time per (address,
     // instance), so max_in_flight holds across replicas.
-    await tx.run('SELECT pg_advisory_xact_lock_shared($1::int, hashtext(address)), pg_advisory_xact_lock($3::int, hashtext($4)) FROM agents WHERE address_id = $2', [
+    tx.lock('SELECT pg_advisory_xact_lock_shared($1::int, hashtext(address)), pg_advisory_xact_lock($3::int, hashtext($4)) FROM agents WHERE address_id = $2', [
       LOCK_AGENT,
       input.address_id,
       LOCK_CLASS + LOCK_CLAIM,

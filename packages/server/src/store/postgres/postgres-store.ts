@@ -306,6 +306,7 @@ export class PostgresStore implements Store {
         if (changes.length > 0 && !wakeOnly) {
           await tx.run('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [FEED_CHANNEL, encodeChanges(this.#origin, changes)])
         }
+        await tx.flush()
         if (tx.begun) await client.query('COMMIT')
         client.release()
         for (const change of changes) this.feed.publish(change)

@@ -55,6 +55,9 @@ export class Tx {
   /** The BEGIN (and its SET LOCALs) not sent yet: it goes with the first statement. */
   #begin: string | null
 
+  /** Lock statements not sent yet (see `lock`): they go with the next statement. */
+  #locks: { sql: string; params: unknown[] }[] = []
+
   constructor(
     readonly client: PoolClient,
     /** Lock the resolving agent's row for update (see NeedsRowLock). */
@@ -84,26 +87,47 @@ export class Tx {
   }
 
   /**
-   * The first statement travels with BEGIN in one simple query (one round trip fewer per
-   * transaction), its parameters written in as literals; one whose parameters cannot be (see
-   * inlineParams) is sent after a BEGIN of its own.
+   * A statement that only takes locks (an agent's gate), run before the next statement of this
+   * transaction and sent with it in the same round trip. It is still a statement of its own:
+   * the next one takes its snapshot after the locks are held (READ COMMITTED takes a new
+   * snapshot per statement, also within one simple query), so it sees every write committed
+   * by the lock's previous holder.
+   */
+  lock(sql: string, params: unknown[]): void {
+    this.#locks.push({ sql, params })
+  }
+
+  /** Sends the locks still waiting for a next statement (before COMMIT). */
+  async flush(): Promise<void> {
+    const last = this.#locks.pop()
+    if (last) await this.#query(last.sql, last.params)
+  }
+
+  /**
+   * Sends what is pending (the BEGIN, locks) together with this statement in one simple query,
+   * parameters written in as literals — one round trip for all of them; when a parameter cannot
+   * be written so (see inlineParams), each goes on its own.
    */
   async #query(sql: string, params: unknown[]): Promise<pg.QueryResult> {
     const begin = this.#begin
-    if (begin !== null) {
-      this.#begin = null
-      const inlined = inlineParams(sql, params, (s) => this.client.escapeLiteral(s))
-      if (inlined !== null) {
-        const results = (await this.client.query(`${begin}; ${inlined}`)) as unknown as pg.QueryResult[]
-        return results[results.length - 1] as pg.QueryResult
-      }
-      await this.client.query(begin)
+    const locks = this.#locks
+    if (begin === null && locks.length === 0) return this.client.query(prepared(sql, params, this.named))
+    this.#begin = null
+    this.#locks = []
+    const escape = (s: string) => this.client.escapeLiteral(s)
+    const texts = [...locks, { sql, params }].map((st) => inlineParams(st.sql, st.params, escape))
+    if (texts.every((t) => t !== null) && texts.reduce((n, t) => n + (t as string).length, 0) <= MAX_INLINE_CHARS) {
+      const all = (begin === null ? texts : [begin, ...texts]).join('; ')
+      const results = (await this.client.query(all)) as unknown as pg.QueryResult | pg.QueryResult[]
+      return Array.isArray(results) ? (results[results.length - 1] as pg.QueryResult) : results
     }
+    if (begin !== null) await this.client.query(begin)
+    for (const st of locks) await this.client.query(prepared(st.sql, st.params, this.named))
     return this.client.query(prepared(sql, params, this.named))
   }
 }
 
-/** Longest first statement sent inline with BEGIN (longer ones pay the extra round trip). */
+/** Longest statements sent inline with BEGIN and locks (longer ones pay the extra round trips). */
 const MAX_INLINE_CHARS = 8_192
 
 /**
