@@ -13,8 +13,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { alertFor } from '../src/core/alerts/alerts.js'
 import { auditHash } from '../src/core/audit/audit-chain.js'
 import { newIntentId } from '../src/core/ids.js'
+import { killRecord } from '../src/core/kill-switch/kill-switch-service.js'
 import { acceptRule, deliveryRule, settleRule } from '../src/core/kill-switch/rules.js'
 import { PostgresStore } from '../src/store/postgres/postgres-store.js'
+import { LOCK_AGENT } from '../src/store/postgres/tx.js'
 import type { NewIntent } from '../src/store/store.js'
 import { sharedPostgres, testEngines } from './harness.js'
 
@@ -126,5 +128,30 @@ describe.skipIf(!HAVE_POSTGRES)('agent rows are never row-locked by sends, claim
     } finally {
       await holder.query('ROLLBACK')
     }
+  })
+
+  it('a kill that waits at the gate for an in-flight transaction reads its clock after it: killed_at is not before that commit', async () => {
+    const victim = 'agent://locks/victim'
+    const { intent } = await accept(intentOf(victim, 'agent://locks/peer'))
+    const victimId = intent.from_address_id
+    // An in-flight accept of the victim, as another replica would hold it: the agent's gate, shared.
+    await holder.query('BEGIN')
+    await holder.query('SELECT pg_advisory_xact_lock_shared($1::int, hashtext($2))', [LOCK_AGENT, victim])
+    const now = Date.now()
+    const kill = store.killAgent({
+      address_id: victimId,
+      now,
+      clock: () => Date.now(),
+      actor: 'key:test',
+      reason: 'gate wait',
+      policy_id: null,
+      record: killRecord({ kind: 'key', key_id: 'test' }, now, 'gate wait', false),
+    })
+    await new Promise((r) => setTimeout(r, 300))
+    const committedAt = Date.now()
+    await holder.query('COMMIT')
+    const { agent } = await kill
+    expect(agent.killed_at).not.toBeNull()
+    expect(agent.killed_at as number).toBeGreaterThanOrEqual(committedAt)
   })
 })

@@ -357,7 +357,7 @@ export function meshRoutes(s: Services): Route[] {
       stream: true,
       handler: async ({ query, res, principal }) => {
         const after = query.after === undefined ? null : (parseMeshEventId(query.after) ?? 0)
-        await streamMeshEvents({ store: s.store, feed: s.store.feed }, new SseSink(res), { after, keyId: principal.key_id })
+        await streamMeshEvents({ store: s.store, feed: s.store.feed }, () => new SseSink(res), { after, keyId: principal.key_id })
         return STREAMED
       },
     }),

@@ -40,7 +40,7 @@ export async function getAgentByAddress(db: PgDb, address: string): Promise<Agen
 export async function registerAgent(db: PgDb, agent: AgentRow, event: MeshEventDraft): Promise<AgentRow | undefined> {
   return db.tx(async (tx) => {
     await fleetShared(db, tx)
-    gate(db, tx, [agent.address], new Set([agent.address]))
+    await gate(db, tx, [agent.address], new Set([agent.address]))
     const inserted = await tx.run(AGENT_INSERT, [
       agent.address_id,
       agent.address,
@@ -114,7 +114,7 @@ export async function selectAgents(db: PgDb, selection: AgentSelection): Promise
 export async function updateAgent(db: PgDb, input: AgentUpdateInput): Promise<{ agent: AgentRow; changed: boolean }> {
   return db.tx(async (tx) => {
     await fleetShared(db, tx)
-    gateById(db, tx, input.address_id, true)
+    await gateById(db, tx, input.address_id, true)
     const before = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
     if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
     const patch = input.build(before)
@@ -177,15 +177,19 @@ export async function listAgentsPage(db: PgDb, query: AgentPageQuery): Promise<{
 }
 
 /**
- * The fair gate in front of agent rows (sent with the transaction's next statement, see Tx#lock): a transaction advisory lock per agent (keyed by
+ * The fair gate in front of agent rows: a transaction advisory lock per agent (keyed by
  * address) — shared for accepts, deliveries, resolves and holds, exclusive for kill, resume,
  * policy writes, quarantines and heartbeats — always in address order. Advisory locks are
  * queued fairly: once a kill asks, later accepts wait behind it, and it runs as soon as the
  * in-flight ones commit. It is the only lock readers take on an agent: they read the row in
  * a statement after the gate, so they see every write committed before it (READ COMMITTED
  * takes a new snapshot per statement), and no writer can commit while they hold it.
+ * A shared gate goes with the transaction's next statement (Tx#lock: same round trip, still
+ * before that statement's snapshot); readers do nothing between but decide on what they read.
+ * An exclusive gate is waited for here: writers read the clock once they hold it (a kill's
+ * killed_at must not be before anything committed ahead of it).
  */
-export function gate(db: PgDb, tx: Tx, addresses: string[], exclusive: ReadonlySet<string> = new Set()): void {
+export async function gate(db: PgDb, tx: Tx, addresses: string[], exclusive: ReadonlySet<string> = new Set()): Promise<void> {
   const sorted = [...new Set(addresses)].sort()
   if (exclusive.size === 0) {
     tx.lock('SELECT pg_advisory_xact_lock_shared($1::int, hashtext(a)) FROM unnest($2::text[]) AS a', [LOCK_AGENT, sorted])
@@ -193,14 +197,17 @@ export function gate(db: PgDb, tx: Tx, addresses: string[], exclusive: ReadonlyS
   }
   for (const address of sorted) {
     const fn = exclusive.has(address) ? 'pg_advisory_xact_lock' : 'pg_advisory_xact_lock_shared'
-    tx.lock(`SELECT ${fn}($1::int, hashtext($2))`, [LOCK_AGENT, address])
+    await tx.run(`SELECT ${fn}($1::int, hashtext($2))`, [LOCK_AGENT, address])
   }
 }
 
 /** `#gate` for one agent known by address_id (nothing is locked when it does not exist). */
-export function gateById(db: PgDb, tx: Tx, addressId: string, exclusive: boolean): void {
-  const fn = exclusive ? 'pg_advisory_xact_lock' : 'pg_advisory_xact_lock_shared'
-  tx.lock(`SELECT ${fn}($1::int, hashtext(address)) FROM agents WHERE address_id = $2`, [LOCK_AGENT, addressId])
+export async function gateById(db: PgDb, tx: Tx, addressId: string, exclusive: boolean): Promise<void> {
+  if (!exclusive) {
+    tx.lock('SELECT pg_advisory_xact_lock_shared($1::int, hashtext(address)) FROM agents WHERE address_id = $2', [LOCK_AGENT, addressId])
+    return
+  }
+  await tx.run('SELECT pg_advisory_xact_lock($1::int, hashtext(address)) FROM agents WHERE address_id = $2', [LOCK_AGENT, addressId])
 }
 
 /**

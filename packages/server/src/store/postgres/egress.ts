@@ -9,7 +9,7 @@ export async function admitEgress(db: PgDb, input: EgressAdmitInput): Promise<Eg
   return db.tx(async (tx) => {
     const { call } = input
     // The kill ordering of every other transaction: the gate shared, the row read after it.
-    gateById(db, tx, call.address_id, false)
+    await gateById(db, tx, call.address_id, false)
     const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1', [call.address_id])
     if (!agent) throw new GatewayError('not_found', 'agent not found')
     const id = agent.address_id
@@ -55,7 +55,7 @@ export async function settleEgress(db: PgDb, input: EgressSettleInput): Promise<
     const open = await tx.one<EgressCallRow>("SELECT * FROM egress_calls WHERE call_id = $1 AND state = 'open'", [input.call_id])
     if (!open) return { call: await tx.one<EgressCallRow>('SELECT * FROM egress_calls WHERE call_id = $1', [input.call_id]), changed: false }
     // Lock order of a resolve with cost: gate, agent row, then the counters (in #applyCost).
-    gateById(db, tx, open.address_id, tx.lockForCost)
+    await gateById(db, tx, open.address_id, tx.lockForCost)
     const agent = await tx.one<AgentRow>(
       `SELECT * FROM agents WHERE address_id = $1${tx.lockForCost ? ' FOR NO KEY UPDATE' : ''}`,
       [open.address_id],

@@ -17,7 +17,7 @@ export async function listSilentAgents(db: PgDb, before: number, limit: number):
 export async function heartbeat(db: PgDb, input: HeartbeatInput): Promise<{ agent: AgentRow; health_status: HealthStatus }> {
   return db.tx(async (tx) => {
     // Locked for update from the start: the heartbeat writes the row (and a cost ceiling may kill).
-    gateById(db, tx, input.address_id, true)
+    await gateById(db, tx, input.address_id, true)
     const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
     if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
     await tx.run(

@@ -44,7 +44,7 @@ export async function acceptOne(db: PgDb, input: AcceptIntentInput): Promise<Acc
   return db.tx(async (tx) => {
     const { intent, now } = input
     if (!db.known.has(intent.from_agent) || !db.known.has(intent.to_agent)) await fleetShared(db, tx)
-    gate(db, tx, [intent.from_agent, intent.to_agent])
+    await gate(db, tx, [intent.from_agent, intent.to_agent])
     const agents = await ensureAgents(db, tx, [intent.from_agent, intent.to_agent], now, [intent.from_agent])
     const from = agents.get(intent.from_agent) as AgentRow
     const to = agents.get(intent.to_agent) as AgentRow
@@ -233,7 +233,7 @@ export async function updateOne(db: PgDb, input: IntentUpdateInput): Promise<Int
     if (!ids) throw new GatewayError('not_found', `intent ${input.intent_id} not found`)
     // A completion may send to reply_to, which may be a new agent (fleet lock before gates).
     if (ids.reply_to !== null && !db.known.has(ids.reply_to)) await fleetShared(db, tx)
-    gate(db, tx, [ids.from_agent, ids.to_agent], new Set(tx.lockForCost ? [ids.to_agent] : []))
+    await gate(db, tx, [ids.from_agent, ids.to_agent], new Set(tx.lockForCost ? [ids.to_agent] : []))
     // In one statement after the gate: the intent row locked (after the agent rows in the
     // global lock order: those are not locked here, the gate orders their writers), both
     // agent rows and the resolving instance's quarantine, all as of after the gate.
@@ -309,7 +309,7 @@ export async function updateOne(db: PgDb, input: IntentUpdateInput): Promise<Int
       const mark = tx.changes.length
       await tx.run('SAVEPOINT follow_up')
       try {
-        gate(db, tx, [next.from_agent, next.to_agent])
+        await gate(db, tx, [next.from_agent, next.to_agent])
         const parties = await ensureAgents(db, tx, [next.from_agent, next.to_agent], input.now)
         const row = await acceptLocked(db, 
           tx,
@@ -412,7 +412,7 @@ export async function acceptBatch(db: PgDb, batch: Pending<AcceptIntentInput, Ac
     const out = new Map<Pending<AcceptIntentInput, AcceptIntentResult>, Outcome>()
     const addresses = batch.flatMap((p) => [p.input.intent.from_agent, p.input.intent.to_agent])
     // Every address is known to have a row (acceptIntent): no fleet lock, nothing created.
-    gate(db, tx, addresses)
+    await gate(db, tx, addresses)
     const agents = await ensureAgents(db, tx, addresses, Math.min(...batch.map((p) => p.input.now)))
     const instances = batch.filter((p) => (p.input.from_instance ?? null) !== null)
     const quarantines = new Map<string, InstanceQuarantineRow>()
@@ -574,7 +574,7 @@ export async function updateBatch(db: PgDb, batch: Pending<IntentUpdateInput, In
       else mine.push(p)
     }
     if (mine.length === 0) return out
-    gate(db, tx, mine.flatMap((p) => [(ids.get(p.input.intent_id) as Ids).from_agent, (ids.get(p.input.intent_id) as Ids).to_agent]))
+    await gate(db, tx, mine.flatMap((p) => [(ids.get(p.input.intent_id) as Ids).from_agent, (ids.get(p.input.intent_id) as Ids).to_agent]))
     type Read = IntentRow & { _sender: AgentRow | null; _recipient: AgentRow | null; _quarantine: InstanceQuarantineRow | null }
     const reads = await tx.rows<Read>(
       `SELECT i.*, (SELECT row_to_json(a) FROM agents a WHERE a.address_id = i.from_address_id) AS _sender,

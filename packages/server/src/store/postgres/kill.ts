@@ -47,7 +47,7 @@ export async function killAgent(db: PgDb, input: KillInput): Promise<{ agent: Ag
   return db.tx(async (tx) => {
     // Waits for every in-flight accept, delivery and resolve of the agent (their shared gates).
     const waitStart = performance.now()
-    gateById(db, tx, input.address_id, true)
+    await gateById(db, tx, input.address_id, true)
     // The kill takes effect once they are done: the clock is read again now, so killed_at is
     // not before the creation or delivery time of anything committed ahead of it, including
     // transactions that began after `input.now` was read while this one waited for a pooled
@@ -84,7 +84,7 @@ export async function readQuarantine(db: PgDb, tx: Tx, addressId: string, instan
  */
 export async function quarantineInstance(db: PgDb, input: QuarantineInput): Promise<QuarantineResult> {
   return db.tx(async (tx) => {
-    gateById(db, tx, input.address_id, true)
+    await gateById(db, tx, input.address_id, true)
     const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
     if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
     const inserted = await tx.one<InstanceQuarantineRow>(
@@ -115,7 +115,7 @@ export async function quarantineInstance(db: PgDb, input: QuarantineInput): Prom
 
 export async function liftQuarantine(db: PgDb, input: LiftQuarantineInput): Promise<{ agent: AgentRow; changed: boolean; lifted: InstanceQuarantineRow | null }> {
   return db.tx(async (tx) => {
-    gateById(db, tx, input.address_id, true)
+    await gateById(db, tx, input.address_id, true)
     const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
     if (!agent) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
     const lifted = await tx.one<InstanceQuarantineRow>(
@@ -159,7 +159,7 @@ export async function holdBacklog(db: PgDb, input: HoldInput): Promise<{ held: n
   // On the control pool, like the kill it completes: a pool saturated by sends must not delay it.
   return db.tx(async (tx) => {
     // Gated shared: a resume in between either commits first (nothing to hold) or waits.
-    gateById(db, tx, input.address_id, false)
+    await gateById(db, tx, input.address_id, false)
     const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1', [input.address_id])
     if (!agent || agent.killed_at === null) return { held: 0, canceled: 0 }
     const details = JSON.stringify({ reason: input.reason, killed_agent: agent.address })
@@ -222,7 +222,7 @@ export async function holdBacklog(db: PgDb, input: HoldInput): Promise<{ held: n
 
 export async function resumeAgent(db: PgDb, input: ResumeInput): Promise<{ agent: AgentRow; changed: boolean; redelivering: number }> {
   return db.tx(async (tx) => {
-    gateById(db, tx, input.address_id, true)
+    await gateById(db, tx, input.address_id, true)
     const before = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [input.address_id])
     if (!before) throw new GatewayError('not_found', `agent ${input.address_id} not found`)
     const resumed = await resumeOne(db, tx, before, input)

@@ -85,7 +85,7 @@ export async function writePolicy(db: PgDb, input: PolicyWrite): Promise<PolicyR
     const next = input.build(current)
     const addressId = next?.address_id ?? current?.address_id
     // Waits for in-flight accepts that read the old policy_version (their shared gates).
-    if (addressId !== undefined) gateById(db, tx, addressId, true)
+    if (addressId !== undefined) await gateById(db, tx, addressId, true)
     const agent = await tx.one<AgentRow>('SELECT * FROM agents WHERE address_id = $1 FOR NO KEY UPDATE', [addressId])
     if (!agent) throw new GatewayError('not_found', `agent ${addressId} not found`)
     if (input.op === 'create' && next) {
