@@ -7,6 +7,8 @@
  * Proof: while another session holds both agents' rows `FOR UPDATE` (which conflicts with every
  * row lock, including `FOR KEY SHARE`), a send, its claim and its resolve all complete at once.
  * Any of them taking a row lock would wait for that session (until the 5 s lock timeout).
+ * Also: a kill that waits at the agent's gate reads its clock only once it holds it, and the
+ * kills' own connections are open before the first kill.
  */
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -74,6 +76,13 @@ describe.skipIf(!HAVE_POSTGRES)('agent rows are never row-locked by sends, claim
 
   const accept = (intent: NewIntent) =>
     store.acceptIntent({ intent, actor: 'key:test', now: Date.now(), idempotency: null, decide: acceptRule, onIdempotencyMismatch: noMismatch })
+
+  it('keeps the control pool (kills, resumes) connected from the start (before any kill): a kill never waits for a new connection', async () => {
+    const { rows } = await holder.query(
+      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'chokepoint-control'",
+    )
+    expect(rows[0].n).toBe(2)
+  })
 
   it('has no foreign key from intents or address_seq to agents', async () => {
     const { rows } = await holder.query(

@@ -199,7 +199,9 @@ export class PostgresStore implements Store {
       application_name: 'chokepoint',
     }
     this.#pool = new pg.Pool({ ...clientConfig, max: config.poolSize ?? 20, idleTimeoutMillis: 30_000 })
-    this.#controlPool = new pg.Pool({ ...clientConfig, max: 2, idleTimeoutMillis: 30_000, application_name: 'chokepoint-control' })
+    // Kept open (min = max): kills are rare, and one that first had to open a connection
+    // (TCP, authentication, a new backend) was the slowest kill of every benchmark run.
+    this.#controlPool = new pg.Pool({ ...clientConfig, max: 2, min: 2, idleTimeoutMillis: 30_000, application_name: 'chokepoint-control' })
     for (const pool of [this.#pool, this.#controlPool]) {
       // An idle client whose connection dies emits here; without a handler the process would crash.
       pool.on('error', (error) => config.log?.('warn', 'postgres: idle connection failed', { error: String(error) }))
@@ -247,6 +249,7 @@ export class PostgresStore implements Store {
     const store = new PostgresStore(config)
     try {
       await store.#migrate()
+      await store.#warmControlPool()
       await store.clock.start()
       await store.feed.start()
     } catch (error) {
@@ -254,6 +257,12 @@ export class PostgresStore implements Store {
       throw toStoreError(error)
     }
     return store
+  }
+
+  /** Opens the control pool's connections now, so that the first kill does not wait for one. */
+  async #warmControlPool(): Promise<void> {
+    const clients = await Promise.all([this.#controlPool.connect(), this.#controlPool.connect()])
+    for (const client of clients) client.release()
   }
 
   async #migrate(): Promise<void> {
