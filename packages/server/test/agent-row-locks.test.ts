@@ -14,32 +14,18 @@ import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { alertFor } from '../src/core/alerts/alerts.js'
 import { auditHash } from '../src/core/audit/audit-chain.js'
-import { newIntentId } from '../src/core/ids.js'
 import { killRecord } from '../src/core/kill-switch/kill-switch-service.js'
 import { acceptRule, deliveryRule, settleRule } from '../src/core/kill-switch/rules.js'
 import { PostgresStore } from '../src/store/postgres/postgres-store.js'
 import { LOCK_AGENT } from '../src/store/postgres/tx.js'
 import type { NewIntent } from '../src/store/store.js'
-import { sharedPostgres, testEngines } from './harness.js'
+import { noIdempotencyKeys, sharedPostgres, storeIntent, testEngines } from './harness.js'
 
 const HAVE_POSTGRES = testEngines('agent-row-locks.test.ts').includes('postgres')
 
-const intentOf = (from: string, to: string): NewIntent => ({
-  intent_id: newIntentId(),
-  intent_type: 'test.locks.v1',
-  from_agent: from,
-  to_agent: to,
-  payload: '{}',
-  correlation_id: null,
-  reply_to: null,
-  deadline_at: null,
-  max_delivery_attempts: 5,
-  trace_id: null,
-})
+const intentOf = (from: string, to: string): NewIntent => storeIntent('test.locks.v1', from, to)
 
-const noMismatch = (): never => {
-  throw new Error('no idempotency keys here')
-}
+const noMismatch = noIdempotencyKeys
 
 /** Far below the engine's 5 s lock timeout: a step that waited for the row lock would miss it. */
 const PROMPT_MS = 2_000

@@ -15,34 +15,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { alertFor } from '../src/core/alerts/alerts.js'
 import { auditHash } from '../src/core/audit/audit-chain.js'
 import { isGatewayError } from '../src/core/errors.js'
-import { newIntentId } from '../src/core/ids.js'
 import { killRecord } from '../src/core/kill-switch/kill-switch-service.js'
 import { acceptRule } from '../src/core/kill-switch/rules.js'
 import { PostgresStore } from '../src/store/postgres/postgres-store.js'
 import type { NewIntent } from '../src/store/store.js'
-import { sharedPostgres, testEngines } from './harness.js'
+import { noIdempotencyKeys, sharedPostgres, storeIntent, testEngines } from './harness.js'
 
 const HAVE_POSTGRES = testEngines('group-commit-kill.test.ts').includes('postgres')
 const ROUNDS = 6
 /** Concurrent sends per wave, per accepting replica. */
 const WAVE = 24
 
-const intentOf = (from: string, to: string): NewIntent => ({
-  intent_id: newIntentId(),
-  intent_type: 'test.batch.v1',
-  from_agent: from,
-  to_agent: to,
-  payload: '{}',
-  correlation_id: null,
-  reply_to: null,
-  deadline_at: null,
-  max_delivery_attempts: 5,
-  trace_id: null,
-})
+const intentOf = (from: string, to: string): NewIntent => storeIntent('test.batch.v1', from, to)
 
-const noMismatch = (): never => {
-  throw new Error('no idempotency keys here')
-}
+const noMismatch = noIdempotencyKeys
 
 interface Send {
   intent_id: string

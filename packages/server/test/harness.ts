@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll } from 'vitest'
 import { loadConfig, startGateway, type Clock, type Gateway, type Logger } from '../src/index.js'
+import { newIntentId } from '../src/core/ids.js'
+import type { NewIntent } from '../src/store/store.js'
 import { postgresBinDir, startPostgres, type PostgresCluster } from './postgres.js'
 
 /** The store engines every engine-parameterised test runs against. */
@@ -346,4 +348,25 @@ function summarize(frames: SseFrame[]): string {
     .slice(-5)
     .map((f) => `${f.event}${f.id === undefined ? '' : `#${f.id}`}`)
     .join(', ')
+}
+
+/** A new intent for tests that call a Store directly (no HTTP). */
+export function storeIntent(intentType: string, from: string, to: string, maxDeliveryAttempts = 5): NewIntent {
+  return {
+    intent_id: newIntentId(),
+    intent_type: intentType,
+    from_agent: from,
+    to_agent: to,
+    payload: '{}',
+    correlation_id: null,
+    reply_to: null,
+    deadline_at: null,
+    max_delivery_attempts: maxDeliveryAttempts,
+    trace_id: null,
+  }
+}
+
+/** `onIdempotencyMismatch` for accepts that carry no idempotency key. */
+export const noIdempotencyKeys = (): never => {
+  throw new Error('no idempotency keys here')
 }

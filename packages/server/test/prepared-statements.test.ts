@@ -14,31 +14,17 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loadConfig } from '../src/config.js'
 import { alertFor } from '../src/core/alerts/alerts.js'
 import { auditHash } from '../src/core/audit/audit-chain.js'
-import { newIntentId } from '../src/core/ids.js'
 import { acceptRule, deliveryRule, settleRule } from '../src/core/kill-switch/rules.js'
 import { PostgresStore } from '../src/store/postgres/postgres-store.js'
 import { inlineParams, prepared } from '../src/store/postgres/tx.js'
 import type { NewIntent } from '../src/store/store.js'
-import { sharedPostgres, testEngines } from './harness.js'
+import { noIdempotencyKeys, sharedPostgres, storeIntent, testEngines } from './harness.js'
 
 const HAVE_POSTGRES = testEngines('prepared-statements.test.ts').includes('postgres')
 
-const intentOf = (from: string, to: string): NewIntent => ({
-  intent_id: newIntentId(),
-  intent_type: 'test.prepared.v1',
-  from_agent: from,
-  to_agent: to,
-  payload: '{}',
-  correlation_id: null,
-  reply_to: null,
-  deadline_at: null,
-  max_delivery_attempts: 5,
-  trace_id: null,
-})
+const intentOf = (from: string, to: string): NewIntent => storeIntent('test.prepared.v1', from, to)
 
-const noMismatch = (): never => {
-  throw new Error('no idempotency keys here')
-}
+const noMismatch = noIdempotencyKeys
 
 describe('prepared statements: naming and the switch', () => {
   it('names a statement by its text, the same name every time; unnamed when switched off', () => {

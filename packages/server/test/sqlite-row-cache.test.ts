@@ -8,24 +8,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { GatewayError } from '../src/core/errors.js'
-import { newIntentId } from '../src/core/ids.js'
 import { killRecord } from '../src/core/kill-switch/kill-switch-service.js'
 import { acceptRule, deliveryRule, settleRule } from '../src/core/kill-switch/rules.js'
 import type { AgentRow, NewIntent, Parties, Store } from '../src/store/store.js'
-import { startTestGateway, type TestGateway } from './harness.js'
+import { startTestGateway, storeIntent, type TestGateway } from './harness.js'
 
-const intentOf = (from: string, to: string): NewIntent => ({
-  intent_id: newIntentId(),
-  intent_type: 'cache.test.v1',
-  from_agent: from,
-  to_agent: to,
-  payload: '{}',
-  correlation_id: null,
-  reply_to: null,
-  deadline_at: null,
-  max_delivery_attempts: 3,
-  trace_id: null,
-})
+const intentOf = (from: string, to: string): NewIntent => storeIntent('cache.test.v1', from, to, 3)
 
 const noMismatch = (): never => {
   throw new GatewayError('conflict', 'idempotency mismatch')
