@@ -44,10 +44,10 @@ describe('prepared statements: naming and the switch', () => {
 
 describe('the first statement inline with BEGIN', () => {
   const escape = (v: string) => `'${v.replace(/'/g, "''")}'`
-  it('writes numbers, strings, nulls, booleans and flat arrays as literals; $10 is not $1', () => {
-    const sql = 'SELECT $1::int, $2, $3, $4::text[], $5::text[], $6, $7, $8, $9, $10, $11'
-    expect(inlineParams(sql, [-5, "it's", null, ['a', "b'c"], [], true, 1.5e-7, 8, 9, 'ten', 11n], escape)).toBe(
-      "SELECT (-5)::int, 'it''s', NULL, ARRAY['a','b''c']::text[], '{}'::text[], TRUE, (1.5e-7), (8), (9), 'ten', (11)",
+  it('writes every value as a quoted literal of the text a bound parameter carries; $10 is not $1', () => {
+    const sql = 'SELECT $1::int, $2, $3, $4::text[], $5::text[], $6, $7, $8, $9, $10, $11, $12::int[]'
+    expect(inlineParams(sql, [-5, "it's", null, ['a', "b'c", 'd"e', 'f\\g', null], [], true, 1.5e-7, 8, 9, 'ten', 11n, [1, 2]], escape)).toBe(
+      `SELECT '-5'::int, 'it''s', NULL, '{"a","b''c","d\\"e","f\\\\g",NULL}'::text[], '{}'::text[], 'true', '1.5e-7', '8', '9', 'ten', '11', '{"1","2"}'::int[]`,
     )
   })
   it('refuses what has no safe literal here: NUL in a string, objects, nested arrays, NaN, a missing parameter, a long result', () => {
@@ -65,10 +65,10 @@ describe('the first statement inline with BEGIN', () => {
     const client = new pg.Client({ connectionString: url })
     await client.connect()
     try {
-      const sql = 'SELECT $1::text AS a, $2::text[] AS b, $3::float8 AS c, $4::bigint AS d, $5::text AS e, hashtext($6) AS f'
+      const sql = 'SELECT $1::text AS a, $2::text[] AS b, $3::float8 AS c, $4::bigint AS d, $5::text AS e, hashtext($6) AS f, $7::bigint[] AS g, $8::boolean AS h, $9 AS i'
       const tricky = ["quote ' and '' and \\ backslash \\' end", 'ünïcødé ✓ \n newline\ttab', '$1 $$ dollar', 'E\'x\'', '-- not a comment', '']
       for (const text of tricky) {
-        const params = [text, [text, 'plain', ''], -0.000123, 9007199254740991, null, text]
+        const params = [text, [text, 'plain', '', null, 'with "quotes" and \\ and {braces,}'], -0.000123, 9007199254740991, null, text, [1, null, -3], false, text]
         const bound = await client.query(sql, params)
         const inlined = inlineParams(sql, params, (s) => client.escapeLiteral(s)) as string
         expect(inlined).not.toBeNull()

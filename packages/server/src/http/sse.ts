@@ -19,6 +19,9 @@ export class SseSink implements EventSink {
     res.flushHeaders()
     res.socket?.setNoDelay(true)
     res.on('close', () => this.#markClosed())
+    // A client that left before the stream opened (e.g. while its starting point was read):
+    // its 'close' has already fired and will not again.
+    if (res.destroyed || !res.socket || res.socket.destroyed) this.#markClosed()
     // The gateway keeps half-open connections (a request followed by a FIN still gets its
     // answer), but a stream whose client half-closed has nobody left to stream to.
     const socket = res.socket

@@ -17,7 +17,7 @@ import {
   type Parties,
   type PolicyRow,
 } from '../store.js'
-import { isConnectionError, isRetryableConflict } from './postgres-errors.js'
+import { isConnectionError, isRetryableConflict, isStalePlan } from './postgres-errors.js'
 import { EFFECTIVE_POLICIES, ensureAgents, fleetShared, gate } from './agents.js'
 import { applyCost, countersForDecision, countsCounters, foldShards, shardUpsert, zeroCounters } from './counters.js'
 import { readQuarantine } from './kill.js'
@@ -324,7 +324,7 @@ export async function updateOne(db: PgDb, input: IntentUpdateInput): Promise<Int
         followUp = { accepted: true, intent: row }
       } catch (error) {
         // The database failing is the whole transaction's failure, not the follow-up's.
-        if (isConnectionError(error) || isRetryableConflict(error)) throw error
+        if (isConnectionError(error) || isRetryableConflict(error) || isStalePlan(error)) throw error
         await tx.run('ROLLBACK TO SAVEPOINT follow_up')
         tx.changes.length = mark
         followUp = { accepted: false, error }

@@ -73,9 +73,12 @@ export function isRetryableConflict(error: unknown): boolean {
  * run again on a fresh one, which prepares it anew.
  */
 export function isStalePlan(error: unknown): boolean {
-  const code = codeOf(error)
-  if (code === '26000') return true
-  return code === '0A000' && error instanceof Error && error.message.includes('cached plan must not change result type')
+  return codeOf(error) === '26000' || changesResultType(error)
+}
+
+/** The stale-plan error of a schema change (every connection that prepared the statement has it). */
+export function changesResultType(error: unknown): boolean {
+  return codeOf(error) === '0A000' && error instanceof Error && error.message.includes('cached plan must not change result type')
 }
 
 /**

@@ -60,7 +60,7 @@ import type {
 } from '../store.js'
 import { DatabaseClock } from './postgres-clock.js'
 import { FEED_CHANNEL, Notifier, PostgresFeed, encodeChanges } from './postgres-feed.js'
-import { isConnectionError, isRetryableConflict, isStalePlan, toStoreError } from './postgres-errors.js'
+import { changesResultType, isConnectionError, isRetryableConflict, isStalePlan, toStoreError } from './postgres-errors.js'
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js'
 import { GroupCommit, LOCK_CLASS, LOCK_MIGRATIONS, NeedsRowLock, type PgDb, prepared, Tx } from './tx.js'
 import * as agents from './agents.js'
@@ -196,6 +196,9 @@ export class PostgresStore implements Store {
       connectionTimeoutMillis: config.connectionTimeoutMs ?? 5_000,
       query_timeout: config.queryTimeoutMs ?? 15_000,
       keepAlive: true,
+      // Probes every 10 s on an idle connection: the control pool's connections stay open for
+      // months between kills, and a NAT or load balancer drops flows it has not seen for minutes.
+      keepAliveInitialDelayMillis: 10_000,
       application_name: 'chokepoint',
     }
     this.#pool = new pg.Pool({ ...clientConfig, max: config.poolSize ?? 20, idleTimeoutMillis: 30_000 })
@@ -322,7 +325,7 @@ export class PostgresStore implements Store {
         if (wakeOnly) this.#notifier.push(changes)
         return result
       } catch (error) {
-        if (isStalePlan(error)) this.#retirePlans(client)
+        if (isStalePlan(error)) this.#retirePlans(client, error)
         else if (isConnectionError(error)) client.release(true)
         else {
           await client.query('ROLLBACK').then(
@@ -359,7 +362,7 @@ export class PostgresStore implements Store {
         return rows
       } catch (error) {
         if (isStalePlan(error)) {
-          this.#retirePlans(client)
+          this.#retirePlans(client, error)
           if (attempt < MAX_ATTEMPTS) continue
         } else client.release(isConnectionError(error))
         throw toStoreError(error)
@@ -377,8 +380,10 @@ export class PostgresStore implements Store {
   }
 
   /** `client` ran a stale prepared statement: it and every connection opened before it are retired. */
-  #retirePlans(client: PoolClient): void {
-    if ((this.#born.get(client) ?? 0) >= this.#planGeneration) {
+  #retirePlans(client: PoolClient, error: unknown): void {
+    // Only a schema change makes every connection's statements stale; a statement missing on
+    // one connection (a pooler moved it to another backend) is that connection's alone.
+    if (changesResultType(error) && (this.#born.get(client) ?? 0) >= this.#planGeneration) {
       this.#planGeneration += 1
       this.#config.log?.('info', 'postgres: the schema changed under prepared statements; reconnecting', {})
     }

@@ -134,26 +134,39 @@ const MAX_INLINE_CHARS = 8_192
  * `sql` with `$n` replaced by `params[n-1]` as SQL literals, or null when a value has no safe
  * literal form here (anything but null, booleans, finite numbers, strings without NUL — the
  * simple protocol sends the query as a C string — and flat arrays of those) or the result is long.
- * Strings go through the connection's `escapeLiteral`; arrays become `ARRAY[…]` (`'{}'` when
- * empty), which the statement's own casts (`$2::text[]`) type.
+ * Every value is written as a quoted literal of the text node-postgres would bind (numbers as
+ * their decimal text, arrays in PostgreSQL's array syntax), so PostgreSQL types it from the
+ * context exactly as it types a bound parameter; quoting goes through the connection's
+ * `escapeLiteral`.
  */
 export function inlineParams(sql: string, params: readonly unknown[], escape: (s: string) => string): string | null {
-  const literal = (v: unknown, inArray: boolean): string | null => {
-    if (v === null || v === undefined) return 'NULL'
-    if (typeof v === 'boolean') return v ? 'TRUE' : 'FALSE'
-    if (typeof v === 'number') return Number.isFinite(v) ? `(${String(v)})` : null
-    if (typeof v === 'bigint') return `(${v.toString()})`
-    if (typeof v === 'string') return v.includes('\0') ? null : escape(v)
-    if (Array.isArray(v) && !inArray) {
-      if (v.length === 0) return "'{}'"
-      const items = v.map((x) => literal(x, true))
-      return items.includes(null) ? null : `ARRAY[${items.join(',')}]`
-    }
+  const text = (v: unknown): string | null => {
+    if (typeof v === 'boolean') return v ? 'true' : 'false'
+    if (typeof v === 'number') return Number.isFinite(v) ? String(v) : null
+    if (typeof v === 'bigint') return v.toString()
+    if (typeof v === 'string') return v.includes('\0') ? null : v
     return null
+  }
+  const literal = (v: unknown): string | null => {
+    if (v === null || v === undefined) return 'NULL'
+    if (Array.isArray(v)) {
+      const items: string[] = []
+      for (const x of v) {
+        if (x === null || x === undefined) items.push('NULL')
+        else {
+          const t = text(x)
+          if (t === null) return null
+          items.push(`"${t.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`)
+        }
+      }
+      return escape(`{${items.join(',')}}`)
+    }
+    const t = text(v)
+    return t === null ? null : escape(t)
   }
   const values: string[] = []
   for (const p of params) {
-    const l = literal(p, false)
+    const l = literal(p)
     if (l === null) return null
     values.push(l)
   }
