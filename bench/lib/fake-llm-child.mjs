@@ -2,26 +2,13 @@
 // for bench/egress.mjs. argv: <fake-llm module (.mjs, transpiled by fakeLlmModule())> <options JSON>.
 //
 // Speaks the protocol of children.mjs: {type: 'ready', url}, {type: 'fatal'}, {type: 'stop'} and
-// RPCs. Its own RPCs (serveIpc has a fixed set): `cpu`, `stats` (a summary of the requests the
-// fake received since the last `reset`) and `reset`.
+// RPCs (serveIpc's `cpu` and profiling, and its own): `stats` (a summary of the requests the fake
+// received since the last `reset`) and `reset`.
 import { pathToFileURL } from 'node:url'
+import { serveIpc } from './child-ipc.mjs'
 
 const [modulePath, optionsJson] = process.argv.slice(2)
 let fake = null
-let stopping = false
-
-async function stop(code) {
-  if (stopping) return
-  stopping = true
-  const force = setTimeout(() => process.exit(code), 5_000)
-  force.unref()
-  try {
-    await fake?.close()
-  } catch (error) {
-    process.stderr.write(`fake-llm child: close failed: ${String(error)}\n`)
-  }
-  process.exit(code)
-}
 
 function stats() {
   const byPath = {}
@@ -60,40 +47,23 @@ function stats() {
   }
 }
 
-const commands = {
-  cpu: async () => ({ ...process.cpuUsage(), at_ms: performance.now(), rss: process.memoryUsage.rss() }),
-  stats: async () => stats(),
-  reset: async () => {
-    fake.reset()
-    return { reset: true }
+const ipc = serveIpc({
+  onStop: async () => {
+    await fake?.close()
   },
-}
-
-process.on('message', (msg) => {
-  if (msg?.type === 'stop') {
-    void stop(0)
-    return
-  }
-  if (msg?.type !== 'rpc') return
-  const reply = (body) => {
-    if (process.connected) process.send({ type: 'rpc-result', id: msg.id, ...body })
-  }
-  const fn = commands[msg.cmd]
-  if (!fn) return reply({ error: `unknown command ${msg.cmd}` })
-  fn(msg).then(
-    (result) => reply({ result }),
-    (error) => reply({ error: String(error?.message ?? error) }),
-  )
+  commands: {
+    stats: async () => stats(),
+    reset: async () => {
+      fake.reset()
+      return { reset: true }
+    },
+  },
 })
-process.on('disconnect', () => void stop(0))
-process.once('SIGINT', () => void stop(130))
-process.once('SIGTERM', () => void stop(143))
 
 try {
   const { startFakeLlm } = await import(pathToFileURL(modulePath).href)
   fake = await startFakeLlm(JSON.parse(optionsJson ?? '{}'))
-  process.send?.({ type: 'ready', url: fake.url, pid: process.pid })
+  ipc.ready({ url: fake.url, pid: process.pid })
 } catch (error) {
-  process.send?.({ type: 'fatal', error: String(error?.stack ?? error) })
-  process.exit(1)
+  ipc.fatal(error)
 }

@@ -5,23 +5,10 @@
 // Speaks the protocol of children.mjs: {type: 'ready', url}, {type: 'fatal'}, {type: 'stop'} and
 // RPCs: `cpu`, `stats` (the requests received since the last `reset`) and `reset`.
 import { pathToFileURL } from 'node:url'
+import { serveIpc } from './child-ipc.mjs'
 
 const [modulePath, optionsJson] = process.argv.slice(2)
 let server = null
-let stopping = false
-
-async function stop(code) {
-  if (stopping) return
-  stopping = true
-  const force = setTimeout(() => process.exit(code), 5_000)
-  force.unref()
-  try {
-    await server?.close()
-  } catch (error) {
-    process.stderr.write(`mcp-server child: close failed: ${String(error)}\n`)
-  }
-  process.exit(code)
-}
 
 function stats() {
   const methods = {}
@@ -35,41 +22,24 @@ function stats() {
   return { requests: server.requests.length, methods, tool_calls: server.calls(), saw_agent_key: sawAgentKey, unauthorized, aborted: server.aborted }
 }
 
-const commands = {
-  cpu: async () => ({ ...process.cpuUsage(), at_ms: performance.now(), rss: process.memoryUsage.rss() }),
-  stats: async () => stats(),
-  reset: async () => {
-    server.requests.length = 0
-    return { reset: true }
+const ipc = serveIpc({
+  onStop: async () => {
+    await server?.close()
   },
-}
-
-process.on('message', (msg) => {
-  if (msg?.type === 'stop') {
-    void stop(0)
-    return
-  }
-  if (msg?.type !== 'rpc') return
-  const reply = (body) => {
-    if (process.connected) process.send({ type: 'rpc-result', id: msg.id, ...body })
-  }
-  const fn = commands[msg.cmd]
-  if (!fn) return reply({ error: `unknown command ${msg.cmd}` })
-  fn(msg).then(
-    (result) => reply({ result }),
-    (error) => reply({ error: String(error?.message ?? error) }),
-  )
+  commands: {
+    stats: async () => stats(),
+    reset: async () => {
+      server.requests.length = 0
+      return { reset: true }
+    },
+  },
 })
-process.on('disconnect', () => void stop(0))
-process.once('SIGINT', () => void stop(130))
-process.once('SIGTERM', () => void stop(143))
 
 try {
   const { TestMcpServer } = await import(pathToFileURL(modulePath).href)
   server = new TestMcpServer(JSON.parse(optionsJson ?? '{}'))
   await server.start()
-  process.send?.({ type: 'ready', url: server.url, pid: process.pid })
+  ipc.ready({ url: server.url, pid: process.pid })
 } catch (error) {
-  process.send?.({ type: 'fatal', error: String(error?.stack ?? error) })
-  process.exit(1)
+  ipc.fatal(error)
 }
